@@ -1,0 +1,178 @@
+"""Command-line interface: argument parsing only; the work is done by the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError, SmlrecError
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register a subcommand: ``add_arguments(parser)`` and the decorated ``run(args) -> exit code``."""
+
+    def decorate(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (add_arguments, run)
+        return run
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared flag groups
+
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", required=required,
+                       help="interaction log file (default: the bundled MovieLens ml-latest-small)")
+    group.add_argument("--format", help="auto (default), csv, parquet, movielens, movielens-1m, "
+                                        "movielens-100k, recbole, ...")
+    group.add_argument("--user-col", help="user id column (generic CSV/Parquet)")
+    group.add_argument("--item-col", help="item id column")
+    group.add_argument("--time-col", help="time column: unix seconds or ISO-8601")
+    group.add_argument("--rating-col", help="rating column (for --min-rating)")
+    group.add_argument("--sep", help="field separator (default: auto)")
+    group.add_argument("--min-rating", type=float, help="keep only rows with rating >= this")
+
+
+def add_period_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("periods")
+    cut = group.add_mutually_exclusive_group()
+    cut.add_argument("--periods", type=int, help="N periods of equal interaction counts (default 20)")
+    cut.add_argument("--every", help="calendar windows of this length, e.g. 1D, 8h")
+    cut.add_argument("--day-cuts", help="hours inside each day, e.g. 10,17 (3 periods a day)")
+    group.add_argument("--timezone", help="timezone for --every/--day-cuts (default UTC)")
+    group.add_argument("--drop-empty", action="store_true", default=None,
+                       help="skip empty calendar windows instead of failing")
+    group.add_argument("--plan", help="P,O,V,T: pretrain, offline, validation, test periods "
+                                      "(default 5,8,2,5)")
+
+
+def settings_layers(args: argparse.Namespace) -> list[dict]:
+    """Config file < flags < --set, as mappings for ``config.replay_settings``."""
+    from .config import load_toml, merge, parse_assignment
+
+    layers: list[dict] = []
+    if getattr(args, "config", None):
+        layers.append(load_toml(args.config))
+    data = {key: value for key, value in {
+        "path": getattr(args, "data", None), "format": getattr(args, "format", None),
+        "user_col": getattr(args, "user_col", None), "item_col": getattr(args, "item_col", None),
+        "time_col": getattr(args, "time_col", None), "rating_col": getattr(args, "rating_col", None),
+        "sep": getattr(args, "sep", None), "min_rating": getattr(args, "min_rating", None),
+        "periods": getattr(args, "periods", None), "every": getattr(args, "every", None),
+        "day_cuts": getattr(args, "day_cuts", None), "timezone": getattr(args, "timezone", None),
+        "drop_empty": getattr(args, "drop_empty", None)}.items() if value is not None}
+    flags: dict = {"data": data} if data else {}
+    if data.get("every") or data.get("day_cuts"):
+        flags = merge(flags, {"data": {"every": data.get("every"), "day_cuts": data.get("day_cuts")}})
+    if getattr(args, "plan", None):
+        from .data.periods import Plan
+
+        plan = Plan.parse(args.plan)
+        flags["plan"] = {"pretrain": plan.pretrain, "offline": plan.offline,
+                         "validation": plan.validation, "test": plan.test}
+    for key in ("seed", "device", "threads", "cache_dir"):
+        if getattr(args, key, None) is not None:
+            flags[key] = getattr(args, key)
+    if getattr(args, "strategies", None):
+        flags["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if getattr(args, "pretrain_epochs", None) is not None:
+        flags["pretrain"] = {"epochs": args.pretrain_epochs}
+    layers.append(flags)
+    for assignment in getattr(args, "set", None) or []:
+        layers.append(parse_assignment(assignment))
+    return layers
+
+
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_period_arguments(parser)
+    parser.add_argument("--strategies", help="comma-separated strategy names (default: all); "
+                                             "see `smlrec strategies`")
+    parser.add_argument("--seed", type=int, help="random seed (default 2020)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--pretrain-epochs", type=int, help="MF pretraining epochs (default 20)")
+    parser.add_argument("--cache-dir", help="where shared test candidates are cached "
+                                            "(default ~/.cache/smlrec or $SMLREC_CACHE)")
+    parser.add_argument("--config", help="TOML settings file; flags override it")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override any setting, e.g. strategy.sml.rounds=5 or mf.lr=0.02")
+    parser.add_argument("--out", help="results directory (default runs/<timestamp>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+@command("replay", _replay_arguments)
+def run_replay(args: argparse.Namespace) -> int:
+    from .config import replay_settings
+    from .replay import load_timeline, replay
+    from .results import check_out_dir, default_out_dir, format_summary, summary_frame, periods_frame, write_results
+
+    settings = replay_settings(*settings_layers(args))
+    out = Path(args.out) if args.out else default_out_dir()
+    check_out_dir(out)
+    timeline = load_timeline(settings)  # fails on bad data before any work or any file
+    result = replay(settings, progress=not args.no_progress, timeline=timeline)
+    write_results(out, result, extra_files=_report_writers())
+    print(f"\nTest periods {result.timeline.plan.pretrain + result.timeline.plan.offline + result.timeline.plan.validation}"
+          f"..{len(result.timeline.periods) - 1}, micro-averaged ({result.wall_seconds:.1f} s in all):")
+    print(format_summary(summary_frame(periods_frame(result.records))))
+    print(f"\nResults written to {out}/")
+    return 0
+
+
+def _report_writers() -> dict:
+    """Extra files a replay writes beside its results (the report, once that module exists)."""
+    return {}
+
+
+def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@command("strategies", _strategies_arguments)
+def run_strategies(args: argparse.Namespace) -> int:
+    from .strategies import STRATEGIES
+
+    for name, spec in STRATEGIES.items():
+        print(f"{name:<16} {spec.description}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="smlrec", description="Retrain recommender systems period "
+                                     "after period: replay strategies on a log, or run the update.")
+    parser.add_argument("--version", action="version", version=f"smlrec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_arguments, run) in COMMANDS.items():
+        doc = (run.__doc__ or "").strip().splitlines()
+        child = sub.add_parser(name, help=doc[0] if doc else None)
+        add_arguments(child)
+        child.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except SmlrecError as err:
+        print(f"smlrec {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

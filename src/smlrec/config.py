@@ -1,0 +1,225 @@
+"""Typed settings: frozen dataclasses with the paper's defaults, built from TOML and flags.
+
+Precedence: dataclass defaults < ``--config`` TOML file < command-line flags (and ``--set``).
+Unknown keys and values of the wrong type are ConfigErrors naming the key.
+
+TOML layout::
+
+    seed = 2020
+    strategies = ["full-retrain", "fine-tune", "sml"]
+    [data]        # path, format, columns, periods / every / day_cuts, timezone, min_rating
+    [plan]        # pretrain, offline, validation, test
+    [mf]          # dim, lr, batch_size, init_std, sparse
+    [pretrain]    # epochs
+    [strategy.sml]  # settings of one strategy, by its name
+    rounds = 10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.periods import Plan
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the log is and how to cut it into periods."""
+
+    path: str | None = None          # None: the bundled MovieLens ml-latest-small ratings
+    format: str = "auto"             # csv, parquet, movielens, movielens-1m, movielens-100k, recbole, ...
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    rating_col: str | None = None
+    sep: str | None = None
+    min_rating: float | None = None  # keep rows with rating >= this; None keeps every row
+    periods: int = 20                # equal-count periods, unless every or day_cuts is given
+    every: str | None = None         # calendar windows, e.g. "1D", "8h"
+    day_cuts: tuple[float, ...] | None = None  # hours inside each day, e.g. (10, 17)
+    timezone: str = "UTC"            # for every / day_cuts
+    drop_empty: bool = False         # skip empty calendar windows instead of failing
+
+
+@dataclass(frozen=True)
+class MFSettings:
+    """The base matrix-factorisation model and its optimiser (sml-method.md section 2)."""
+
+    dim: int = 64
+    lr: float = 0.01
+    batch_size: int = 1024
+    init_std: float = 0.1
+    sparse: bool = True              # lazy row-wise Adam (SparseAdam); False: dense Adam
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """MF pretraining on the pretrain periods; every strategy starts from this model."""
+
+    epochs: int = 20
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    data: DataSettings = field(default_factory=DataSettings)
+    plan: Plan = field(default_factory=Plan)
+    mf: MFSettings = field(default_factory=MFSettings)
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    strategies: tuple[str, ...] = ()  # empty: every registered strategy
+    strategy: dict = field(default_factory=dict)  # per-strategy overrides: {name: {key: value}}
+    seed: int = 2020
+    device: str = "cpu"
+    threads: int | None = None       # torch intra-op threads; None: all cores
+    n_negatives: int = 999
+    eval_batch_size: int = 2048
+    cache_dir: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else str
+        return tuple(_coerce(v, inner, where) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    if annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, where)
+    return value
+
+
+def build(cls: type, mapping: Any, where: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a (nested) mapping, checking names and types."""
+    if isinstance(mapping, cls):
+        return mapping
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a table, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown setting(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in mapping.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+
+
+def to_dict(settings: Any) -> Any:
+    """Plain (JSON-able) data of a settings object."""
+    if dataclasses.is_dataclass(settings):
+        return {f.name: to_dict(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+    if isinstance(settings, (list, tuple)):
+        return [to_dict(v) for v in settings]
+    if isinstance(settings, dict):
+        return {k: to_dict(v) for k, v in settings.items()}
+    return settings
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; ``override`` wins."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def parse_assignment(text: str) -> dict:
+    """``a.b.c=value`` as a nested dict; the value is read as TOML (number, bool, list) or text."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. strategy.sml.rounds=5")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def replay_settings(*layers: dict) -> ReplaySettings:
+    """ReplaySettings from layered mappings (earlier layers are overridden by later ones)."""
+    merged: dict = {}
+    for layer in layers:
+        merged = merge(merged, layer)
+    return build(ReplaySettings, merged)

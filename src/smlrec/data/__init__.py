@@ -1,0 +1,1 @@
+"""Interaction logs, periods, samplers and candidates."""

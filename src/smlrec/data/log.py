@@ -1,0 +1,361 @@
+"""Interaction logs: reading, validation, id vocabularies and the time order.
+
+An :class:`InteractionLog` is the whole time-stamped log of implicit feedback, sorted by time
+with a stable sort. Raw user and item ids are mapped to indices 0..n-1 **in order of first
+appearance**, so the items seen up to row ``g`` are exactly the indices ``0..items_seen[g]-1``.
+That makes the "items seen so far" pool of the evaluation protocol a prefix of the item table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+USER_COLUMNS = ("user", "user_id", "userid", "userId", "user_id:token", "uid")
+ITEM_COLUMNS = ("item", "item_id", "itemid", "itemId", "item_id:token", "movieId", "movie_id",
+                "business_id", "iid")
+TIME_COLUMNS = ("time", "timestamp", "ts", "timestamp:float", "datetime", "date")
+RATING_COLUMNS = ("rating", "rating:float", "score", "stars")
+
+
+@dataclass
+class InteractionLog:
+    """A time-sorted implicit-feedback log with id vocabularies.
+
+    Attributes:
+        user_idx, item_idx: int64 indices (first-appearance order), one per interaction.
+        time: int64 unix seconds, non-decreasing.
+        user_ids, item_ids: raw ids; ``user_ids[user_idx]`` is the raw id of a row's user.
+        source: where the log came from (a path, or a description).
+        sha256: hash of the source file's bytes ("" for in-memory logs).
+    """
+
+    user_idx: np.ndarray
+    item_idx: np.ndarray
+    time: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    source: str = "<memory>"
+    sha256: str = ""
+    _items_seen: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.user_idx.shape[0])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    @property
+    def items_seen(self) -> np.ndarray:
+        """Number of distinct items seen up to and including each row (int64)."""
+        if self._items_seen is None:
+            self._items_seen = np.maximum.accumulate(self.item_idx) + 1 if len(self) else \
+                np.zeros(0, dtype=np.int64)
+        return self._items_seen
+
+    @classmethod
+    def from_arrays(cls, users, items, times, *, source: str = "<memory>",
+                    sha256: str = "") -> "InteractionLog":
+        """Build a log from raw ids and unix-second times (any order; sorted stably here)."""
+        users = np.asarray(users)
+        items = np.asarray(items)
+        times = np.asarray(times, dtype=np.int64)
+        if not (len(users) == len(items) == len(times)):
+            raise DataError("users, items and times have different lengths", path=source)
+        if len(users) == 0:
+            raise DataError("the log has no interactions", path=source)
+        order = np.argsort(times, kind="stable")
+        users, items, times = users[order], items[order], times[order]
+        user_idx, user_ids = _first_appearance_codes(users)
+        item_idx, item_ids = _first_appearance_codes(items)
+        return cls(user_idx, item_idx, times, user_ids, item_ids, source=source, sha256=sha256)
+
+    def subset(self, rows: slice) -> "InteractionLog":
+        """Rows ``rows`` of this log with the same vocabularies (for tests and tools)."""
+        return InteractionLog(self.user_idx[rows], self.item_idx[rows], self.time[rows],
+                              self.user_ids, self.item_ids, self.source, self.sha256)
+
+
+def _first_appearance_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..n-1 in order of first appearance, and the distinct values in that order."""
+    codes, uniques = pd.factorize(pd.Series(values), sort=False)
+    return codes.astype(np.int64), np.asarray(uniques)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers. Each returns a DataFrame with columns user, item, time (raw) and optionally rating,
+# plus the 1-based file line of its first data row (for error messages).
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a log file. Column names default to common spellings."""
+
+    format: str = "auto"
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    rating_col: str | None = None
+    sep: str | None = None
+    min_rating: float | None = None
+
+
+Reader = Callable[[Path, ReadOptions], tuple[pd.DataFrame, int, bool]]
+READERS: dict[str, Reader] = {}
+
+
+def register_reader(name: str) -> Callable[[Reader], Reader]:
+    """Register a reader for ``--format name``. A reader returns (frame, first_line, numeric_ids)."""
+
+    def decorate(reader: Reader) -> Reader:
+        READERS[name] = reader
+        return reader
+
+    return decorate
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name == "ratings.csv":
+        return "movielens"
+    if name.endswith(".dat"):
+        return "movielens-1m"
+    if name == "u.data":
+        return "movielens-100k"
+    if name.endswith(".inter"):
+        return "recbole"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    return "csv"
+
+
+def _read_text(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError("the file is empty", path=str(path)) from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"malformed row: {str(err).strip()}", path=str(path)) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"not a text file ({err.reason})", path=str(path)) from None
+
+
+def _pick(frame: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what: str,
+          path: Path, flag: str) -> str:
+    if given is not None:
+        if given not in frame.columns:
+            raise DataError(f"no {what} column {given!r} (columns: {', '.join(map(str, frame.columns))})",
+                            path=str(path), column=given)
+        return given
+    lowered = {str(c).lower(): c for c in frame.columns}
+    for name in defaults:
+        if name in frame.columns:
+            return name
+        if name.lower() in lowered:
+            return lowered[name.lower()]
+    raise DataError(f"no {what} column found (columns: {', '.join(map(str, frame.columns))}); "
+                    f"name it with {flag}", path=str(path))
+
+
+def _select(frame: pd.DataFrame, path: Path, opts: ReadOptions, rating_required: bool) -> pd.DataFrame:
+    user = _pick(frame, opts.user_col, USER_COLUMNS, "user", path, "--user-col")
+    item = _pick(frame, opts.item_col, ITEM_COLUMNS, "item", path, "--item-col")
+    time = _pick(frame, opts.time_col, TIME_COLUMNS, "time", path, "--time-col")
+    out = pd.DataFrame({"user": frame[user], "item": frame[item], "time": frame[time]})
+    out.attrs["columns"] = {"user": user, "item": item, "time": time}
+    if opts.min_rating is not None or rating_required:
+        rating = _pick(frame, opts.rating_col, RATING_COLUMNS, "rating", path, "--rating-col")
+        out["rating"] = frame[rating]
+        out.attrs["columns"]["rating"] = rating
+    return out
+
+
+@register_reader("csv")
+def _read_csv(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
+    sep = opts.sep
+    if sep is None:
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None
+    frame = _read_text(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
+                       keep_default_na=True, skipinitialspace=True)
+    if frame.empty:
+        raise DataError("the file has a header but no rows", path=str(path))
+    return _select(frame, path, opts, False), 2, False
+
+
+@register_reader("movielens")
+def _read_movielens_csv(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
+    frame = _read_text(path, dtype=str)
+    if frame.empty:
+        raise DataError("the file has a header but no rows", path=str(path))
+    opts = ReadOptions(user_col=opts.user_col or "userId", item_col=opts.item_col or "movieId",
+                       time_col=opts.time_col or "timestamp", rating_col=opts.rating_col or "rating",
+                       min_rating=opts.min_rating)
+    return _select(frame, path, opts, False), 2, True
+
+
+def _headerless(path: Path, sep: str, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
+    frame = _read_text(path, sep=sep, header=None, dtype=str, engine="python" if len(sep) > 1 else "c")
+    if frame.shape[1] < 4:
+        raise DataError(f"expected 4 fields (user, item, rating, time) per line, found {frame.shape[1]}",
+                        path=str(path))
+    frame = frame.iloc[:, :4]
+    frame.columns = ["user", "item", "rating", "time"]
+    return _select(frame, path, ReadOptions(min_rating=opts.min_rating), False), 1, True
+
+
+@register_reader("movielens-1m")
+def _read_movielens_dat(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
+    return _headerless(path, "::", opts)
+
+
+@register_reader("movielens-100k")
+def _read_movielens_udata(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
+    return _headerless(path, "\t", opts)
+
+
+@register_reader("recbole")
+def _read_recbole(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
+    frame = _read_text(path, sep="\t", dtype=str)
+    if frame.empty:
+        raise DataError("the file has a header but no rows", path=str(path))
+    frame.columns = [str(c) for c in frame.columns]
+    opts = ReadOptions(user_col=opts.user_col or _recbole_col(frame, "user_id", path),
+                       item_col=opts.item_col or _recbole_col(frame, "item_id", path),
+                       time_col=opts.time_col or _recbole_col(frame, "timestamp", path),
+                       rating_col=opts.rating_col or (_recbole_col(frame, "rating", path)
+                                                      if opts.min_rating is not None else None),
+                       min_rating=opts.min_rating)
+    return _select(frame, path, opts, False), 2, False
+
+
+def _recbole_col(frame: pd.DataFrame, field_name: str, path: Path) -> str:
+    for column in frame.columns:
+        if column.split(":")[0] == field_name:
+            return column
+    raise DataError(f"RecBole header has no {field_name}:<type> field "
+                    f"(header: {' '.join(frame.columns)})", path=str(path))
+
+
+@register_reader("parquet")
+def _read_parquet(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise DataError(f"cannot read as Parquet ({err})", path=str(path)) from None
+    if frame.empty:
+        raise DataError("the Parquet file has no rows", path=str(path))
+    return _select(frame, path, opts, False), 1, False
+
+
+def _to_seconds(values: pd.Series, path: Path, first_line: int, column: str) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.to_datetime(values, utc=True)
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError("missing time", path=str(path), line=first_line + row, column=column)
+        return (parsed.astype("int64") // 10**9).to_numpy()  # pragma: no cover - parquet path
+    numeric = pd.to_numeric(values, errors="coerce")
+    missing = values.isna().to_numpy()
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise DataError("missing time (empty or NaN)", path=str(path), line=first_line + row, column=column)
+    if not numeric.isna().any():
+        return np.floor(numeric.to_numpy(dtype=np.float64)).astype(np.int64)
+    try:
+        parsed = pd.to_datetime(values.astype(str), utc=True, errors="coerce", format="ISO8601")
+    except (ValueError, TypeError):
+        parsed = pd.Series(pd.NaT, index=values.index)
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"unparsable time {values.iloc[row]!r} (expected unix seconds or ISO-8601)",
+                        path=str(path), line=first_line + row, column=column)
+    as_ns = parsed.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    return (as_ns.astype("int64") // 10**9).to_numpy()
+
+
+def _check_ids(values: pd.Series, path: Path, first_line: int, column: str, numeric: bool) -> np.ndarray:
+    missing = values.isna().to_numpy()
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise DataError("missing id (empty or NaN)", path=str(path), line=first_line + row, column=column)
+    if not numeric:
+        if pd.api.types.is_numeric_dtype(values):
+            return values.to_numpy()
+        return values.astype(str).str.strip().to_numpy()
+    as_number = pd.to_numeric(values, errors="coerce")
+    bad = as_number.isna().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"non-numeric id {values.iloc[row]!r}", path=str(path),
+                        line=first_line + row, column=column)
+    as_float = as_number.to_numpy(dtype=np.float64)
+    if not np.all(np.floor(as_float) == as_float):
+        row = int(np.argmax(np.floor(as_float) != as_float))
+        raise DataError(f"id {values.iloc[row]!r} is not a whole number", path=str(path),
+                        line=first_line + row, column=column)
+    return as_float.astype(np.int64)
+
+
+def read_log(path: str | Path, options: ReadOptions | None = None) -> InteractionLog:
+    """Read and validate an interaction log file.
+
+    Raises:
+        DataError: naming the file (and the line or column) when the file is missing, empty,
+            lacks a column, or has a missing, non-numeric or unparsable value.
+    """
+    options = options or ReadOptions()
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file", path=str(path))
+    if path.is_dir():
+        if options.format not in READERS or options.format in ("csv", "auto"):
+            raise DataError("is a folder, not a log file", path=str(path))
+    elif path.stat().st_size == 0:
+        raise DataError("the file is empty", path=str(path))
+    fmt = detect_format(path) if options.format == "auto" else options.format
+    if fmt not in READERS:
+        raise DataError(f"unknown format {fmt!r} (known: {', '.join(sorted(READERS))})", path=str(path))
+    frame, first_line, numeric_ids = READERS[fmt](path, options)
+    names = frame.attrs.get("columns", {})
+    users = _check_ids(frame["user"], path, first_line, names.get("user", "user"), numeric_ids)
+    items = _check_ids(frame["item"], path, first_line, names.get("item", "item"), numeric_ids)
+    times = _to_seconds(frame["time"], path, first_line, names.get("time", "time"))
+    keep = np.ones(len(frame), dtype=bool)
+    if options.min_rating is not None:
+        rating = pd.to_numeric(frame["rating"], errors="coerce")
+        bad = rating.isna().to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(f"non-numeric rating {frame['rating'].iloc[row]!r}", path=str(path),
+                            line=first_line + row, column=names.get("rating", "rating"))
+        keep = rating.to_numpy() >= options.min_rating
+        if not keep.any():
+            raise DataError(f"no interaction has rating >= {options.min_rating}", path=str(path))
+    sha = file_sha256(path) if path.is_file() else ""
+    return InteractionLog.from_arrays(users[keep], items[keep], times[keep], source=str(path), sha256=sha)
+
+
+def bundled_movielens_path() -> Path:
+    """The MovieLens ml-latest-small ratings file shipped with smlrec (see its README.txt)."""
+    return Path(__file__).resolve().parent.parent / "datasets" / "ml-latest-small" / "ratings.csv"

@@ -1,0 +1,1 @@
+"""Networks (nn.Modules) and the one training loop that fits them."""

@@ -1,0 +1,47 @@
+"""The one minibatch training loop every strategy uses.
+
+Each epoch draws one fresh negative per positive for all rows at once (vectorised), shuffles
+the rows, and steps the optimiser on consecutive slices of the shuffled order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``batch_loss(rows, negative_items)``: the loss of the given training rows (LongTensors)."""
+
+
+def train_epochs(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer], n_rows: int,
+                 sample_negatives: Callable[[np.random.Generator], np.ndarray], epochs: int,
+                 batch_size: int, rng: np.random.Generator,
+                 device: str | torch.device = "cpu") -> list[float]:
+    """Run ``epochs`` passes over ``n_rows`` training rows; returns the mean loss of each epoch."""
+    losses = []
+    for _ in range(epochs):
+        negatives = torch.from_numpy(np.asarray(sample_negatives(rng), dtype=np.int64)).to(device)
+        order = torch.from_numpy(rng.permutation(n_rows)).to(device)
+        total, batches = 0.0, 0
+        for lo in range(0, n_rows, batch_size):
+            rows = order[lo: lo + batch_size]
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss = batch_loss(rows, negatives[rows])
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+        losses.append(total / max(batches, 1))
+    return losses
+
+
+def make_optimizer(module: torch.nn.Module, lr: float, sparse: bool) -> torch.optim.Optimizer:
+    """Adam for a module's parameters; the lazy (row-wise) SparseAdam when gradients are sparse."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if sparse:
+        return torch.optim.SparseAdam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)

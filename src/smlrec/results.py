@@ -1,0 +1,133 @@
+"""The results directory: a stable contract other tools (and ``smlrec report``) read.
+
+* ``periods.csv``: one row per (strategy, scored period): strategy, period, role, label,
+  interactions, recall@5, recall@10, recall@20, ndcg@5, ndcg@10, ndcg@20, update_seconds.
+* ``summary.csv``: one row per strategy: the six metrics micro-averaged over ALL test periods,
+  test_interactions, update_seconds (mean over test periods).
+* ``breakdown.csv``: per (strategy, scored period, user_group, item_group): interactions and the
+  six metrics; "new" = first seen in a test period.
+* ``config.json``: every effective setting, the data file's sha256, the package version.
+
+The directory is written under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .config import to_dict
+from .errors import ConfigError
+from .evaluation import METRIC_NAMES, micro_average
+
+PERIOD_COLUMNS = ["strategy", "period", "role", "label", "interactions", *METRIC_NAMES, "update_seconds"]
+SUMMARY_COLUMNS = ["strategy", *METRIC_NAMES, "test_interactions", "update_seconds"]
+
+
+def periods_frame(records) -> pd.DataFrame:
+    rows = [{"strategy": r.strategy, "period": r.period, "role": r.role, "label": r.label,
+             "interactions": r.interactions, **r.metrics, "update_seconds": r.update_seconds}
+            for r in records]
+    return pd.DataFrame(rows, columns=PERIOD_COLUMNS)
+
+
+def summary_frame(periods: pd.DataFrame, role: str = "test") -> pd.DataFrame:
+    """Micro-averaged metrics over every period of ``role``, one row per strategy."""
+    rows = []
+    for strategy, group in periods.groupby("strategy", sort=False):
+        scored = group[group["role"] == role]
+        if scored.empty:
+            continue
+        weights = scored["interactions"].to_numpy()
+        rows.append({"strategy": strategy,
+                     **{m: micro_average(scored[m].to_numpy(), weights) for m in METRIC_NAMES},
+                     "test_interactions": int(weights.sum()),
+                     "update_seconds": float(scored["update_seconds"].mean())})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def breakdown_frame(records) -> pd.DataFrame:
+    rows = [{"strategy": r.strategy, "period": r.period, "role": r.role, **group}
+            for r in records for group in r.breakdown]
+    return pd.DataFrame(rows, columns=["strategy", "period", "role", "user_group", "item_group",
+                                       "interactions", *METRIC_NAMES])
+
+
+def default_out_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse to write over an existing non-empty directory (before any work is done)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
+
+
+def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
+                  extra_files: dict[str, Any] | None = None) -> Path:
+    """Write the results directory atomically (temporary directory, then rename)."""
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        periods = periods_frame(result.records)
+        periods.to_csv(tmp / "periods.csv", index=False)
+        summary = summary_frame(periods)
+        summary.to_csv(tmp / "summary.csv", index=False)
+        breakdown_frame(result.records).to_csv(tmp / "breakdown.csv", index=False)
+        timeline = result.timeline
+        config = {
+            "smlrec_version": __version__,
+            "settings": to_dict(result.settings),
+            "strategies": result.strategies,
+            "data": {"source": timeline.log.source, "sha256": timeline.log.sha256,
+                     "interactions": len(timeline.log), "users": timeline.log.n_users,
+                     "items": timeline.log.n_items},
+            "periods": [{"period": p.index, "role": p.role, "label": p.label,
+                         "interactions": len(p)} for p in timeline.periods],
+            "pretrain": {"epochs": result.settings.pretrain.epochs,
+                         "losses": result.pretrain_losses, "seconds": result.pretrain_seconds},
+            "wall_seconds": result.wall_seconds,
+            **(extra_config or {}),
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
+        for name, writer in (extra_files or {}).items():
+            writer(tmp / name)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A plain-text table of the summary, for the terminal."""
+    if summary.empty:
+        return "(no test periods scored)"
+    shown = summary.copy()
+    for column in METRIC_NAMES:
+        shown[column] = shown[column].map(lambda v: f"{v:.4f}")
+    shown["update_seconds"] = shown["update_seconds"].map(lambda v: f"{v:.2f}")
+    return shown.to_string(index=False)

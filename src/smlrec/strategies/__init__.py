@@ -1,0 +1,59 @@
+"""Retraining strategies, by name. Adding one = a module with a Strategy subclass + ``register``.
+
+Variants of one method (the SML ablations) are one class registered under several names with
+different preset settings, never copies of the class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import build, merge
+from ..errors import ConfigError
+from .base import Strategy, StrategyContext
+from .mf_retrain import FineTune, FullRetrain, RetrainSettings
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    cls: type[Strategy]
+    settings_cls: type
+    preset: dict = field(default_factory=dict)
+    description: str = ""
+
+
+STRATEGIES: dict[str, StrategySpec] = {}
+
+
+def register(name: str, cls: type[Strategy], settings_cls: type, preset: dict | None = None,
+             description: str = "") -> None:
+    STRATEGIES[name] = StrategySpec(cls, settings_cls, dict(preset or {}), description)
+
+
+def strategy_settings(name: str, overrides: dict | None = None) -> Any:
+    """The settings object of strategy ``name``: class defaults < preset < overrides."""
+    spec = _spec(name)
+    return build(spec.settings_cls, merge(spec.preset, overrides or {}), f"strategy.{name}")
+
+
+def create_strategy(name: str, context: StrategyContext, overrides: dict | None = None) -> Strategy:
+    spec = _spec(name)
+    strategy = spec.cls(strategy_settings(name, overrides), context)
+    strategy.name = name
+    return strategy
+
+
+def _spec(name: str) -> StrategySpec:
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
+    return STRATEGIES[name]
+
+
+register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
+         "warm-started MF trained on all data so far")
+register("fine-tune", FineTune, RetrainSettings, {"epochs": 5},
+         "warm-started MF trained on the new period only")
+
+__all__ = ["STRATEGIES", "Strategy", "StrategyContext", "StrategySpec", "create_strategy",
+           "register", "strategy_settings"]

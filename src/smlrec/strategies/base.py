@@ -1,0 +1,121 @@
+"""The strategy interface: how a model is retrained when a new period of data arrives.
+
+A strategy is started once from the pretrained MF model, then receives periods in time order
+through :meth:`Strategy.update`. Between updates, :meth:`Strategy.score` serves the model for the
+*next* period. The replay loop only ever calls ``start``, ``score`` and ``update``; it never asks
+what kind of strategy it holds.
+
+Subclasses write ``_start``, ``_update`` and ``score``; the public ``update`` validates the
+period and times the hook.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..config import MFSettings
+from ..data.periods import Period
+from ..errors import CheckpointError, DataError
+from ..random import make_rng, rng_state, set_rng_state
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What every strategy is built with: table sizes, the base model settings, seed, device."""
+
+    n_users: int
+    n_items: int
+    mf: MFSettings
+    seed: int
+    device: str = "cpu"
+    name: str = ""
+
+
+class Strategy(ABC):
+    """Base class of retraining strategies.
+
+    Lifecycle: ``start(pretrain, initial_state)`` once, then for every new period
+    ``score(...)`` (served model) and ``update(period)``.
+    """
+
+    name: ClassVar[str] = "strategy"
+
+    def __init__(self, settings: Any, context: StrategyContext) -> None:
+        self.settings = settings
+        self.context = context
+        self.device = torch.device(context.device)
+        self.rng = make_rng(context.seed, "strategy", context.name or self.name)
+        self.periods_seen = 0
+
+    # -- public API ------------------------------------------------------------------------
+    def start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
+        """Begin from the shared pretrained MF weights (``user``, ``item``) and its data."""
+        self._start(pretrain, initial_state)
+
+    def update(self, period: Period) -> float:
+        """Incorporate a new period; returns the wall seconds the update took."""
+        if len(period) == 0:
+            raise DataError(f"period {period.index} has no interactions; cannot update on it")
+        if period.users.max(initial=0) >= self.n_users or period.items.max(initial=0) >= self.n_items:
+            raise DataError(f"period {period.index} has user or item indices beyond the model's "
+                            f"tables ({self.n_users} users, {self.n_items} items); grow the model first")
+        began = time.perf_counter()
+        self._update(period)
+        self.periods_seen += 1
+        return time.perf_counter() - began
+
+    @abstractmethod
+    def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores ``[len(rows), C]`` of ``candidates`` for rows ``rows`` of ``period``.
+
+        The period is the one being scored (not yet given to ``update``); a sequential model may
+        use the period's earlier rows as the user's context, never the row's own item.
+        """
+
+    # -- hooks -----------------------------------------------------------------------------
+    @abstractmethod
+    def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def _update(self, period: Period) -> None: ...
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return self.context.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.context.n_items
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: tensors, arrays and JSON-able values."""
+        return {"rng": rng_state(self.rng), "periods_seen": self.periods_seen, **self._state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            set_rng_state(self.rng, state["rng"])
+            self.periods_seen = int(state["periods_seen"])
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{self.name}: state does not fit this strategy ({err})") from None
+
+    @abstractmethod
+    def _state(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _load_state(self, state: dict[str, Any]) -> None: ...
+
+    def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """User and item tables of the served model, for strategies that serve an inner product."""
+        return None
+
+
+def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(device)

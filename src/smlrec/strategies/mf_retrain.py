@@ -1,0 +1,113 @@
+"""Full-retrain and Fine-tune (sml-method.md section 6): warm-started MF on a window of data.
+
+* Full-retrain: each period, continue training the previous model on D_0..D_t (all data so far).
+* Fine-tune: each period, continue training the previous model on D_t only.
+
+Negatives are uniform over the items of the training set, minus the user's items in it.
+One Adam optimiser lives for the whole run (its moments carry across periods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.periods import Period
+from ..data.sampling import SetNegativeSampler
+from ..models.losses import bce_pair_loss
+from ..models.mf import MF
+from ..models.train_loop import make_optimizer, train_epochs
+from .base import Strategy, StrategyContext, to_tensor
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """Settings of the warm-started MF baselines."""
+
+    epochs: int = 5                   # passes over the training window per period
+    lr: float | None = None           # None: the MF learning rate
+    batch_size: int | None = None     # None: the MF batch size
+
+
+class MFRetrain(Strategy):
+    """Warm-started MF retrained each period on the rows ``_training_rows`` chooses."""
+
+    def __init__(self, settings: RetrainSettings, context: StrategyContext) -> None:
+        super().__init__(settings, context)
+        mf = context.mf
+        self.model = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
+        self.optimizer = make_optimizer(self.model, settings.lr or mf.lr, mf.sparse)
+
+    def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.model.user.weight.copy_(initial_state["user"])
+            self.model.item.weight.copy_(initial_state["item"])
+
+    def _training_rows(self, period: Period) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _update(self, period: Period) -> None:
+        user_rows, item_rows = self._training_rows(period)
+        users = to_tensor(user_rows, self.device)
+        items = to_tensor(item_rows, self.device)
+        model = self.model
+
+        def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+            u = users[rows]
+            return bce_pair_loss(model.score(u, items[rows]), model.score(u, negatives))
+
+        self.last_losses = train_epochs(batch_loss, [self.optimizer], len(users),
+                                        SetNegativeSampler(user_rows, item_rows), self.settings.epochs,
+                                        self.settings.batch_size or self.context.mf.batch_size,
+                                        self.rng, self.device)
+
+    def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
+        users = to_tensor(period.users[rows], self.device)
+        return self.model.score(users, candidates)
+
+    def served_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.user.weight.detach(), self.model.item.weight.detach()
+
+    def _state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class FullRetrain(MFRetrain):
+    """Retrain on all data so far (D_0..D_t), warm-started from the previous model."""
+
+    name = "full-retrain"
+
+    def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
+        super()._start(pretrain, initial_state)
+        self.history_users = np.asarray(pretrain.users, dtype=np.int64)
+        self.history_items = np.asarray(pretrain.items, dtype=np.int64)
+
+    def _training_rows(self, period: Period) -> tuple[np.ndarray, np.ndarray]:
+        self.history_users = np.concatenate([self.history_users, period.users])
+        self.history_items = np.concatenate([self.history_items, period.items])
+        return self.history_users, self.history_items
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "history_users": self.history_users,
+                "history_items": self.history_items}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        self.history_users = np.asarray(state["history_users"], dtype=np.int64)
+        self.history_items = np.asarray(state["history_items"], dtype=np.int64)
+
+
+class FineTune(MFRetrain):
+    """Continue training the previous model on the new period only."""
+
+    name = "fine-tune"
+
+    def _training_rows(self, period: Period) -> tuple[np.ndarray, np.ndarray]:
+        return period.users, period.items

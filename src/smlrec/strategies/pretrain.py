@@ -1,0 +1,38 @@
+"""MF pretraining on the pretrain periods: the one starting model every strategy shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import MFSettings
+from ..data.periods import Period
+from ..data.sampling import PrefixNegativeSampler
+from ..models.losses import bce_pair_loss
+from ..models.mf import MF
+from ..models.train_loop import make_optimizer, train_epochs
+from ..random import make_rng, make_torch_generator
+from .base import to_tensor
+
+
+def pretrain_mf(pretrain: Period, n_users: int, n_items: int, mf: MFSettings, epochs: int,
+                seed: int, device: str = "cpu") -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Train MF on ``pretrain`` with negatives from the items seen so far minus the user's history.
+
+    Returns the weights ``{"user": P, "item": Q}`` and the mean loss of each epoch.
+    """
+    model = MF(n_users, n_items, mf.dim, mf.init_std, mf.sparse,
+               generator=make_torch_generator(seed, "mf-init")).to(device)
+    optimizer = make_optimizer(model, mf.lr, mf.sparse)
+    users = to_tensor(pretrain.users, model.user.weight.device)
+    items = to_tensor(pretrain.items, model.user.weight.device)
+    sampler = PrefixNegativeSampler(pretrain.users, pretrain.positions, pretrain.items_seen, pretrain.seen)
+
+    def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        u = users[rows]
+        return bce_pair_loss(model.score(u, items[rows]), model.score(u, negatives))
+
+    losses = train_epochs(batch_loss, [optimizer], len(pretrain), sampler, epochs, mf.batch_size,
+                          make_rng(seed, "pretrain"), device)
+    state = {"user": model.user.weight.detach().clone(), "item": model.item.weight.detach().clone()}
+    return state, losses
