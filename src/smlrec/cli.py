@@ -146,8 +146,18 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------
 
+# Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
+# with @command on import; list them here.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     from . import __version__
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"smlrec.{module}")
 
     parser = argparse.ArgumentParser(prog="smlrec", description="Retrain recommender systems period "
                                      "after period: replay strategies on a log, or run the update.")
