@@ -157,6 +157,8 @@ def _read_text(path: Path, **kwargs) -> pd.DataFrame:
         raise DataError(f"malformed row: {str(err).strip()}", path=str(path)) from None
     except UnicodeDecodeError as err:
         raise DataError(f"not a text file ({err.reason})", path=str(path)) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not a log file", path=str(path)) from None
 
 
 def _pick(frame: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what: str,
@@ -189,12 +191,30 @@ def _select(frame: pd.DataFrame, path: Path, opts: ReadOptions, rating_required:
     return out
 
 
+SEPARATORS = (",", "\t", ";", "|")
+
+
+def _detect_separator(path: Path) -> str:
+    """The separator occurring most often in the header line (comma when none occurs).
+
+    pandas' sniffer guesses letters as separators on short files (``user|item|time`` -> ``e``),
+    so only the usual separators are considered.
+    """
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            header = next((line for line in handle if line.strip()), "")
+    except OSError:
+        return ","
+    counts = [header.count(sep) for sep in SEPARATORS]
+    return SEPARATORS[counts.index(max(counts))] if max(counts) > 0 else ","
+
+
 @register_reader("csv")
 def _read_csv(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
     sep = opts.sep
     if sep is None:
-        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None
-    frame = _read_text(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else _detect_separator(path)
+    frame = _read_text(path, sep=sep, engine="python" if len(sep) > 1 else "c", dtype=str,
                        keep_default_na=True, skipinitialspace=True)
     if frame.empty:
         raise DataError("the file has a header but no rows", path=str(path))
@@ -273,14 +293,22 @@ def _to_seconds(values: pd.Series, path: Path, first_line: int, column: str) -> 
         if bad.any():
             row = int(np.argmax(bad))
             raise DataError("missing time", path=str(path), line=first_line + row, column=column)
-        return (parsed.astype("int64") // 10**9).to_numpy()  # pragma: no cover - parquet path
+        # Parquet keeps the stored unit (s, ms, us or ns); count nanoseconds before dividing.
+        return (parsed.astype("datetime64[ns, UTC]").astype("int64") // 10**9).to_numpy()
     numeric = pd.to_numeric(values, errors="coerce")
     missing = values.isna().to_numpy()
     if missing.any():
         row = int(np.argmax(missing))
         raise DataError("missing time (empty or NaN)", path=str(path), line=first_line + row, column=column)
-    if not numeric.isna().any():
+    not_number = numeric.isna().to_numpy()
+    if not not_number.any():
         return np.floor(numeric.to_numpy(dtype=np.float64)).astype(np.int64)
+    if not not_number[0]:
+        # A unix-seconds column with a bad value: name that value, not the first number
+        # (which would fail the ISO-8601 parse below).
+        row = int(np.argmax(not_number))
+        raise DataError(f"unparsable time {values.iloc[row]!r} (expected unix seconds, like the "
+                        "first row, or ISO-8601)", path=str(path), line=first_line + row, column=column)
     try:
         parsed = pd.to_datetime(values.astype(str), utc=True, errors="coerce", format="ISO8601")
     except (ValueError, TypeError):
