@@ -68,7 +68,8 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
         "day_cuts": getattr(args, "day_cuts", None), "timezone": getattr(args, "timezone", None),
         "drop_empty": getattr(args, "drop_empty", None)}.items() if value is not None}
     flags: dict = {"data": data} if data else {}
-    if data.get("every") or data.get("day_cuts"):
+    if data.get("every") or data.get("day_cuts") or data.get("periods") is not None:
+        # The three ways to cut are exclusive: the one given as a flag replaces the config's.
         flags = merge(flags, {"data": {"every": data.get("every"), "day_cuts": data.get("day_cuts")}})
     if getattr(args, "plan", None):
         from .data.periods import Plan
