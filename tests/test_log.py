@@ -313,3 +313,20 @@ def test_unix_seconds_among_iso_times(tmp_path):
     path = write_csv(tmp_path / "log.csv", "user,item,time", ["a,x,2021-01-01", "b,y,1600000000"])
     message = _error(path)
     assert "line 3" in message and "1600000000" in message
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("log.csv", "\nuser,item,time\na,x,1\n\n   \nb,y,2\nc,,3\n", 7),
+    ("u.data", "1\t2\t3\t4\n\n1\t2\t3\tlater\n", 3),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n\n1,2,3,4\n\n\n1,2.5,3,4\n", 6),
+])
+def test_error_line_counts_blank_lines(tmp_path, name, text, line):
+    path = tmp_path / name
+    path.write_text(text)
+    assert f"line {line}," in _error(path)
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,time\n\na,x,1\n\nb,y,2\n\n")
+    assert len(read_log(path)) == 2

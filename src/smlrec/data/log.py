@@ -365,6 +365,37 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
     if fmt not in READERS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(sorted(READERS))})", path=str(path))
     frame, first_line, numeric_ids = READERS[fmt](path, options)
+    try:
+        return _validated_log(frame, path, options, first_line, numeric_ids)
+    except DataError as err:
+        if err.line is None or fmt not in TEXT_FORMATS or not path.is_file():
+            raise
+        line = _physical_line(path, first_line, err.line)
+        raise DataError(err.problem, path=err.path, line=line, column=err.column) from None
+
+
+TEXT_FORMATS = ("csv", "movielens", "movielens-1m", "movielens-100k", "recbole")
+
+
+def _physical_line(path: Path, first_line: int, line: int) -> int:
+    """The file line of a data row numbered as if no blank lines preceded it.
+
+    pandas skips blank lines, so row k of the frame is the (first_line - 1 + k)-th non-blank line.
+    Only called on the error path: it reads the file up to that line.
+    """
+    wanted = line - 1  # 0-based index among the file's non-blank lines
+    seen = -1
+    with open(path, "r", encoding="utf-8", errors="replace") as handle:
+        for number, text in enumerate(handle, start=1):
+            if text.strip():
+                seen += 1
+                if seen == wanted:
+                    return number
+    return line
+
+
+def _validated_log(frame: pd.DataFrame, path: Path, options: ReadOptions, first_line: int,
+                   numeric_ids: bool) -> InteractionLog:
     names = frame.attrs.get("columns", {})
     users = _check_ids(frame["user"], path, first_line, names.get("user", "user"), numeric_ids)
     items = _check_ids(frame["item"], path, first_line, names.get("item", "item"), numeric_ids)
