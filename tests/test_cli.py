@@ -122,10 +122,26 @@ def test_existing_non_empty_out_is_refused(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_bad_setting_exit_code(tmp_path, capsys):
+@pytest.mark.parametrize("assignment, shown", [("mf.dimm=3", "dimm"), ("mf.batch_size=0", "mf.batch_size"),
+                                               ("seed=many", "seed")])
+def test_bad_setting_exit_code(tmp_path, capsys, assignment, shown):
     data = write_generic_log(tmp_path / "log.csv", n_rows=300, seed=2)
-    assert _replay(data, tmp_path / "out", "--set", "mf.dimm=3") == 2
-    assert "dimm" in capsys.readouterr().err
+    assert _replay(data, tmp_path / "out", "--set", assignment) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_calendar_window_exit_code(tmp_path, capsys):
+    # 300 rows 10 minutes apart span ~2 days; a 1-day gap leaves an empty 8h window.
+    users, items, times = random_rows(300, 20, 30, seed=1)
+    times = times.copy()
+    times[150:] += 86400
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,time\n" + "".join(f"u{u},i{i},{t}\n" for u, i, t in zip(users, items, times)))
+    assert main(["replay", "--data", str(path), "--every", "8h", "--plan", "2,2,1,2",
+                 "--out", str(tmp_path / "out"), *FAST]) == 2
+    assert "--drop-empty" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

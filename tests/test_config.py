@@ -167,3 +167,27 @@ def test_build_and_to_dict_round_trip():
     assert plain["data"]["day_cuts"] == [10.0, 17.0] and plain["strategies"] == ["a"]
     assert build(ReplaySettings, plain) == s
     assert build(DataSettings, DataSettings()) == DataSettings()
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"mf": {"dim": 0}}, "mf.dim: must be >= 1, got 0"),
+    ({"mf": {"lr": -1}}, "mf.lr: must be > 0"),
+    ({"mf": {"batch_size": 0}}, "mf.batch_size: must be >= 1"),
+    ({"mf": {"init_std": -0.1}}, "mf.init_std: must be >= 0"),
+    ({"pretrain": {"epochs": -1}}, "pretrain.epochs: must be >= 0"),
+    ({"data": {"periods": 0}}, "data.periods: must be >= 1"),
+    ({"n_negatives": 0}, "n_negatives: must be >= 1"),
+    ({"eval_batch_size": 0}, "eval_batch_size: must be >= 1"),
+    ({"threads": 0}, "threads: must be >= 1"),
+])
+def test_out_of_range_settings(layer, message):
+    with pytest.raises(ConfigError) as info:
+        replay_settings(layer)
+    assert str(info.value).startswith(message)
+
+
+def test_out_of_range_strategy_settings():
+    with pytest.raises(ConfigError, match="^strategy.fine-tune.epochs: must be >= 0"):
+        strategy_settings("fine-tune", {"epochs": -2})
+    with pytest.raises(ConfigError, match="^strategy.full-retrain.batch_size: must be >= 1"):
+        strategy_settings("full-retrain", {"batch_size": 0})
