@@ -144,8 +144,7 @@ def _local_seconds(times: np.ndarray, timezone: str) -> np.ndarray:
         stamps = pd.to_datetime(times, unit="s", utc=True).tz_convert(timezone)
     except Exception as err:
         raise ConfigError(f"unknown timezone {timezone!r} ({err})") from None
-    # pandas may hold these in us (pandas 3) or ns; ask for seconds explicitly.
-    offsets = stamps.tz_localize(None).as_unit("s").asi8 - times
+    offsets = stamps.tz_localize(None).as_unit("s").asi8 - times  # pandas 3 defaults to us
     return times + offsets
 
 
