@@ -26,6 +26,7 @@ from helpers import TINY_MF, tiny_timeline
 FAST_OVERRIDES: dict[str, dict] = {
     "full-retrain": {"epochs": 1},
     "fine-tune": {"epochs": 1},
+    "sml": {"rounds": 2, "hidden": 16, "conv_channels": 2, "conv2_channels": 2},
 }
 
 CONTRACT_PLAN = Plan(pretrain=2, offline=2, validation=1, test=2)
