@@ -43,6 +43,9 @@ def test_start_update_score_shapes(world, name):
         assert s.shape == (len(period), world.candidates[period.index].shape[1])
         assert s.dtype.is_floating_point
         assert torch.isfinite(s).all()
+    # scoring is read-only: the same call again gives the same scores
+    last = scored[-1]
+    assert_same({last.index: scores[last.index]}, {last.index: world.score(strategy, last)})
 
 
 @pytest.mark.parametrize("name", NAMES)
