@@ -99,3 +99,38 @@ def _pad_rows(table: torch.Tensor, n_rows: int) -> torch.Tensor:
         return table
     extra = torch.zeros(n_rows - table.shape[0], table.shape[1], dtype=table.dtype, device=table.device)
     return torch.cat([table, extra])
+
+
+class DenseMFTrainer:
+    """The same interface with autograd and dense ``torch.optim.Adam`` (moments of every row move)."""
+
+    def __init__(self, model: MF, lr: float = 0.01) -> None:
+        self.model = model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> float:
+        from .losses import bce_pair_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = bce_pair_loss(self.model.score(users, positives), self.model.score(users, negatives))
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def grow(self, n_users: int, n_items: int) -> None:
+        for param, n_rows in ((self.model.user.weight, n_users), (self.model.item.weight, n_items)):
+            state = self.optimizer.state.get(param)
+            if state:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    state[key] = _pad_rows(state[key], n_rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+def make_mf_trainer(model: MF, lr: float, sparse: bool) -> FusedMFTrainer | DenseMFTrainer:
+    """The lazy fused trainer for sparse (row-wise) updates, else dense autograd Adam."""
+    return FusedMFTrainer(model, lr) if sparse else DenseMFTrainer(model, lr)

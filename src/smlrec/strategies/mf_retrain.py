@@ -4,7 +4,7 @@
 * Fine-tune: each period, continue training the previous model on D_t only.
 
 Negatives are uniform over the items of the training set, minus the user's items in it.
-One Adam optimiser lives for the whole run (its moments carry across periods).
+One Adam (lazy, row-wise, by default) lives for the whole run (its moments carry across periods).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from ..config import require
 from ..data.periods import Period
 from ..data.sampling import SetNegativeSampler
-from ..models.losses import bce_pair_loss
+from ..models.fused_mf import make_mf_trainer
 from ..models.mf import MF
-from ..models.train_loop import make_optimizer, train_epochs
+from ..models.train_loop import run_epochs
 from .base import Strategy, StrategyContext, to_tensor
 
 
@@ -45,7 +45,7 @@ class MFRetrain(Strategy):
         super().__init__(settings, context)
         mf = context.mf
         self.model = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
-        self.optimizer = make_optimizer(self.model, settings.lr or mf.lr, mf.sparse)
+        self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse)
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -59,16 +59,15 @@ class MFRetrain(Strategy):
         user_rows, item_rows = self._training_rows(period)
         users = to_tensor(user_rows, self.device)
         items = to_tensor(item_rows, self.device)
-        model = self.model
+        trainer = self.trainer
 
-        def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-            u = users[rows]
-            return bce_pair_loss(model.score(u, items[rows]), model.score(u, negatives))
+        def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
+            return trainer.step(users[rows], items[rows], negatives)
 
-        self.last_losses = train_epochs(batch_loss, [self.optimizer], len(users),
-                                        SetNegativeSampler(user_rows, item_rows), self.settings.epochs,
-                                        self.settings.batch_size or self.context.mf.batch_size,
-                                        self.rng, self.device)
+        self.last_losses = run_epochs(step, len(users), SetNegativeSampler(user_rows, item_rows),
+                                      self.settings.epochs,
+                                      self.settings.batch_size or self.context.mf.batch_size,
+                                      self.rng, self.device)
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
@@ -78,11 +77,11 @@ class MFRetrain(Strategy):
         return self.model.user.weight.detach(), self.model.item.weight.detach()
 
     def _state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.trainer.state_dict()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.load_state_dict(state["optimizer"])
 
 
 class FullRetrain(MFRetrain):
