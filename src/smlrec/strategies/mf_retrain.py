@@ -17,6 +17,7 @@ import torch
 
 from ..data.periods import Period
 from ..data.sampling import SetNegativeSampler
+from ..models.growth import grow_embedding, init_rows
 from ..models.losses import bce_pair_loss
 from ..models.mf import MF
 from ..models.train_loop import make_optimizer, train_epochs
@@ -63,6 +64,17 @@ class MFRetrain(Strategy):
                                         SetNegativeSampler(user_rows, item_rows), self.settings.epochs,
                                         self.settings.batch_size or self.context.mf.batch_size,
                                         self.rng, self.device)
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        """New rows start as fresh MF rows: N(0, init_std^2), counter-based from the run seed
+        (models/growth.py), i.e. the very rows pretraining gives an id it has not trained; their
+        Adam moments start at zero, as for a row that has never had a gradient."""
+        mf, seed = self.context.mf, self.context.seed
+        for table, embedding, new_size in (("user", self.model.user, n_users),
+                                           ("item", self.model.item, n_items)):
+            old_size = embedding.num_embeddings
+            grow_embedding(embedding, init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std),
+                           [self.optimizer])
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
