@@ -36,10 +36,14 @@ def write_periods(frame: pd.DataFrame, folder: Path, history_periods: int, rows:
     return history, batches
 
 
+# Per-strategy overrides that keep the tests fast (a strategy missing here runs its defaults).
+FAST_STRATEGY_SETTINGS = {"full-retrain": {"epochs": 2}, "fine-tune": {"epochs": 2}}
+
+
 def tiny_settings(strategy: str, history_periods: int, pretrain: int = 2, sparse: bool = True) -> dict:
     """Replay settings for a history of ``history_periods`` equal periods (fast: dim 8, 1-2 epochs)."""
     return {"data": {"periods": history_periods},
             "plan": {"pretrain": pretrain, "offline": history_periods - pretrain - 1, "validation": 0, "test": 1},
             "mf": {"dim": 8, "batch_size": 64, "sparse": sparse},
             "pretrain": {"epochs": 2}, "seed": 7, "threads": 1,
-            "strategy": {strategy: {"epochs": 2}}}
+            "strategy": {strategy: dict(FAST_STRATEGY_SETTINGS.get(strategy, {}))}}

@@ -18,7 +18,7 @@ N_PERIODS, HISTORY = 6, 4        # init on periods 0..3, update with 4 (and 5)
 PRODUCTION_STRATEGIES = ["full-retrain", "fine-tune"]   # add "sml" once it can grow
 
 
-def _replay_strategy(full_log, settings: dict, tmp_path):
+def _replay_strategy(name: str, full_log, settings: dict, tmp_path):
     """The strategy a replay over periods 0..N-1 serves for the last period (updated through N-2)."""
     plan = dict(settings["plan"], test=N_PERIODS - settings["plan"]["pretrain"] - settings["plan"]["offline"])
     replay = replay_settings(settings, {"data": {"path": str(full_log), "periods": N_PERIODS}, "plan": plan,
@@ -33,7 +33,6 @@ def _replay_strategy(full_log, settings: dict, tmp_path):
         return held["strategy"]
 
     candidates = CandidateStore(timeline, replay.seed, replay.n_negatives, replay.cache_dir)
-    name = next(iter(settings["strategy"]))
     list(iter_replay(timeline, replay, [name], initial, candidates, progress=False, factory=factory))
     return held["strategy"], timeline
 
@@ -50,7 +49,7 @@ def test_init_then_update_serves_the_replay_model(tmp_path, strategy, sparse):
     report = update_once(tmp_path / "reg", batches[0])          # period 4: the replay's last update
     assert report.version == 2 and report.period == 4 and report.new_users > 0 and report.new_items > 0
 
-    replayed, timeline = _replay_strategy(full_log, settings, tmp_path)
+    replayed, timeline = _replay_strategy(strategy, full_log, settings, tmp_path)
     served = Recommender.from_registry(tmp_path / "reg")
     n_users, n_items = served.checkpoint.n_users, served.checkpoint.n_items
     # ids seen through period 4 get the same indices as in the replay's whole-log vocabulary
@@ -233,6 +232,17 @@ def test_cli_daily_loop(tmp_path, capsys):
     assert len(recs) == 10 and recs["version"].eq(2).all()
     assert list(recs.groupby("user")["fallback"].all().items()) == [("1000", False), ("stranger", True)]
     assert main(["recommend", "--registry", reg, "--user", "stranger", "--strict"]) == 2
+
+
+def test_a_batch_with_ids_of_another_kind_is_refused(registry, tmp_path):
+    reg, _, _ = registry
+    from smlrec.production import extend_vocabulary
+
+    with pytest.raises(DataError, match="ids are text but this batch's are numbers"):
+        extend_vocabulary(reg.load().user_ids, np.array([1000, 1001]), np.array([0, 1]))
+    mapped, vocabulary = extend_vocabulary(np.array(["a", "b"], dtype=object), np.array(["c", "b", "d"], dtype=object),
+                                           np.array([0, 1, 0, 2]))
+    assert list(mapped) == [2, 1, 2, 3] and list(vocabulary) == ["a", "b", "c", "d"]
 
 
 def test_init_refuses_an_existing_registry_and_update_an_empty_one(registry, tmp_path):

@@ -185,4 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the importable module: subcommand modules register into smlrec.cli.COMMANDS,
+    # which is not this __main__ module's copy under `python -m smlrec.cli`.
+    from smlrec.cli import main as _main
+
+    sys.exit(_main())

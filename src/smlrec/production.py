@@ -141,9 +141,12 @@ def extend_vocabulary(known: np.ndarray, batch_ids: np.ndarray, batch_idx: np.nd
 
 
 def _comparable(known: np.ndarray, batch_ids: np.ndarray) -> np.ndarray:
-    if known.dtype.kind in "iuf" and np.asarray(batch_ids).dtype.kind not in "iuf" and len(batch_ids):
-        raise DataError(f"the batch has text ids (e.g. {batch_ids[0]!r}) but the registry's ids are numbers; "
-                        "read the batch with the same format and columns as the history")
+    """``known``, after checking the batch's ids are of the same kind (numbers vs text)."""
+    batch_ids = np.asarray(batch_ids)
+    if len(known) and len(batch_ids) and (known.dtype.kind in "iuf") != (batch_ids.dtype.kind in "iuf"):
+        kinds = ("numbers", "text") if known.dtype.kind in "iuf" else ("text", "numbers")
+        raise DataError(f"the registry's ids are {kinds[0]} but this batch's are {kinds[1]} "
+                        f"(e.g. {batch_ids[0]!r}); the batch must have the history's format and columns")
     return known
 
 
@@ -262,7 +265,7 @@ class Recommender:
                         times=np.full(len(users), self.cumulative.last_time, np.int64),
                         items_seen=np.full(len(users), self.cumulative.items_seen, np.int64),
                         seen=self.cumulative.seen)
-        batch = max(1, (1 << 21) // max(n_items, 1))
+        batch = max(1, (1 << 18) // max(n_items, 1))  # bounds the [batch, n_items, dim] gather of score()
         all_items = torch.arange(n_items, device=self.device)
         out = []
         with torch.no_grad():
