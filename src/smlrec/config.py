@@ -7,7 +7,8 @@ TOML layout::
 
     seed = 2020
     strategies = ["full-retrain", "fine-tune", "sml"]
-    [data]        # path, format, columns, periods / every / day_cuts, timezone, min_rating
+    [data]        # path, format, columns, periods / every / day_cuts, timezone, min_rating,
+                  # min_user_interactions, min_item_interactions (k-core)
     [plan]        # pretrain, offline, validation, test
     [mf]          # dim, lr, batch_size, init_std, sparse
     [pretrain]    # epochs
@@ -41,6 +42,8 @@ class DataSettings:
     rating_col: str | None = None
     sep: str | None = None
     min_rating: float | None = None  # keep rows with rating >= this; None keeps every row
+    min_user_interactions: int = 0   # k-core: keep users with >= this many rows (iterated to stability)
+    min_item_interactions: int = 0   # k-core: keep items with >= this many rows (see data/filters.py)
     periods: int = 20                # equal-count periods, unless every or day_cuts is given
     every: str | None = None         # calendar windows, e.g. "1D", "8h"
     day_cuts: tuple[float, ...] | None = None  # hours inside each day, e.g. (10, 17)

@@ -34,7 +34,8 @@ class InteractionLog:
         time: int64 unix seconds, non-decreasing.
         user_ids, item_ids: raw ids; ``user_ids[user_idx]`` is the raw id of a row's user.
         source: where the log came from (a path, or a description).
-        sha256: hash of the source file's bytes ("" for in-memory logs).
+        sha256: hash of the source file's bytes ("" for in-memory logs and folders).
+        metadata: JSON-able facts from reading and filtering (e.g. events skipped by a reader).
     """
 
     user_idx: np.ndarray
@@ -45,6 +46,7 @@ class InteractionLog:
     source: str = "<memory>"
     sha256: str = ""
     _items_seen: np.ndarray | None = field(default=None, repr=False)
+    metadata: dict = field(default_factory=dict)  # what the reader/filters report, e.g. skipped rows
 
     def __len__(self) -> int:
         return int(self.user_idx.shape[0])
@@ -330,7 +332,8 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
         raise DataError("no such file", path=str(path))
     if path.is_dir():
         if options.format not in READERS or options.format in ("csv", "auto"):
-            raise DataError("is a folder, not a log file", path=str(path))
+            raise DataError("is a folder, not a log file (a folder of Adressa day files needs "
+                            "--format adressa)", path=str(path))
     elif path.stat().st_size == 0:
         raise DataError("the file is empty", path=str(path))
     fmt = detect_format(path) if options.format == "auto" else options.format
@@ -353,7 +356,9 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
         if not keep.any():
             raise DataError(f"no interaction has rating >= {options.min_rating}", path=str(path))
     sha = file_sha256(path) if path.is_file() else ""
-    return InteractionLog.from_arrays(users[keep], items[keep], times[keep], source=str(path), sha256=sha)
+    log = InteractionLog.from_arrays(users[keep], items[keep], times[keep], source=str(path), sha256=sha)
+    log.metadata.update(frame.attrs.get("metadata", {}))
+    return log
 
 
 def bundled_movielens_path() -> Path:

@@ -13,6 +13,7 @@ from ..config import build, merge
 from ..errors import ConfigError
 from .base import Strategy, StrategyContext
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
+from .sml import SML, SMLSettings
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,19 @@ register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on all data so far")
 register("fine-tune", FineTune, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on the new period only")
+
+register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)")
+register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},
+         "SML with the transfer frozen once periods are scored (no step 2)")
+register("sml-n", SML, SMLSettings, {"step2_data": "current"},
+         "SML whose transfer is trained on D_t instead of D_t+1")
+register("sml-fp", SML, SMLSettings, {"step1_through_transfer": False},
+         "SML with new embeddings fitted on their own loss, then merged")
+register("sml-cnn", SML, SMLSettings, {"transfer": "no-cnn"}, "SML transfer without the CNN")
+register("sml-fc", SML, SMLSettings, {"transfer": "no-fc"}, "SML transfer without the FC layers")
+register("sml-linear", SML, SMLSettings, {"transfer": "linear"},
+         "SML with a learned linear mix a*W_prev + (1-a)*W_hat")
+register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [W_prev; W_hat]")
 
 __all__ = ["STRATEGIES", "Strategy", "StrategyContext", "StrategySpec", "create_strategy",
            "register", "strategy_settings"]
