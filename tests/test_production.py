@@ -15,7 +15,17 @@ from smlrec.replay import iter_replay, load_timeline, make_strategy
 from smlrec.strategies.pretrain import pretrain_mf
 
 N_PERIODS, HISTORY = 6, 4        # init on periods 0..3, update with 4 (and 5)
-PRODUCTION_STRATEGIES = ["full-retrain", "fine-tune"]   # add "sml" once it can grow
+
+
+def _can_grow(name: str) -> bool:
+    from smlrec.strategies import STRATEGIES
+    from smlrec.strategies.base import Strategy
+
+    return name in STRATEGIES and STRATEGIES[name].cls._grow is not Strategy._grow
+
+
+# The strategies production must reproduce the replay for; sml joins as soon as it implements _grow.
+PRODUCTION_STRATEGIES = [name for name in ("full-retrain", "fine-tune", "sml") if _can_grow(name)]
 
 
 def _replay_strategy(name: str, full_log, settings: dict, tmp_path):
