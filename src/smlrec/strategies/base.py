@@ -11,6 +11,7 @@ period and times the hook.
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -118,6 +119,7 @@ class Strategy(ABC):
         return {"rng": rng_state(self.rng), "periods_seen": self.periods_seen, **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = copy.deepcopy(state)  # never share tensors (e.g. Adam moments) with the source
         try:
             set_rng_state(self.rng, state["rng"])
             self.periods_seen = int(state["periods_seen"])

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import require
 from ..data.periods import Period
 from ..data.sampling import SetNegativeSampler
 from ..models.growth import grow_embedding, init_rows
@@ -31,6 +32,11 @@ class RetrainSettings:
     epochs: int = 5                   # passes over the training window per period
     lr: float | None = None           # None: the MF learning rate
     batch_size: int | None = None     # None: the MF batch size
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 0, "epochs", ">= 0", self.epochs)
+        require(self.lr is None or self.lr > 0, "lr", "> 0", self.lr)
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
 
 
 class MFRetrain(Strategy):
