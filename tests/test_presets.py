@@ -24,11 +24,10 @@ def settings_from(argv: list[str]):
 
 @pytest.fixture
 def sml_registered(monkeypatch):
-    """Pretend SML and an ablation are registered (the SML strategy is written elsewhere)."""
-    registry = dict(strategies.STRATEGIES)
-    spec = registry["fine-tune"]
-    registry["sml"] = spec
-    registry["sml-s"] = spec
+    """A registry with exactly two SML names, so the test does not depend on which ablations exist."""
+    registry = {k: v for k, v in strategies.STRATEGIES.items() if not k.startswith("sml")}
+    registry["sml"] = strategies.STRATEGIES["sml"]
+    registry["sml-s"] = strategies.STRATEGIES["sml-s"]
     monkeypatch.setattr(strategies, "STRATEGIES", registry)
 
 
