@@ -163,7 +163,7 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
 # with @command on import; list them here.
-COMMAND_MODULES: list[str] = ["cli_data"]
+COMMAND_MODULES: list[str] = ["cli_data", "cli_production"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from ..config import require
 from ..data.periods import Period
 from ..data.sampling import SetNegativeSampler
 from ..models.fused_mf import make_mf_trainer
+from ..models.growth import grow_embedding, init_rows
 from ..models.mf import MF
 from ..models.train_loop import run_epochs
 from .base import Strategy, StrategyContext, to_tensor
@@ -68,6 +69,17 @@ class MFRetrain(Strategy):
                                       self.settings.epochs,
                                       self.settings.batch_size or self.context.mf.batch_size,
                                       self.rng, self.device)
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        """New rows start as fresh MF rows: N(0, init_std^2), counter-based from the run seed
+        (models/growth.py), i.e. the very rows pretraining gives an id it has not trained; their
+        Adam moments start at zero, as for a row that has never had a gradient."""
+        mf, seed = self.context.mf, self.context.seed
+        for table, embedding, new_size in (("user", self.model.user, n_users),
+                                           ("item", self.model.item, n_items)):
+            old_size = embedding.num_embeddings
+            grow_embedding(embedding, init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std))
+        self.trainer.grow(n_users, n_items)
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)

@@ -29,6 +29,7 @@ from ..data.periods import Period
 from ..data.sampling import PrefixNegativeSampler, SetNegativeSampler
 from ..errors import ConfigError
 from ..models.losses import bce_pair_loss
+from ..models.growth import grow_embedding, init_rows
 from ..models.mf import MF, score_with_tables
 from ..models.train_loop import make_optimizer, train_epochs
 from ..models.transfer import TRANSFER_KINDS, Transfer
@@ -113,6 +114,10 @@ class SML(Strategy):
         self.user_served = torch.zeros(n_users, dim, device=self.device)
         self.item_served = torch.zeros(n_items, dim, device=self.device)
         self.pending: _PeriodRows | None = None   # D_t, whose rounds 1..R-1 are not done yet
+        # Ids are numbered in order of first appearance, so the users and items seen so far are
+        # the rows 0..n-1; later rows stay untouched (their initial values) until their id appears.
+        self.n_users_seen = 0
+        self.n_items_seen = 0
         self.step1_losses: list[float] = []
         self.step2_losses: list[float] = []
 
@@ -124,12 +129,18 @@ class SML(Strategy):
             self.user_served.copy_(initial_state["user"])
             self.item_served.copy_(initial_state["item"])
         self.pending = None
+        self._note_seen(pretrain)
+
+    def _note_seen(self, period: Period) -> None:
+        self.n_users_seen = max(self.n_users_seen, int(period.users.max()) + 1)
+        self.n_items_seen = max(self.n_items_seen, int(period.items_seen[-1]))
 
     def _update(self, period: Period) -> None:
         incoming = _PeriodRows.of(period)
         frozen = self.settings.freeze_when_scored and period.role in ("validation", "test")
         if self.pending is not None:
             self._finish_period(self.pending, incoming, period, frozen)
+        self._note_seen(period)
         self._begin_period(incoming, period, frozen)
         self.pending = incoming
 
@@ -230,11 +241,26 @@ class SML(Strategy):
                                           s.step2_batch_size, self.rng, self.device)
 
     def _transformed_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """f_Θ(W_prev, Ŵ) over every user and item row."""
+        """f_Θ(W_prev, Ŵ) over every row of the users and items seen so far (others unchanged)."""
         size = self.settings.table_batch_size
-        user = self.user_transfer.transform_table(self.user_prev, self.hat.user.weight.detach(), size)
-        item = self.item_transfer.transform_table(self.item_prev, self.hat.item.weight.detach(), size)
-        return user, item
+        out = []
+        for transfer, prev, hat, n_seen in (
+                (self.user_transfer, self.user_prev, self.hat.user.weight.detach(), self.n_users_seen),
+                (self.item_transfer, self.item_prev, self.hat.item.weight.detach(), self.n_items_seen)):
+            table = prev.clone()
+            table[:n_seen] = transfer.transform_table(prev[:n_seen], hat[:n_seen], size)
+            out.append(table)
+        return out[0], out[1]
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        """New rows start as fresh MF rows (models/growth.py) in W_prev, Ŵ and the served model,
+        exactly the untouched rows a replay over the whole log holds for ids not seen yet."""
+        mf, seed = self.context.mf, self.context.seed
+        for table, embedding, new_size in (("user", self.hat.user, n_users), ("item", self.hat.item, n_items)):
+            fresh = init_rows(seed, table, embedding.num_embeddings, new_size, mf.dim, mf.init_std).to(self.device)
+            grow_embedding(embedding, fresh, [self.hat_optimizer])
+            for name in (f"{table}_prev", f"{table}_served"):
+                setattr(self, name, torch.cat([getattr(self, name), fresh]))
 
     def _set_transfer_trainable(self, trainable: bool) -> None:
         for module in (self.user_transfer, self.item_transfer):
@@ -252,7 +278,8 @@ class SML(Strategy):
                 "hat": self.hat.state_dict(), "user_transfer": self.user_transfer.state_dict(),
                 "item_transfer": self.item_transfer.state_dict(),
                 "hat_optimizer": self.hat_optimizer.state_dict(),
-                "transfer_optimizer": self.transfer_optimizer.state_dict(), "pending": pending}
+                "transfer_optimizer": self.transfer_optimizer.state_dict(), "pending": pending,
+                "n_users_seen": self.n_users_seen, "n_items_seen": self.n_items_seen}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.user_prev = state["user_prev"].clone().to(self.device)
@@ -264,6 +291,8 @@ class SML(Strategy):
         self.item_transfer.load_state_dict(state["item_transfer"])
         self.hat_optimizer.load_state_dict(state["hat_optimizer"])
         self.transfer_optimizer.load_state_dict(state["transfer_optimizer"])
+        self.n_users_seen = int(state["n_users_seen"])
+        self.n_items_seen = int(state["n_items_seen"])
         pending = state.get("pending")
         self.pending = None if pending is None else _PeriodRows(
             *(np.asarray(pending[k], dtype=np.int64) for k in ("users", "items", "positions", "items_seen")))
