@@ -105,6 +105,8 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override any setting, e.g. strategy.sml.rounds=5 or mf.lr=0.02")
     parser.add_argument("--out", help="results directory (default runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip writing the report (tables, plots) into <out>/report")
 
 
 @command("replay", _replay_arguments)
@@ -118,17 +120,23 @@ def run_replay(args: argparse.Namespace) -> int:
     check_out_dir(out)
     timeline = load_timeline(settings)  # fails on bad data before any work or any file
     result = replay(settings, progress=not args.no_progress, timeline=timeline)
-    write_results(out, result, extra_files=_report_writers())
+    write_results(out, result, extra_files=_report_writers(args, out))
     print(f"\nTest periods {result.timeline.plan.pretrain + result.timeline.plan.offline + result.timeline.plan.validation}"
           f"..{len(result.timeline.periods) - 1}, micro-averaged ({result.wall_seconds:.1f} s in all):")
     print(format_summary(summary_frame(periods_frame(result.records))))
     print(f"\nResults written to {out}/")
+    if (out / "report").is_dir():
+        print(f"Report: {out / 'report' / 'report.html'}")
     return 0
 
 
-def _report_writers() -> dict:
-    """Extra files a replay writes beside its results (the report, once that module exists)."""
-    return {}
+def _report_writers(args: argparse.Namespace, out: Path) -> dict:
+    """Extra files a replay writes beside its results: the report, unless --no-report."""
+    if getattr(args, "no_report", False):
+        return {}
+    from .cli_report import replay_report_writer
+
+    return {"report": replay_report_writer(out.name)}
 
 
 def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +156,7 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
 # with @command on import; list them here.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["cli_report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,4 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run as `python -m smlrec.cli`, this file is __main__, while cli_<area> modules register their
+    # commands in the importable smlrec.cli: dispatch through that one.
+    from smlrec.cli import main as registered_main
+
+    sys.exit(registered_main())
