@@ -283,8 +283,25 @@ def test_replay_writes_its_report_unless_told_not_to(tmp_path):
     table = pd.read_csv(out / "report" / "table1.csv").set_index("strategy")
     summary = pd.read_csv(out / "summary.csv").set_index("strategy")
     np.testing.assert_allclose(table[list(METRIC_NAMES)], summary.loc[table.index, list(METRIC_NAMES)])
-    assert "run" in (out / "report" / "report.md").read_text()  # the run's name, not the temp dir's
+    page = (out / "report" / "report.md").read_text()
+    assert f"### run\n" in page and f"- directory: {out}\n" in page  # not the temporary directory's
+    assert ".tmp" not in page
     assert (out / "report" / "per_period.png").read_bytes().startswith(PNG_MAGIC)
     bare = tmp_path / "bare"
     assert main(["replay", "--data", str(log), *FAST, *cache, "--out", str(bare), "--no-report"]) == 0
     assert (bare / "summary.csv").exists() and not (bare / "report").exists()
+
+
+def test_a_failing_report_keeps_the_replay_results(tmp_path, monkeypatch, capsys):
+    import smlrec.reports
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(smlrec.reports, "build_report", broken)
+    log = tiny_log(tmp_path / "log.csv")
+    out = tmp_path / "run"
+    assert main(["replay", "--data", str(log), *FAST, "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 0
+    assert (out / "summary.csv").exists() and not (out / "report").exists()
+    assert "warning: the report was not written (RuntimeError: no fonts)" in capsys.readouterr().err

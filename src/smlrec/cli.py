@@ -136,7 +136,7 @@ def _report_writers(args: argparse.Namespace, out: Path) -> dict:
         return {}
     from .cli_report import replay_report_writer
 
-    return {"report": replay_report_writer(out.name)}
+    return {"report": replay_report_writer(out)}
 
 
 def _strategies_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,7 +36,7 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_report_writer(run_name: str) -> Callable[[Path], None]:
+def replay_report_writer(run_dir: Path) -> Callable[[Path], None]:
     """The writer ``smlrec replay`` hands to write_results: builds ``<run>/report`` from the run.
 
     A failure to draw the report must not throw away the replay it describes, so it is reported
@@ -47,10 +47,10 @@ def replay_report_writer(run_name: str) -> Callable[[Path], None]:
         from .reports import write_report
 
         try:
-            write_report([path.parent], path, names=[run_name])
+            write_report([path.parent], path, names=[run_dir.name], shown_paths=[run_dir])
         except Exception as err:  # noqa: BLE001 - the results matter more than their report
             print(f"warning: the report was not written ({type(err).__name__}: {err}); the results "
-                  f"are kept: run `smlrec report {run_name}` after fixing the cause", file=sys.stderr)
+                  f"are kept: run `smlrec report {run_dir}` after fixing the cause", file=sys.stderr)
 
     return write
 

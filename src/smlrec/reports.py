@@ -75,13 +75,14 @@ class Run:
     breakdown: pd.DataFrame
     summary: pd.DataFrame
     config: dict
+    shown_path: str = ""             # where to say the run is (its final place while being written)
 
     @property
     def strategies(self) -> list[str]:
         return list(dict.fromkeys(self.periods["strategy"]))
 
 
-def load_run(path: str | Path, name: str | None = None) -> Run:
+def load_run(path: str | Path, name: str | None = None, shown_path: str | Path | None = None) -> Run:
     """Read a results directory; missing files or columns are errors naming the file."""
     path = Path(path)
     if not path.is_dir():
@@ -103,7 +104,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
                         path=str(path / "periods.csv"), line=int(np.flatnonzero(duplicated)[0]) + 2)
     periods["label"] = periods["label"].fillna("").astype(str)
     return Run(name=name or path.resolve().name, path=path, periods=periods, breakdown=breakdown,
-               summary=summary, config=config)
+               summary=summary, config=config, shown_path=str(shown_path or path))
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
@@ -181,7 +182,7 @@ def combine_runs(runs: Sequence[Run]) -> Combined:
 
 
 def _check_aligned(first: Run, other: Run) -> None:
-    where = f"cannot combine {other.name} ({other.path}) with {first.name} ({first.path})"
+    where = f"cannot combine {other.name} ({other.shown_path}) with {first.name} ({first.shown_path})"
     hash_a = first.config.get("data", {}).get("sha256")
     hash_b = other.config.get("data", {}).get("sha256")
     if hash_a and hash_b and hash_a != hash_b:
@@ -220,10 +221,12 @@ def _first_difference(mine: list[tuple], theirs: list[tuple], me: str, them: str
     return prefix.rstrip("; ")
 
 
-def load_runs(paths: Iterable[str | Path], names: Iterable[str | None] | None = None) -> Combined:
+def load_runs(paths: Iterable[str | Path], names: Iterable[str | None] | None = None,
+              shown_paths: Iterable[str | Path | None] | None = None) -> Combined:
     paths = list(paths)
     names = list(names) if names is not None else [None] * len(paths)
-    return combine_runs([load_run(p, n) for p, n in zip(paths, names)])
+    shown_paths = list(shown_paths) if shown_paths is not None else [None] * len(paths)
+    return combine_runs([load_run(p, n, s) for p, n, s in zip(paths, names, shown_paths)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,11 +488,14 @@ def plot_per_period(periods: pd.DataFrame, strategies: Sequence[str], path: Path
     styles = strategy_styles(strategies)
     ticks = [short_period_label(p, l) for p, l in zip(signature["period"], signature["label"])]
     step = max(1, int(np.ceil(n / max(1.0, (width / len(metrics)) / 0.75))))
+    # Each strategy is shifted a little sideways, so equal values do not hide one another.
+    dodge = min(0.03, 0.3 / max(1, len(strategies) - 1))
     for ax, metric in zip(axes, metrics):
-        for strategy in strategies:
+        for s, strategy in enumerate(strategies):
             rows = scored[scored["strategy"] == strategy].sort_values("period")
             style = styles[strategy]
-            ax.plot([x_positions[p] for p in rows["period"]], rows[metric], label=strategy,
+            shift = (s - (len(strategies) - 1) / 2) * dodge
+            ax.plot([x_positions[p] + shift for p in rows["period"]], rows[metric], label=strategy,
                     color=style["color"], marker=style["marker"], linestyle=style["linestyle"],
                     linewidth=1.6, markersize=6, markerfacecolor="white", markeredgewidth=1.4)
         ax.set_xticks(range(0, n, step), ticks[::step], fontsize=8)
@@ -619,7 +625,7 @@ def _run_facts(run: Run) -> list[tuple[str, str]]:
     data = config.get("data", {})
     plan = settings.get("plan", {})
     mf = settings.get("mf", {})
-    facts = [("directory", str(run.path)),
+    facts = [("directory", run.shown_path),
              ("data", f"{data.get('source', '?')} ({data.get('interactions', '?')} interactions, "
                       f"{data.get('users', '?')} users, {data.get('items', '?')} items)"),
              ("data sha256", str(data.get("sha256", "?"))),
@@ -799,13 +805,14 @@ def set_default_permissions(directory: Path) -> None:
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, reference: str | None = None,
-                 names: Sequence[str | None] | None = None) -> Report:
+                 names: Sequence[str | None] | None = None,
+                 shown_paths: Sequence[str | Path | None] | None = None) -> Report:
     """Read and align ``run_dirs``, and write the report directory ``out`` atomically.
 
     ``out`` must not exist or be empty; it is built under a temporary name beside it and renamed
     into place when complete, so a failed report leaves nothing behind.
     """
-    combined = load_runs(run_dirs, names)
+    combined = load_runs(run_dirs, names, shown_paths)
     out = Path(out)
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
