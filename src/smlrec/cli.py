@@ -120,10 +120,13 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override any setting, e.g. strategy.sml.rounds=5 or mf.lr=0.02")
     parser.add_argument("--out", help="results directory (default runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip writing the report (tables, plots) into <out>/report")
 
 
 @command("replay", _replay_arguments)
 def run_replay(args: argparse.Namespace) -> int:
+    """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
     from .config import replay_settings
     from .replay import load_timeline, replay
     from .results import check_out_dir, default_out_dir, format_summary, summary_frame, periods_frame, write_results
@@ -133,17 +136,23 @@ def run_replay(args: argparse.Namespace) -> int:
     check_out_dir(out)
     timeline = load_timeline(settings)  # fails on bad data before any work or any file
     result = replay(settings, progress=not args.no_progress, timeline=timeline)
-    write_results(out, result, extra_files=_report_writers())
+    write_results(out, result, extra_files=_report_writers(args, out))
     print(f"\nTest periods {result.timeline.plan.pretrain + result.timeline.plan.offline + result.timeline.plan.validation}"
           f"..{len(result.timeline.periods) - 1}, micro-averaged ({result.wall_seconds:.1f} s in all):")
     print(format_summary(summary_frame(periods_frame(result.records))))
     print(f"\nResults written to {out}/")
+    if (out / "report").is_dir():
+        print(f"Report: {out / 'report' / 'report.html'}")
     return 0
 
 
-def _report_writers() -> dict:
-    """Extra files a replay writes beside its results (the report, once that module exists)."""
-    return {}
+def _report_writers(args: argparse.Namespace, out: Path) -> dict:
+    """Extra files a replay writes beside its results: the report, unless --no-report."""
+    if getattr(args, "no_report", False):
+        return {}
+    from .cli_report import replay_report_writer
+
+    return {"report": replay_report_writer(out)}
 
 
 def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +161,7 @@ def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("strategies", _strategies_arguments)
 def run_strategies(args: argparse.Namespace) -> int:
+    """List the strategies a replay can run."""
     from .strategies import STRATEGIES
 
     for name, spec in STRATEGIES.items():
@@ -163,7 +173,7 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
 # with @command on import; list them here.
-COMMAND_MODULES: list[str] = ["cli_data", "cli_production"]
+COMMAND_MODULES: list[str] = ["cli_data", "cli_production", "cli_report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,91 @@
+"""Subcommands ``report`` and ``sweep`` (argument parsing only; see reports.py and sweep.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .cli import _replay_arguments, command, settings_layers
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="replay results directories; several are combined when their periods match")
+    parser.add_argument("--out", help="report directory (default: RUN_DIR/report for one run)")
+    parser.add_argument("--reference", help="strategy whose relative improvement (RI) Table 1 shows "
+                                            "(default: the one best on most metrics)")
+
+
+@command("report", _report_arguments)
+def run_report(args: argparse.Namespace) -> int:
+    """Tables, per-period plots, cost table and old/new breakdown from replay results."""
+    from .errors import ConfigError
+    from .reports import write_report
+
+    if args.out:
+        out = Path(args.out)
+    elif len(args.run_dirs) == 1:
+        out = Path(args.run_dirs[0]) / "report"
+    else:
+        raise ConfigError("several RUN_DIRs: give --out REPORT_DIR")
+    write_report(args.run_dirs, out, reference=args.reference)
+    print(f"Report written to {out}/ (open {out / 'report.html'})")
+    return 0
+
+
+def replay_report_writer(run_dir: Path) -> Callable[[Path], None]:
+    """The writer ``smlrec replay`` hands to write_results: builds ``<run>/report`` from the run.
+
+    A failure to draw the report must not throw away the replay it describes, so it is reported
+    as a warning and the results directory is still completed.
+    """
+
+    def write(path: Path) -> None:
+        from .reports import write_report
+
+        try:
+            write_report([path.parent], path, names=[run_dir.name], shown_paths=[run_dir])
+        except Exception as err:  # noqa: BLE001 - the results matter more than their report
+            print(f"warning: the report was not written ({type(err).__name__}: {err}); the results "
+                  f"are kept: run `smlrec report {run_dir}` after fixing the cause", file=sys.stderr)
+
+    return write
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    _replay_arguments(parser)
+    parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                        help="a swept setting and its values, e.g. mf.lr=0.005,0.01 or "
+                             "strategy.fine-tune.epochs=1,3,5; repeat for a 2-D grid")
+    parser.add_argument("--metric", default="ndcg@20",
+                        help="validation metric to plot and choose by (default ndcg@20)")
+
+
+@command("sweep", _sweep_arguments)
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Hyper-parameter sensitivity: one replay per grid point, scored on validation periods only."""
+    from .results import check_out_dir
+    from .sweep import parse_grid, run_sweep, write_sweep
+
+    axes = [parse_grid(text) for text in args.grid]
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    check_out_dir(out)
+
+    def announce(number: int, total: int, point: dict) -> None:
+        shown = ", ".join(f"{k}={v}" for k, v in point.items())
+        print(f"[{number + 1}/{total}] {shown}", file=sys.stderr, flush=True)
+
+    result = run_sweep(settings_layers(args), axes, args.metric, progress=not args.no_progress,
+                       on_point=announce)
+    write_sweep(result, out)
+    shown = result.table.drop(columns=["point"]).copy()
+    print(f"\nValidation {args.metric} over the grid ({result.wall_seconds:.1f} s in all):")
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for row in result.best().to_dict(orient="records"):
+        chosen = ", ".join(f"{k}={row[k]}" for k in result.keys)
+        print(f"best for {row['strategy']}: {chosen} ({args.metric} {row[args.metric]:.4f})")
+    print(f"\nSweep written to {out}/")
+    return 0

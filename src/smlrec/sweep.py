@@ -1,0 +1,192 @@
+"""Hyper-parameter sensitivity: one replay per grid point, scored on VALIDATION periods only.
+
+A grid is one or more axes ``KEY=v1,v2,...`` where KEY is any setting path ``--set`` accepts
+(``mf.lr``, ``strategy.fine-tune.epochs``, ``pretrain.epochs`` ...); every combination of values is
+one point, laid over the same base settings (config file < flags < --set) as ``smlrec replay``.
+
+Test periods are never replayed: each point runs on the timeline cut after its last validation
+period, so a choice made from ``sweep.csv`` cannot have seen the test data (sml-method.md 1.3).
+The validation candidates are the very lists a full replay ranks (they depend only on the period).
+
+Written by :func:`write_sweep`:
+
+* ``sweep.csv``: one row per (grid point, strategy): the grid values, the six metrics
+  micro-averaged over the validation periods, validation_interactions, update_seconds (mean);
+* ``sweep_periods.csv``: the same per validation period;
+* ``sweep.png``: the chosen metric over the grid: a line plot (one key) or a heat-map (two keys;
+  none for three or more);
+* ``sweep.json``: the grid, the metric, the best point per strategy and the base settings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from .config import ReplaySettings, parse_assignment, replay_settings, to_dict
+from .data.periods import Plan, Timeline
+from .errors import ConfigError
+from .evaluation import METRIC_NAMES
+from .replay import load_timeline, replay, resolve_strategies
+from .results import check_out_dir, periods_frame, summary_frame
+from .strategies import strategy_settings
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One swept setting and its values (read as TOML: numbers, booleans, else text)."""
+
+    key: str
+    values: tuple[Any, ...]
+
+
+def parse_grid(text: str) -> GridAxis:
+    """``"mf.lr=0.005,0.01"`` -> GridAxis("mf.lr", (0.005, 0.01))."""
+    if "=" not in text:
+        raise ConfigError(f"--grid {text!r}: expected KEY=v1,v2,..., e.g. mf.lr=0.005,0.01")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if not key or not all(key.split(".")):
+        raise ConfigError(f"--grid {text!r}: empty setting name")
+    values = []
+    for item in raw.split(","):
+        if not item.strip():
+            raise ConfigError(f"--grid {text!r}: empty value in the list")
+        node: Any = parse_assignment(f"{key}={item.strip()}")
+        for part in key.split("."):
+            node = node[part]
+        values.append(node)
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"--grid {text!r}: a value is listed twice")
+    return GridAxis(key, tuple(values))
+
+
+def grid_points(axes: Sequence[GridAxis]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the last axis varying fastest."""
+    keys = [axis.key for axis in axes]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--grid: setting {next(k for k in keys if keys.count(k) > 1)!r} is swept twice")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(axis.values for axis in axes))]
+
+
+def point_layer(point: dict[str, Any]) -> dict:
+    """A grid point as a nested settings mapping (one more layer over the base layers)."""
+    layer: dict = {}
+    for key, value in point.items():
+        node = layer
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return layer
+
+
+def validation_timeline(timeline: Timeline) -> Timeline:
+    """The timeline without its test periods: replaying it can never score (or train on) test data.
+
+    The boundaries are kept whole so the candidate cache and "first seen" periods are those of the
+    full timeline; only the periods a replay walks through end after the last validation period.
+    """
+    plan = timeline.plan
+    if plan.validation < 1:
+        raise ConfigError("a sweep scores validation periods only, and the plan has none; "
+                          "give --plan P,O,V,T with V >= 1")
+    end = plan.pretrain + plan.offline + plan.validation
+    return Timeline(log=timeline.log, periods=timeline.periods[:end],
+                    plan=Plan(plan.pretrain, plan.offline, plan.validation, 0),
+                    boundaries=timeline.boundaries)
+
+
+@dataclass
+class SweepResult:
+    axes: list[GridAxis]
+    metric: str
+    table: pd.DataFrame      # one row per (point, strategy)
+    periods: pd.DataFrame    # one row per (point, strategy, validation period)
+    settings: list[ReplaySettings]
+    wall_seconds: float
+
+    @property
+    def keys(self) -> list[str]:
+        return [axis.key for axis in self.axes]
+
+    def best(self) -> pd.DataFrame:
+        """The best grid point of each strategy by the chosen validation metric."""
+        index = self.table.groupby("strategy", sort=False)[self.metric].idxmax()
+        return self.table.loc[index.dropna().astype(int)]
+
+
+def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str = "ndcg@20",
+              progress: bool = False,
+              on_point: Callable[[int, int, dict[str, Any]], None] | None = None) -> SweepResult:
+    """Replay every grid point on the validation periods; settings are checked before any work."""
+    if metric not in METRIC_NAMES:
+        raise ConfigError(f"unknown metric {metric!r} (known: {', '.join(METRIC_NAMES)})")
+    axes = list(axes)
+    if not axes:
+        raise ConfigError("give at least one --grid KEY=v1,v2,...")
+    points = grid_points(axes)
+    settings = [replay_settings(*base_layers, point_layer(point)) for point in points]
+    for point_settings in settings:  # unknown strategy keys fail now, not after hours of replay
+        for name in resolve_strategies(point_settings):
+            strategy_settings(name, point_settings.strategy.get(name, {}))
+    began = time.perf_counter()
+    timelines: dict[tuple, Timeline] = {}
+    tables, period_tables = [], []
+    for number, (point, point_settings) in enumerate(zip(points, settings)):
+        if on_point is not None:
+            on_point(number, len(points), point)
+        cut = (point_settings.data, point_settings.plan)
+        if cut not in timelines:
+            timelines[cut] = validation_timeline(load_timeline(point_settings))
+        result = replay(point_settings, progress=progress, timeline=timelines[cut])
+        periods = periods_frame(result.records)
+        periods = periods[periods["role"] == "validation"]
+        summary = summary_frame(periods, role="validation").rename(
+            columns={"test_interactions": "validation_interactions"})
+        for frame, into in ((summary, tables), (periods, period_tables)):
+            into.append(frame.assign(point=number, **{k: [v] * len(frame) for k, v in point.items()}))
+    keys = [axis.key for axis in axes]
+    table = pd.concat(tables, ignore_index=True)
+    table = table[["point", *keys, "strategy", *METRIC_NAMES, "validation_interactions", "update_seconds"]]
+    period_table = pd.concat(period_tables, ignore_index=True)
+    period_table = period_table[["point", *keys, *[c for c in period_table.columns
+                                                   if c not in ("point", *keys)]]]
+    return SweepResult(axes, metric, table, period_table, settings, time.perf_counter() - began)
+
+
+def write_sweep(result: SweepResult, out: str | Path) -> Path:
+    """Write sweep.csv, sweep_periods.csv, sweep.png and sweep.json atomically into ``out``."""
+    from .reports import set_default_permissions, plot_sweep
+
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        result.table.to_csv(tmp / "sweep.csv", index=False)
+        result.periods.to_csv(tmp / "sweep_periods.csv", index=False)
+        if len(result.axes) <= 2:
+            plot_sweep(result.table, result.keys, result.metric, tmp / "sweep.png")
+        base = to_dict(result.settings[0])
+        summary = {"grid": {axis.key: list(axis.values) for axis in result.axes},
+                   "metric": result.metric, "scored_role": "validation",
+                   "best": result.best().to_dict(orient="records"),
+                   "settings_of_first_point": base, "wall_seconds": result.wall_seconds}
+        (tmp / "sweep.json").write_text(json.dumps(summary, indent=2, default=str))
+        set_default_permissions(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
