@@ -43,9 +43,9 @@ class FusedMFTrainer:
     def step(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> float:
         P = self.model.user.weight
         Q = self.model.item.weight
-        p = P[users]
-        q_pos = Q[positives]
-        q_neg = Q[negatives]
+        p = P.index_select(0, users)
+        q_pos = Q.index_select(0, positives)
+        q_neg = Q.index_select(0, negatives)
         s_pos = (p * q_pos).sum(-1)
         s_neg = (p * q_neg).sum(-1)
         n = users.shape[0]
@@ -64,10 +64,10 @@ class FusedMFTrainer:
         g = torch.zeros(unique.shape[0], table.shape[1], dtype=grads.dtype, device=grads.device)
         g.index_add_(0, inverse, grads)
         beta1, beta2 = self.betas
-        m_rows = m[unique].mul_(beta1).add_(g, alpha=1 - beta1)
-        v_rows = v[unique].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        m[unique] = m_rows
-        v[unique] = v_rows
+        m_rows = m.index_select(0, unique).mul_(beta1).add_(g, alpha=1 - beta1)
+        v_rows = v.index_select(0, unique).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        m.index_copy_(0, unique, m_rows)
+        v.index_copy_(0, unique, v_rows)
         bias1 = 1 - beta1 ** self.steps
         bias2 = 1 - beta2 ** self.steps
         step_size = self.lr * math.sqrt(bias2) / bias1
