@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError, SmlrecError
+from .errors import SmlrecError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -129,7 +129,8 @@ def run_replay(args: argparse.Namespace) -> int:
     """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
     from .config import replay_settings
     from .replay import load_timeline, replay
-    from .results import check_out_dir, default_out_dir, format_summary, summary_frame, periods_frame, write_results
+    from .atomic import check_out_dir
+    from .results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
 
     settings = replay_settings(*settings_layers(args))
     out = Path(args.out) if args.out else default_out_dir()

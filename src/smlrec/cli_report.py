@@ -67,7 +67,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 @command("sweep", _sweep_arguments)
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Hyper-parameter sensitivity: one replay per grid point, scored on validation periods only."""
-    from .results import check_out_dir
+    from .atomic import check_out_dir
     from .sweep import parse_grid, run_sweep, write_sweep
 
     axes = [parse_grid(text) for text in args.grid]

@@ -28,9 +28,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -40,7 +37,8 @@ import pandas as pd
 
 from .errors import ConfigError, DataError
 from .evaluation import METRIC_NAMES, micro_average
-from .results import PERIOD_COLUMNS, check_out_dir, summary_frame
+from .atomic import atomic_directory
+from .results import PERIOD_COLUMNS, summary_frame
 
 KEY_METRICS = ("recall@20", "ndcg@20")
 GROUP_ORDER = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
@@ -797,13 +795,6 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
     return Report(combined, t1, costs, groups, files)
 
 
-def set_default_permissions(directory: Path) -> None:
-    """mkdtemp makes a private (0700) directory; give the finished one the usual permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-
-
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, reference: str | None = None,
                  names: Sequence[str | None] | None = None,
                  shown_paths: Sequence[str | Path | None] | None = None) -> Report:
@@ -813,17 +804,6 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, reference: str
     into place when complete, so a failed report leaves nothing behind.
     """
     combined = load_runs(run_dirs, names, shown_paths)
-    out = Path(out)
-    check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         report = build_report(combined, tmp, reference)
-        set_default_permissions(tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report

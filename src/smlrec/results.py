@@ -14,9 +14,6 @@ The directory is written under a temporary name and renamed into place when comp
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .atomic import atomic_directory
 from .config import to_dict
-from .errors import ConfigError
 from .evaluation import METRIC_NAMES, micro_average
 
 PERIOD_COLUMNS = ["strategy", "period", "role", "label", "interactions", *METRIC_NAMES, "update_seconds"]
@@ -66,20 +63,10 @@ def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse to write over an existing non-empty directory (before any work is done)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
-
-
 def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
                   extra_files: dict[str, Any] | None = None) -> Path:
     """Write the results directory atomically (temporary directory, then rename)."""
-    out = Path(out)
-    check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         periods = periods_frame(result.records)
         periods.to_csv(tmp / "periods.csv", index=False)
         summary = summary_frame(periods)
@@ -103,13 +90,7 @@ def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def _json_default(value: Any) -> Any:

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +29,13 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from .atomic import atomic_directory
 from .config import ReplaySettings, parse_assignment, replay_settings, to_dict
 from .data.periods import Plan, Timeline
 from .errors import ConfigError
 from .evaluation import METRIC_NAMES
 from .replay import load_timeline, replay, resolve_strategies
-from .results import check_out_dir, periods_frame, summary_frame
+from .results import periods_frame, summary_frame
 from .strategies import strategy_settings
 
 
@@ -165,13 +163,9 @@ def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str
 
 def write_sweep(result: SweepResult, out: str | Path) -> Path:
     """Write sweep.csv, sweep_periods.csv, sweep.png and sweep.json atomically into ``out``."""
-    from .reports import set_default_permissions, plot_sweep
+    from .reports import plot_sweep
 
-    out = Path(out)
-    check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         result.table.to_csv(tmp / "sweep.csv", index=False)
         result.periods.to_csv(tmp / "sweep_periods.csv", index=False)
         if len(result.axes) <= 2:
@@ -182,11 +176,4 @@ def write_sweep(result: SweepResult, out: str | Path) -> Path:
                    "best": result.best().to_dict(orient="records"),
                    "settings_of_first_point": base, "wall_seconds": result.wall_seconds}
         (tmp / "sweep.json").write_text(json.dumps(summary, indent=2, default=str))
-        set_default_permissions(tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
