@@ -107,8 +107,8 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
 def _replay_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_period_arguments(parser)
-    parser.add_argument("--strategies", help="comma-separated strategy names (default: all); "
-                                             "see `smlrec strategies`")
+    parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
+                                             "paper's comparison without the ablations); see `smlrec strategies`")
     parser.add_argument("--seed", type=int, help="random seed (default 2020)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -166,7 +166,7 @@ def run_strategies(args: argparse.Namespace) -> int:
     from .strategies import STRATEGIES
 
     for name, spec in STRATEGIES.items():
-        print(f"{name:<16} {spec.description}")
+        print(f"{name:<16} {'' if spec.in_default else '(opt-in) '}{spec.description}")
     return 0
 
 

@@ -26,7 +26,7 @@ from .data.loading import load_log, period_boundaries
 from .data.periods import SCORED_ROLES, Timeline, build_timeline
 from .errors import ConfigError
 from .evaluation import metrics_from_ranks, rank_candidates
-from .strategies import STRATEGIES, Strategy, StrategyContext, create_strategy
+from .strategies import STRATEGIES, Strategy, StrategyContext, create_strategy, default_strategies
 from .strategies.pretrain import pretrain_mf
 
 GROUPS = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
@@ -54,7 +54,9 @@ def load_timeline(settings: ReplaySettings) -> Timeline:
 
 
 def resolve_strategies(settings: ReplaySettings) -> list[str]:
-    names = list(settings.strategies) or list(STRATEGIES)
+    names = list(settings.strategies) or default_strategies()
+    if names == ["all"]:
+        names = list(STRATEGIES)
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown strategy {unknown[0]!r} (known: {', '.join(STRATEGIES)})")

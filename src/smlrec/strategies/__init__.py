@@ -22,14 +22,20 @@ class StrategySpec:
     settings_cls: type
     preset: dict = field(default_factory=dict)
     description: str = ""
+    in_default: bool = True    # run when no --strategies are given (ablations are opt-in)
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
 
 
 def register(name: str, cls: type[Strategy], settings_cls: type, preset: dict | None = None,
-             description: str = "") -> None:
-    STRATEGIES[name] = StrategySpec(cls, settings_cls, dict(preset or {}), description)
+             description: str = "", in_default: bool = True) -> None:
+    STRATEGIES[name] = StrategySpec(cls, settings_cls, dict(preset or {}), description, in_default)
+
+
+def default_strategies() -> list[str]:
+    """The strategies a replay runs when none are named: the paper's comparison, not the ablations."""
+    return [name for name, spec in STRATEGIES.items() if spec.in_default]
 
 
 def strategy_settings(name: str, overrides: dict | None = None) -> Any:
@@ -60,14 +66,17 @@ register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN tra
 register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},
          "SML with the transfer frozen once periods are scored (no step 2)")
 register("sml-n", SML, SMLSettings, {"step2_data": "current"},
-         "SML whose transfer is trained on D_t instead of D_t+1")
+         "SML whose transfer is trained on D_t instead of D_t+1 (ablation)", in_default=False)
 register("sml-fp", SML, SMLSettings, {"step1_through_transfer": False},
-         "SML with new embeddings fitted on their own loss, then merged")
-register("sml-cnn", SML, SMLSettings, {"transfer": "no-cnn"}, "SML transfer without the CNN")
-register("sml-fc", SML, SMLSettings, {"transfer": "no-fc"}, "SML transfer without the FC layers")
+         "SML with new embeddings fitted on their own loss, then merged (ablation)", in_default=False)
+register("sml-cnn", SML, SMLSettings, {"transfer": "no-cnn"}, "SML transfer without the CNN (ablation)",
+         in_default=False)
+register("sml-fc", SML, SMLSettings, {"transfer": "no-fc"}, "SML transfer without the FC layers (ablation)",
+         in_default=False)
 register("sml-linear", SML, SMLSettings, {"transfer": "linear"},
-         "SML with a learned linear mix a*W_prev + (1-a)*W_hat")
-register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [W_prev; W_hat]")
+         "SML with a learned linear mix a*W_prev + (1-a)*W_hat (ablation)", in_default=False)
+register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [W_prev; W_hat] (ablation)",
+         in_default=False)
 
-__all__ = ["STRATEGIES", "Strategy", "StrategyContext", "StrategySpec", "create_strategy",
+__all__ = ["STRATEGIES", "default_strategies", "Strategy", "StrategyContext", "StrategySpec", "create_strategy",
            "register", "strategy_settings"]
