@@ -148,7 +148,7 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
 # with @command on import; list them here.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["cli_synth"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,4 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy: cli_<area> modules register their
+    # subcommands in smlrec.cli.COMMANDS.
+    from smlrec.cli import main as package_main
+
+    sys.exit(package_main())
