@@ -219,6 +219,7 @@ def replay_phase(config: dict) -> dict:
         **({"threads": config["threads"]} if config.get("threads") else {})})
     configure_threads(settings)
     out: dict = {"notes": []}
+    say = (lambda text: print(f"  child: {text}", flush=True)) if config.get("verbose") else (lambda text: None)
     began = time.perf_counter()
     timeline = load_timeline(settings)
     out["load_seconds"] = time.perf_counter() - began
@@ -234,6 +235,7 @@ def replay_phase(config: dict) -> dict:
         else:
             out["notes"].append(f"strategy {name!r} is not registered yet: skipped")
 
+    say(f"log loaded in {out['load_seconds']:.1f} s; pretraining MF on {len(timeline.pretrain_data):,} rows")
     pretrain = timeline.pretrain_data
     began = time.perf_counter()
     initial, losses = pretrain_mf(pretrain, log.n_users, log.n_items, settings.mf,
@@ -243,6 +245,7 @@ def replay_phase(config: dict) -> dict:
                        "triples_per_s": len(pretrain) * settings.pretrain.epochs / seconds,
                        "losses": losses}
 
+    say(f"pretrained in {seconds:.1f} s; drawing test candidates")
     candidates = CandidateStore(timeline, settings.seed, settings.n_negatives, settings.cache_dir)
     scored = [p for p in timeline.periods if p.role in ("validation", "test")]
     began = time.perf_counter()
@@ -264,6 +267,7 @@ def replay_phase(config: dict) -> dict:
                               factory=factory):
         if record.strategy != current:
             current = record.strategy
+        say(f"{record.strategy} period {record.period}: update {record.update_seconds:.2f} s")
         records.append({"strategy": record.strategy, "period": record.period, "role": record.role,
                         "interactions": record.interactions, "update_seconds": record.update_seconds,
                         "recall@20": record.metrics["recall@20"], "ndcg@20": record.metrics["ndcg@20"]})
@@ -288,6 +292,7 @@ def replay_phase(config: dict) -> dict:
 
     # Evaluation throughput with the first strategy's served model; extra FLOP counts.
     test_periods = [p for p in timeline.periods if p.role == "test"]
+    say("measuring evaluation and MF training throughput")
     if names:
         out["evaluation"] = measure_evaluation(kept[names[0]], test_periods, candidates,
                                                settings.eval_batch_size, settings.device)
@@ -497,7 +502,7 @@ def benchmark_scale(name: str, spec: dict, args, workdir: Path) -> dict:
     config = {"data": data, "plan": plan_for(settings.periods, spec["plan"], args.test_periods),
               "pretrain_epochs": args.pretrain_epochs, "device": args.device,
               "cache_dir": str(workdir / "cache"), "seed": args.seed, "strategies": args.strategies,
-              "threads": args.threads, "mf_rows": args.mf_rows, "epochs": args.epochs}
+              "threads": args.threads, "mf_rows": args.mf_rows, "epochs": args.epochs, "verbose": True}
     print(f"[{name}] replaying {', '.join(args.strategies)} with plan "
           f"{','.join(map(str, config['plan'].values()))} in a child process ...", flush=True)
     phase = run_child(config)
