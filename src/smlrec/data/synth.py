@@ -290,6 +290,9 @@ def write_log(frame: pd.DataFrame, path: str | Path) -> Path:
     parquet = path.suffix.lower() in (".parquet", ".pq")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
         if parquet:
             frame.to_parquet(tmp, index=False)
