@@ -174,7 +174,7 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
 # with @command on import; list them here.
-COMMAND_MODULES: list[str] = ["cli_data", "cli_production", "cli_report"]
+COMMAND_MODULES: list[str] = ["cli_data", "cli_production", "cli_report", "cli_synth"]
 
 
 def build_parser() -> argparse.ArgumentParser:

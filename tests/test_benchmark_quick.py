@@ -1,0 +1,84 @@
+"""The benchmark's core functions at a tiny size: they run and produce every result key.
+
+Times are not asserted (the machine is shared); only the shape of the results and the cost
+models, whose numbers follow from the formulas in benchmarks/run.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smlrec.config import MFSettings
+from smlrec.data.synth import generate, synth_settings, write_log
+
+RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("smlrec_benchmark_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_models(bench):
+    assert bench.mf_triple_cost(64) == (2560.0, 4608.0)
+    assert bench.eval_cost(64) == (128_000.0, 264_000.0)
+    machine = {"matmul_gflops": 10.0, "bandwidth_gbs": 2.0}
+    # 20 GFLOP take 2 s at 10 GFLOP/s; 2 GB take 1 s at 2 GB/s: compute-bound, 2 s of 4 s measured.
+    r = bench.roofline(20e9, 2e9, 4.0, machine)
+    assert r["bound_by"] == "compute" and r["flop_bound_s"] == pytest.approx(2.0)
+    assert r["fraction_of_limit"] == pytest.approx(0.5)
+
+
+def test_plan_for_reduced_and_paper_plans(bench):
+    assert bench.plan_for(40, "10,20,3,7", None) == {"pretrain": 10, "offline": 20, "validation": 3, "test": 7}
+    assert bench.plan_for(40, "10,20,3,7", 2) == {"pretrain": 37, "offline": 1, "validation": 0, "test": 2}
+
+
+def test_quick_core_produces_every_key(bench, tmp_path):
+    machine = bench.measure_machine("cpu", size=64, copy_mb=4, repeats=1)
+    assert {"matmul_gflops", "bandwidth_gbs", "threads", "device"} <= set(machine)
+    assert machine["matmul_gflops"] > 0 and machine["bandwidth_gbs"] > 0
+
+    mf = bench.measure_mf_training(np.arange(600) % 50, np.arange(600) % 70, 50, 70,
+                                   MFSettings(dim=8, batch_size=256))
+    assert mf["triples"] == 600 and mf["triples_per_s"] > 0
+
+    settings = synth_settings(regime="stable", interactions=2_000, users=100, items=150, periods=6)
+    path = write_log(generate(settings), tmp_path / "log.parquet")
+    config = {"data": {"path": str(path), "periods": 6}, "plan": bench.plan_for(6, "3,1,1,1", None),
+              "pretrain_epochs": 1, "device": "cpu", "cache_dir": str(tmp_path / "cache"), "seed": 1,
+              "strategies": ["fine-tune", "no-such-strategy"], "threads": 1, "mf_rows": 500,
+              "epochs": 1}
+    threads = torch.get_num_threads()
+    try:  # one thread: on a shared, oversubscribed machine two spin-waiting threads crawl
+        phase = bench.replay_phase(config)
+    finally:
+        torch.set_num_threads(threads)
+    assert {"log", "pretrain", "candidates", "records", "evaluation", "mf_training",
+            "peak_rss_bytes", "update_rows", "notes"} <= set(phase)
+    assert any("no-such-strategy" in note for note in phase["notes"])
+    assert phase["log"]["interactions"] == 2_000
+    # Validation period 4 and test period 5 are scored; fine-tune updated on 4 before 5.
+    assert [(r["strategy"], r["period"]) for r in phase["records"]] == [("fine-tune", 4), ("fine-tune", 5)]
+    assert phase["update_rows"]["fine-tune"] == {"epochs": 1, "rows": {5: 333}}
+    assert phase["evaluation"]["interactions"] == 334
+
+    analysis = bench.analyse("tiny", phase, machine)
+    assert set(analysis["targets"]) == {"mf_training_triples_per_s", "evaluation_interactions_per_s",
+                                        "peak_rss_gb", "sml_update_vs_flop_bound"}
+    assert {"mf_training", "pretrain", "evaluation", "update:fine-tune"} <= set(analysis["phases"])
+    assert analysis["ratios"] == {"full-retrain/sml": None, "fine-tune/sml-s": None}
+    text = bench.render_markdown({"command": "test", "date": "now", "machine": machine,
+                                  "scales": [{"name": "tiny", "regime": "stable", "synth_seconds": 0.1,
+                                              "phase": phase, "analysis": analysis}]})
+    assert "## tiny" in text and "fine-tune" in text and "Targets" in text
