@@ -148,3 +148,17 @@ def test_bad_settings_are_config_errors():
         make("caser", tiny_timeline(), length=6)            # caser preset keeps a window of 5
     with pytest.raises(ConfigError):
         make("gru4rec", tiny_timeline(), loss="hinge")
+
+
+def test_catalogue_matmul_path_equals_the_gather_path():
+    from smlrec.models.gru4rec import score_items
+
+    model = Caser(4, 30, dim=8, length=2, n_h=2, n_v=1)
+    with torch.no_grad():
+        model.bias.weight.normal_()
+    state = torch.randn(3, 16)
+    small = torch.randint(0, 30, (3, 5))          # 30 <= 16 * 5: catalogue matmul
+    wide = torch.randint(0, 30, (3, 1))           # 30 > 16 * 1: gather
+    for items in (small, wide):
+        expected = (state[:, None, :] * model.output(items)).sum(-1) + model.bias(items).squeeze(-1)
+        torch.testing.assert_close(score_items(state, model.output, model.bias, items), expected)

@@ -50,7 +50,7 @@ class SequentialSettings:
     """Settings of the sequential strategies (GRU4Rec, Caser)."""
 
     model: str = "gru4rec"      # gru4rec | caser
-    window: int = 20            # previous items kept per user (the GRU's input length)
+    window: int = 10            # previous items kept per user (the GRU's input length)
     length: int = 5             # Caser: L, the previous items its convolutions read (<= window)
     dim: int = 64               # item (and Caser user) embedding size
     hidden: int = 64            # GRU4Rec: GRU hidden size
@@ -58,8 +58,8 @@ class SequentialSettings:
     n_v: int = 4                # Caser: vertical filters
     dropout: float = 0.0        # GRU4Rec: on the input embeddings; Caser: before its FC layer
     loss: str = "bce"           # bce | bpr, with one sampled negative per positive
-    start_epochs: int = 10      # passes over the pretrain periods' sequences in start()
-    epochs: int = 2             # passes per update
+    start_epochs: int = 3       # passes over the pretrain periods' sequences in start()
+    epochs: int = 1             # passes per update
     lr: float = 1e-3            # Adam, one optimiser for the run
     batch_size: int = 256
     full: bool = False          # True: each update trains on all rows so far, not just D_t
