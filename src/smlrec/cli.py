@@ -25,18 +25,28 @@ def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None])
 # ----------------------------------------------------------------------------------------------
 # Shared flag groups
 
-def add_data_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = False,
+                       path_flag: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", required=required,
-                       help="interaction log file (default: the bundled MovieLens ml-latest-small)")
+    if path_flag:
+        group.add_argument("--data", required=required,
+                           help="interaction log file, or folder for adressa (default: the bundled "
+                                "MovieLens ml-latest-small)")
     group.add_argument("--format", help="auto (default), csv, parquet, movielens, movielens-1m, "
-                                        "movielens-100k, recbole, ...")
+                                        "movielens-100k, recbole, yelp, adressa, ...")
     group.add_argument("--user-col", help="user id column (generic CSV/Parquet)")
     group.add_argument("--item-col", help="item id column")
     group.add_argument("--time-col", help="time column: unix seconds or ISO-8601")
     group.add_argument("--rating-col", help="rating column (for --min-rating)")
     group.add_argument("--sep", help="field separator (default: auto)")
     group.add_argument("--min-rating", type=float, help="keep only rows with rating >= this")
+    group.add_argument("--min-user-interactions", type=int,
+                       help="k-core: keep users with at least this many interactions (iterated with "
+                            "--min-item-interactions until stable; default 0 = keep all)")
+    group.add_argument("--min-item-interactions", type=int,
+                       help="k-core: keep items with at least this many interactions")
+    group.add_argument("--preset", help="named paper setup: yelp or adressa (see docs/datasets.md); "
+                                        "--config and flags override it")
 
 
 def add_period_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,10 +63,13 @@ def add_period_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_layers(args: argparse.Namespace) -> list[dict]:
-    """Config file < flags < --set, as mappings for ``config.replay_settings``."""
+    """Preset < config file < flags < --set, as mappings for ``config.replay_settings``."""
     from .config import load_toml, merge, parse_assignment
+    from .presets import preset_layer
 
     layers: list[dict] = []
+    if getattr(args, "preset", None):
+        layers.append(preset_layer(args.preset))
     if getattr(args, "config", None):
         layers.append(load_toml(args.config))
     data = {key: value for key, value in {
@@ -64,11 +77,13 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
         "user_col": getattr(args, "user_col", None), "item_col": getattr(args, "item_col", None),
         "time_col": getattr(args, "time_col", None), "rating_col": getattr(args, "rating_col", None),
         "sep": getattr(args, "sep", None), "min_rating": getattr(args, "min_rating", None),
+        "min_user_interactions": getattr(args, "min_user_interactions", None),
+        "min_item_interactions": getattr(args, "min_item_interactions", None),
         "periods": getattr(args, "periods", None), "every": getattr(args, "every", None),
         "day_cuts": getattr(args, "day_cuts", None), "timezone": getattr(args, "timezone", None),
         "drop_empty": getattr(args, "drop_empty", None)}.items() if value is not None}
     flags: dict = {"data": data} if data else {}
-    if data.get("every") or data.get("day_cuts"):
+    if data.get("every") or data.get("day_cuts") or data.get("periods"):  # a cut flag replaces any cut
         flags = merge(flags, {"data": {"every": data.get("every"), "day_cuts": data.get("day_cuts")}})
     if getattr(args, "plan", None):
         from .data.periods import Plan
@@ -148,7 +163,7 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
 # with @command on import; list them here.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["cli_data", "cli_production"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,4 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the canonical module, not this __main__ copy: cli_<area> modules register their
+    # subcommands in smlrec.cli.COMMANDS.
+    from smlrec.cli import main as canonical_main
+
+    sys.exit(canonical_main())

@@ -7,7 +7,8 @@ TOML layout::
 
     seed = 2020
     strategies = ["full-retrain", "fine-tune", "sml"]
-    [data]        # path, format, columns, periods / every / day_cuts, timezone, min_rating
+    [data]        # path, format, columns, periods / every / day_cuts, timezone, min_rating,
+                  # min_user_interactions, min_item_interactions (k-core)
     [plan]        # pretrain, offline, validation, test
     [mf]          # dim, lr, batch_size, init_std, sparse
     [pretrain]    # epochs
@@ -29,6 +30,14 @@ from .data.periods import Plan
 from .errors import ConfigError
 
 
+def require(ok: bool, name: str, rule: str, value: Any) -> None:
+    """Range check of setting ``name``: a ConfigError unless ``ok`` (``build`` adds the table prefix)."""
+    if not ok:
+        err = ConfigError(f"{name}: must be {rule}, got {value!r}")
+        err.setting = name
+        raise err
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """Where the log is and how to cut it into periods."""
@@ -41,11 +50,16 @@ class DataSettings:
     rating_col: str | None = None
     sep: str | None = None
     min_rating: float | None = None  # keep rows with rating >= this; None keeps every row
+    min_user_interactions: int = 0   # k-core: keep users with >= this many rows (iterated to stability)
+    min_item_interactions: int = 0   # k-core: keep items with >= this many rows (see data/filters.py)
     periods: int = 20                # equal-count periods, unless every or day_cuts is given
     every: str | None = None         # calendar windows, e.g. "1D", "8h"
     day_cuts: tuple[float, ...] | None = None  # hours inside each day, e.g. (10, 17)
     timezone: str = "UTC"            # for every / day_cuts
     drop_empty: bool = False         # skip empty calendar windows instead of failing
+
+    def __post_init__(self) -> None:
+        require(self.periods >= 1, "periods", ">= 1", self.periods)
 
 
 @dataclass(frozen=True)
@@ -58,12 +72,21 @@ class MFSettings:
     init_std: float = 0.1
     sparse: bool = True              # lazy row-wise Adam (SparseAdam); False: dense Adam
 
+    def __post_init__(self) -> None:
+        require(self.dim >= 1, "dim", ">= 1", self.dim)
+        require(self.lr > 0, "lr", "> 0", self.lr)
+        require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        require(self.init_std >= 0, "init_std", ">= 0", self.init_std)
+
 
 @dataclass(frozen=True)
 class PretrainSettings:
     """MF pretraining on the pretrain periods; every strategy starts from this model."""
 
     epochs: int = 20
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 0, "epochs", ">= 0", self.epochs)
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,11 @@ class ReplaySettings:
     n_negatives: int = 999
     eval_batch_size: int = 2048
     cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.threads is None or self.threads >= 1, "threads", ">= 1", self.threads)
+        require(self.n_negatives >= 1, "n_negatives", ">= 1", self.n_negatives)
+        require(self.eval_batch_size >= 1, "eval_batch_size", ">= 1", self.eval_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +186,9 @@ def build(cls: type, mapping: Any, where: str = "") -> Any:
         values[name] = _coerce(value, hints[name], key)
     try:
         return cls(**values)
-    except ConfigError:
+    except ConfigError as err:
+        if getattr(err, "setting", None) and where:
+            raise ConfigError(f"{where}.{err}") from None
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or cls.__name__}: {err}") from None

@@ -24,6 +24,7 @@ class DataError(SmlrecError, ValueError):
             where.append(f"column {column!r}")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
+        self.problem = message
         self.path = path
         self.line = line
         self.column = column

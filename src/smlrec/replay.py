@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 
 from .config import ReplaySettings
 from .data.candidates import CandidateStore
-from .data.log import ReadOptions, bundled_movielens_path, read_log
-from .data.periods import (SCORED_ROLES, Timeline, build_timeline, split_day_cuts, split_equal_count,
-                           split_every)
+from .data.loading import load_log, period_boundaries
+from .data.periods import SCORED_ROLES, Timeline, build_timeline
 from .errors import ConfigError
 from .evaluation import metrics_from_ranks, rank_candidates
 from .strategies import STRATEGIES, Strategy, StrategyContext, create_strategy
@@ -50,21 +49,8 @@ class PeriodRecord:
 
 def load_timeline(settings: ReplaySettings) -> Timeline:
     """Read the log named by the settings (the bundled MovieLens file by default) and cut it."""
-    data = settings.data
-    path = data.path or str(bundled_movielens_path())
-    options = ReadOptions(format=data.format, user_col=data.user_col, item_col=data.item_col,
-                          time_col=data.time_col, rating_col=data.rating_col, sep=data.sep,
-                          min_rating=data.min_rating)
-    log = read_log(path, options)
-    if data.every and data.day_cuts:
-        raise ConfigError("give either --every or --day-cuts, not both")
-    if data.every:
-        boundaries = split_every(log.time, data.every, data.timezone, data.drop_empty)
-    elif data.day_cuts:
-        boundaries = split_day_cuts(log.time, list(data.day_cuts), data.timezone, data.drop_empty)
-    else:
-        boundaries = split_equal_count(len(log), data.periods)
-    return build_timeline(log, boundaries, settings.plan)
+    log = load_log(settings.data)
+    return build_timeline(log, period_boundaries(log, settings.data), settings.plan)
 
 
 def resolve_strategies(settings: ReplaySettings) -> list[str]:

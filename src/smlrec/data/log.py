@@ -34,7 +34,8 @@ class InteractionLog:
         time: int64 unix seconds, non-decreasing.
         user_ids, item_ids: raw ids; ``user_ids[user_idx]`` is the raw id of a row's user.
         source: where the log came from (a path, or a description).
-        sha256: hash of the source file's bytes ("" for in-memory logs).
+        sha256: hash of the source file's bytes ("" for in-memory logs and folders).
+        metadata: JSON-able facts from reading and filtering (e.g. events skipped by a reader).
     """
 
     user_idx: np.ndarray
@@ -45,6 +46,7 @@ class InteractionLog:
     source: str = "<memory>"
     sha256: str = ""
     _items_seen: np.ndarray | None = field(default=None, repr=False)
+    metadata: dict = field(default_factory=dict)  # what the reader/filters report, e.g. skipped rows
 
     def __len__(self) -> int:
         return int(self.user_idx.shape[0])
@@ -157,6 +159,8 @@ def _read_text(path: Path, **kwargs) -> pd.DataFrame:
         raise DataError(f"malformed row: {str(err).strip()}", path=str(path)) from None
     except UnicodeDecodeError as err:
         raise DataError(f"not a text file ({err.reason})", path=str(path)) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not a log file", path=str(path)) from None
 
 
 def _pick(frame: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what: str,
@@ -189,12 +193,30 @@ def _select(frame: pd.DataFrame, path: Path, opts: ReadOptions, rating_required:
     return out
 
 
+SEPARATORS = (",", "\t", ";", "|")
+
+
+def _detect_separator(path: Path) -> str:
+    """The separator occurring most often in the header line (comma when none occurs).
+
+    pandas' sniffer guesses letters as separators on short files (``user|item|time`` -> ``e``),
+    so only the usual separators are considered.
+    """
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            header = next((line for line in handle if line.strip()), "")
+    except OSError:
+        return ","
+    counts = [header.count(sep) for sep in SEPARATORS]
+    return SEPARATORS[counts.index(max(counts))] if max(counts) > 0 else ","
+
+
 @register_reader("csv")
 def _read_csv(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
     sep = opts.sep
     if sep is None:
-        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None
-    frame = _read_text(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else _detect_separator(path)
+    frame = _read_text(path, sep=sep, engine="python" if len(sep) > 1 else "c", dtype=str,
                        keep_default_na=True, skipinitialspace=True)
     if frame.empty:
         raise DataError("the file has a header but no rows", path=str(path))
@@ -273,14 +295,22 @@ def _to_seconds(values: pd.Series, path: Path, first_line: int, column: str) -> 
         if bad.any():
             row = int(np.argmax(bad))
             raise DataError("missing time", path=str(path), line=first_line + row, column=column)
-        return (parsed.astype("int64") // 10**9).to_numpy()  # pragma: no cover - parquet path
+        # Parquet keeps the stored unit (s, ms, us or ns); count nanoseconds before dividing.
+        return (parsed.astype("datetime64[ns, UTC]").astype("int64") // 10**9).to_numpy()
     numeric = pd.to_numeric(values, errors="coerce")
     missing = values.isna().to_numpy()
     if missing.any():
         row = int(np.argmax(missing))
         raise DataError("missing time (empty or NaN)", path=str(path), line=first_line + row, column=column)
-    if not numeric.isna().any():
+    not_number = numeric.isna().to_numpy()
+    if not not_number.any():
         return np.floor(numeric.to_numpy(dtype=np.float64)).astype(np.int64)
+    if not not_number[0]:
+        # A unix-seconds column with a bad value: name that value, not the first number
+        # (which would fail the ISO-8601 parse below).
+        row = int(np.argmax(not_number))
+        raise DataError(f"unparsable time {values.iloc[row]!r} (expected unix seconds, like the "
+                        "first row, or ISO-8601)", path=str(path), line=first_line + row, column=column)
     try:
         parsed = pd.to_datetime(values.astype(str), utc=True, errors="coerce", format="ISO8601")
     except (ValueError, TypeError):
@@ -330,13 +360,45 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
         raise DataError("no such file", path=str(path))
     if path.is_dir():
         if options.format not in READERS or options.format in ("csv", "auto"):
-            raise DataError("is a folder, not a log file", path=str(path))
+            raise DataError("is a folder, not a log file (a folder of Adressa day files needs "
+                            "--format adressa)", path=str(path))
     elif path.stat().st_size == 0:
         raise DataError("the file is empty", path=str(path))
     fmt = detect_format(path) if options.format == "auto" else options.format
     if fmt not in READERS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(sorted(READERS))})", path=str(path))
     frame, first_line, numeric_ids = READERS[fmt](path, options)
+    try:
+        return _validated_log(frame, path, options, first_line, numeric_ids)
+    except DataError as err:
+        if err.line is None or fmt not in TEXT_FORMATS or not path.is_file():
+            raise
+        line = _physical_line(path, first_line, err.line)
+        raise DataError(err.problem, path=err.path, line=line, column=err.column) from None
+
+
+TEXT_FORMATS = ("csv", "movielens", "movielens-1m", "movielens-100k", "recbole")
+
+
+def _physical_line(path: Path, first_line: int, line: int) -> int:
+    """The file line of a data row numbered as if no blank lines preceded it.
+
+    pandas skips blank lines, so row k of the frame is the (first_line - 1 + k)-th non-blank line.
+    Only called on the error path: it reads the file up to that line.
+    """
+    wanted = line - 1  # 0-based index among the file's non-blank lines
+    seen = -1
+    with open(path, "r", encoding="utf-8", errors="replace") as handle:
+        for number, text in enumerate(handle, start=1):
+            if text.strip():
+                seen += 1
+                if seen == wanted:
+                    return number
+    return line
+
+
+def _validated_log(frame: pd.DataFrame, path: Path, options: ReadOptions, first_line: int,
+                   numeric_ids: bool) -> InteractionLog:
     names = frame.attrs.get("columns", {})
     users = _check_ids(frame["user"], path, first_line, names.get("user", "user"), numeric_ids)
     items = _check_ids(frame["item"], path, first_line, names.get("item", "item"), numeric_ids)
@@ -353,7 +415,9 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
         if not keep.any():
             raise DataError(f"no interaction has rating >= {options.min_rating}", path=str(path))
     sha = file_sha256(path) if path.is_file() else ""
-    return InteractionLog.from_arrays(users[keep], items[keep], times[keep], source=str(path), sha256=sha)
+    log = InteractionLog.from_arrays(users[keep], items[keep], times[keep], source=str(path), sha256=sha)
+    log.metadata.update(frame.attrs.get("metadata", {}))
+    return log
 
 
 def bundled_movielens_path() -> Path:

@@ -144,7 +144,7 @@ def _local_seconds(times: np.ndarray, timezone: str) -> np.ndarray:
         stamps = pd.to_datetime(times, unit="s", utc=True).tz_convert(timezone)
     except Exception as err:
         raise ConfigError(f"unknown timezone {timezone!r} ({err})") from None
-    offsets = stamps.tz_localize(None).asi8 // 10**9 - times
+    offsets = stamps.tz_localize(None).as_unit("s").asi8 - times  # pandas 3 defaults to us
     return times + offsets
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from .pairs import PairIndex
 
 MAX_REJECTION_ROUNDS = 64
+MAX_CANDIDATE_ATTEMPTS = 4  # rejection rounds for test candidates before enumerating the pool
 
 
 def _rejection_sample(n: int, draw, excluded, rng: np.random.Generator) -> np.ndarray:
@@ -156,6 +157,12 @@ def _candidates_by_rejection(out, rows, users, positions, sizes, eligible, seen,
     pending = rows
     attempt = 0
     while pending.size:
+        if attempt >= MAX_CANDIDATE_ATTEMPTS:
+            # The draw cap below leaves too few eligible draws for these rows (a user who has
+            # seen nearly every item of a large pool): enumerate their pools instead of looping.
+            _candidates_by_enumeration(out, pending, users, positions, sizes, seen, n_negatives, rng,
+                                       chunk_elements)
+            return
         # Draw enough that, after removing the user's items and repeats, n_negatives remain with
         # high probability; the rare row that falls short is redrawn with a larger margin.
         reject_rate = 1.0 - eligible[pending] / sizes[pending]

@@ -1,7 +1,9 @@
 """The one minibatch training loop every strategy uses.
 
 Each epoch draws one fresh negative per positive for all rows at once (vectorised), shuffles
-the rows, and steps the optimiser on consecutive slices of the shuffled order.
+the rows, and takes one step on each consecutive slice of the shuffled order. A step is either
+autograd + torch optimisers (``train_epochs``) or a fused kernel such as ``FusedMFTrainer.step``
+(``run_epochs``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import torch
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``batch_loss(rows, negative_items)``: the loss of the given training rows (LongTensors)."""
 
+BatchStep = Callable[[torch.Tensor, torch.Tensor], float]
+"""``step(rows, negative_items)``: one optimisation step; returns the batch loss."""
 
-def train_epochs(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer], n_rows: int,
-                 sample_negatives: Callable[[np.random.Generator], np.ndarray], epochs: int,
-                 batch_size: int, rng: np.random.Generator,
-                 device: str | torch.device = "cpu") -> list[float]:
+
+def run_epochs(step: BatchStep, n_rows: int, sample_negatives: Callable[[np.random.Generator], np.ndarray],
+               epochs: int, batch_size: int, rng: np.random.Generator,
+               device: str | torch.device = "cpu") -> list[float]:
     """Run ``epochs`` passes over ``n_rows`` training rows; returns the mean loss of each epoch."""
     losses = []
     for _ in range(epochs):
@@ -27,16 +31,34 @@ def train_epochs(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer],
         total, batches = 0.0, 0
         for lo in range(0, n_rows, batch_size):
             rows = order[lo: lo + batch_size]
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss = batch_loss(rows, negatives[rows])
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            total += float(loss.detach())
+            total += step(rows, negatives[rows])
             batches += 1
         losses.append(total / max(batches, 1))
     return losses
+
+
+def autograd_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]) -> BatchStep:
+    """A step that backpropagates ``batch_loss`` and steps every optimiser."""
+
+    def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss = batch_loss(rows, negatives)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def train_epochs(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer], n_rows: int,
+                 sample_negatives: Callable[[np.random.Generator], np.ndarray], epochs: int,
+                 batch_size: int, rng: np.random.Generator,
+                 device: str | torch.device = "cpu") -> list[float]:
+    """``run_epochs`` with autograd steps of ``batch_loss`` on ``optimizers``."""
+    return run_epochs(autograd_step(batch_loss, optimizers), n_rows, sample_negatives, epochs,
+                      batch_size, rng, device)
 
 
 def make_optimizer(module: torch.nn.Module, lr: float, sparse: bool) -> torch.optim.Optimizer:

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from .base import Strategy, StrategyContext
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
 from .sequential import SequentialSettings, SequentialStrategy
+from .sml import SML, SMLSettings
 from .spmf import SPMF, SPMFSettings
 
 
@@ -63,6 +64,19 @@ register("gru4rec", SequentialStrategy, SequentialSettings, {"model": "gru4rec"}
 register("caser", SequentialStrategy, SequentialSettings,
          {"model": "caser", "window": 5, "length": 5, "dropout": 0.5},
          "convolutions over each user's last 5 items, warm-started each period (Tang and Wang 2018)")
+
+register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)")
+register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},
+         "SML with the transfer frozen once periods are scored (no step 2)")
+register("sml-n", SML, SMLSettings, {"step2_data": "current"},
+         "SML whose transfer is trained on D_t instead of D_t+1")
+register("sml-fp", SML, SMLSettings, {"step1_through_transfer": False},
+         "SML with new embeddings fitted on their own loss, then merged")
+register("sml-cnn", SML, SMLSettings, {"transfer": "no-cnn"}, "SML transfer without the CNN")
+register("sml-fc", SML, SMLSettings, {"transfer": "no-fc"}, "SML transfer without the FC layers")
+register("sml-linear", SML, SMLSettings, {"transfer": "linear"},
+         "SML with a learned linear mix a*W_prev + (1-a)*W_hat")
+register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [W_prev; W_hat]")
 
 __all__ = ["STRATEGIES", "Strategy", "StrategyContext", "StrategySpec", "create_strategy",
            "register", "strategy_settings"]

@@ -11,9 +11,10 @@ period and times the hook.
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 
 from ..config import MFSettings
 from ..data.periods import Period
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..random import make_rng, rng_state, set_rng_state
 
 
@@ -71,6 +72,20 @@ class Strategy(ABC):
         self.periods_seen += 1
         return time.perf_counter() - began
 
+    def grow(self, n_users: int, n_items: int) -> None:
+        """Enlarge the user and item tables to ``n_users`` x ``n_items`` rows (production: new ids).
+
+        Existing rows are kept; how new rows start is up to the strategy (documented in its
+        ``_grow``). Growing to the current size is a no-op; shrinking is refused.
+        """
+        if n_users < self.n_users or n_items < self.n_items:
+            raise ConfigError(f"{self.name}: cannot shrink tables from {self.n_users} users x "
+                              f"{self.n_items} items to {n_users} x {n_items}")
+        if (n_users, n_items) == (self.n_users, self.n_items):
+            return
+        self._grow(int(n_users), int(n_items))
+        self.context = replace(self.context, n_users=int(n_users), n_items=int(n_items))
+
     @abstractmethod
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         """Scores ``[len(rows), C]`` of ``candidates`` for rows ``rows`` of ``period``.
@@ -86,6 +101,11 @@ class Strategy(ABC):
     @abstractmethod
     def _update(self, period: Period) -> None: ...
 
+    def _grow(self, n_users: int, n_items: int) -> None:
+        """Append rows for new users/items; ``self.context`` still holds the old sizes."""
+        raise ConfigError(f"strategy {self.name!r} cannot grow its tables for new users or items "
+                          "(it implements no _grow), so it cannot run production updates")
+
     # -- state -----------------------------------------------------------------------------
     @property
     def n_users(self) -> int:
@@ -100,6 +120,7 @@ class Strategy(ABC):
         return {"rng": rng_state(self.rng), "periods_seen": self.periods_seen, **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = copy.deepcopy(state)  # never share tensors (e.g. Adam moments) with the source
         try:
             set_rng_state(self.rng, state["rng"])
             self.periods_seen = int(state["periods_seen"])

@@ -4,7 +4,7 @@
 * Fine-tune: each period, continue training the previous model on D_t only.
 
 Negatives are uniform over the items of the training set, minus the user's items in it.
-One Adam optimiser lives for the whole run (its moments carry across periods).
+One Adam (lazy, row-wise, by default) lives for the whole run (its moments carry across periods).
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import require
 from ..data.periods import Period
 from ..data.sampling import SetNegativeSampler
-from ..models.losses import bce_pair_loss
+from ..models.fused_mf import make_mf_trainer
+from ..models.growth import grow_embedding, init_rows
 from ..models.mf import MF
-from ..models.train_loop import make_optimizer, train_epochs
+from ..models.train_loop import run_epochs
 from .base import Strategy, StrategyContext, to_tensor
 
 
@@ -31,6 +33,11 @@ class RetrainSettings:
     lr: float | None = None           # None: the MF learning rate
     batch_size: int | None = None     # None: the MF batch size
 
+    def __post_init__(self) -> None:
+        require(self.epochs >= 0, "epochs", ">= 0", self.epochs)
+        require(self.lr is None or self.lr > 0, "lr", "> 0", self.lr)
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+
 
 class MFRetrain(Strategy):
     """Warm-started MF retrained each period on the rows ``_training_rows`` chooses."""
@@ -39,7 +46,7 @@ class MFRetrain(Strategy):
         super().__init__(settings, context)
         mf = context.mf
         self.model = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
-        self.optimizer = make_optimizer(self.model, settings.lr or mf.lr, mf.sparse)
+        self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse)
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -53,16 +60,26 @@ class MFRetrain(Strategy):
         user_rows, item_rows = self._training_rows(period)
         users = to_tensor(user_rows, self.device)
         items = to_tensor(item_rows, self.device)
-        model = self.model
+        trainer = self.trainer
 
-        def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-            u = users[rows]
-            return bce_pair_loss(model.score(u, items[rows]), model.score(u, negatives))
+        def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
+            return trainer.step(users[rows], items[rows], negatives)
 
-        self.last_losses = train_epochs(batch_loss, [self.optimizer], len(users),
-                                        SetNegativeSampler(user_rows, item_rows), self.settings.epochs,
-                                        self.settings.batch_size or self.context.mf.batch_size,
-                                        self.rng, self.device)
+        self.last_losses = run_epochs(step, len(users), SetNegativeSampler(user_rows, item_rows),
+                                      self.settings.epochs,
+                                      self.settings.batch_size or self.context.mf.batch_size,
+                                      self.rng, self.device)
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        """New rows start as fresh MF rows: N(0, init_std^2), counter-based from the run seed
+        (models/growth.py), i.e. the very rows pretraining gives an id it has not trained; their
+        Adam moments start at zero, as for a row that has never had a gradient."""
+        mf, seed = self.context.mf, self.context.seed
+        for table, embedding, new_size in (("user", self.model.user, n_users),
+                                           ("item", self.model.item, n_items)):
+            old_size = embedding.num_embeddings
+            grow_embedding(embedding, init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std))
+        self.trainer.grow(n_users, n_items)
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
@@ -72,11 +89,11 @@ class MFRetrain(Strategy):
         return self.model.user.weight.detach(), self.model.item.weight.detach()
 
     def _state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.trainer.state_dict()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.load_state_dict(state["optimizer"])
 
 
 class FullRetrain(MFRetrain):

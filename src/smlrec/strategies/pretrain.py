@@ -8,10 +8,11 @@ import torch
 from ..config import MFSettings
 from ..data.periods import Period
 from ..data.sampling import PrefixNegativeSampler
-from ..models.losses import bce_pair_loss
+from ..models.fused_mf import make_mf_trainer
+from ..models.growth import init_rows
 from ..models.mf import MF
-from ..models.train_loop import make_optimizer, train_epochs
-from ..random import make_rng, make_torch_generator
+from ..models.train_loop import run_epochs
+from ..random import make_rng
 from .base import to_tensor
 
 
@@ -21,18 +22,19 @@ def pretrain_mf(pretrain: Period, n_users: int, n_items: int, mf: MFSettings, ep
 
     Returns the weights ``{"user": P, "item": Q}`` and the mean loss of each epoch.
     """
-    model = MF(n_users, n_items, mf.dim, mf.init_std, mf.sparse,
-               generator=make_torch_generator(seed, "mf-init")).to(device)
-    optimizer = make_optimizer(model, mf.lr, mf.sparse)
+    model = MF(n_users, n_items, mf.dim, mf.init_std, mf.sparse).to(device)
+    with torch.no_grad():  # counter-based rows, so tables grown later get the same rows (models/growth.py)
+        model.user.weight.copy_(init_rows(seed, "user", 0, n_users, mf.dim, mf.init_std))
+        model.item.weight.copy_(init_rows(seed, "item", 0, n_items, mf.dim, mf.init_std))
+    trainer = make_mf_trainer(model, mf.lr, mf.sparse)
     users = to_tensor(pretrain.users, model.user.weight.device)
     items = to_tensor(pretrain.items, model.user.weight.device)
     sampler = PrefixNegativeSampler(pretrain.users, pretrain.positions, pretrain.items_seen, pretrain.seen)
 
-    def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        u = users[rows]
-        return bce_pair_loss(model.score(u, items[rows]), model.score(u, negatives))
+    def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
+        return trainer.step(users[rows], items[rows], negatives)
 
-    losses = train_epochs(batch_loss, [optimizer], len(pretrain), sampler, epochs, mf.batch_size,
-                          make_rng(seed, "pretrain"), device)
+    losses = run_epochs(step, len(pretrain), sampler, epochs, mf.batch_size, make_rng(seed, "pretrain"),
+                        device)
     state = {"user": model.user.weight.detach().clone(), "item": model.item.weight.detach().clone()}
     return state, losses

@@ -30,8 +30,7 @@ from ..data.periods import Period
 from ..data.reservoir import Reservoir
 from ..data.sampling import SetNegativeSampler, sample_set_negatives
 from ..errors import ConfigError
-from ..models.losses import bce_pair_loss
-from ..models.train_loop import train_epochs
+from ..models.train_loop import run_epochs
 from ..random import make_rng
 from .base import StrategyContext, to_tensor
 from .mf_retrain import MFRetrain
@@ -91,7 +90,7 @@ class SPMF(MFRetrain):
         users = to_tensor(train_users, self.device)
         items = to_tensor(train_items, self.device)
         negatives_of = SetNegativeSampler(train_users, train_items)
-        model = self.model
+        model, trainer = self.model, self.trainer
         n = len(train_users)
         losses = []
         for _ in range(self.settings.epochs):
@@ -100,17 +99,16 @@ class SPMF(MFRetrain):
             drawn = self.rng.choice(n, size=n, replace=True, p=rank_weights(scores))
             drawn_tensor = to_tensor(drawn, self.device)
 
-            def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+            def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
                 pairs = drawn_tensor[rows]
-                u = users[pairs]
-                return bce_pair_loss(model.score(u, items[pairs]), model.score(u, negatives))
+                return trainer.step(users[pairs], items[pairs], negatives)
 
             def sample_negatives(rng: np.random.Generator) -> np.ndarray:
                 return sample_set_negatives(train_users[drawn], negatives_of.pool, negatives_of.exclude, rng)
 
-            losses += train_epochs(batch_loss, [self.optimizer], n, sample_negatives, 1,
-                                   self.settings.batch_size or self.context.mf.batch_size, self.rng,
-                                   self.device)
+            losses += run_epochs(step, n, sample_negatives, 1,
+                                 self.settings.batch_size or self.context.mf.batch_size, self.rng,
+                                 self.device)
         self.last_losses = losses
         reservoir.push(period.users, period.items)
 

@@ -1,0 +1,121 @@
+"""Production subcommands: ``init``, ``update``, ``recommend``, ``serve`` (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cli import add_data_arguments, add_period_arguments, command, settings_layers
+from .errors import ConfigError
+
+
+def _init_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser, required=True)
+    add_period_arguments(parser)
+    parser.add_argument("--registry", required=True, help="registry folder to create")
+    parser.add_argument("--strategy", default="sml", help="strategy name (default sml); see `smlrec strategies`")
+    parser.add_argument("--seed", type=int, help="random seed (default 2020)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--pretrain-epochs", type=int, help="MF pretraining epochs (default 20)")
+    parser.add_argument("--config", help="TOML settings file; flags override it")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override any setting, e.g. strategy.fine-tune.epochs=2")
+
+
+@command("init", _init_arguments)
+def run_init(args: argparse.Namespace) -> int:
+    """Create a model registry: pretrain and run a strategy over a history log (version 1)."""
+    from .config import replay_settings
+    from .production import init_registry
+
+    settings = replay_settings(*settings_layers(args))
+    version = init_registry(args.data, args.registry, args.strategy, settings)
+    print(f"{args.registry}: version {version} written ({args.strategy})")
+    return 0
+
+
+def _update_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", required=True, help="registry folder")
+    parser.add_argument("--data", required=True, help="the new period's interactions (same format as the history)")
+    parser.add_argument("--force", action="store_true",
+                        help="apply a batch that was already applied or whose times precede the last period")
+
+
+@command("update", _update_arguments)
+def run_update(args: argparse.Namespace) -> int:
+    """Apply one new period to the latest version and write the next version."""
+    from .production import update_once
+
+    report = update_once(args.registry, args.data, force=args.force)
+    for warning in report.warnings:
+        print(f"warning (forced): {warning}", file=sys.stderr)
+    print(f"{args.registry}: version {report.version} written (period {report.period}, {report.rows} "
+          f"interactions, {report.new_users} new users, {report.new_items} new items, "
+          f"update {report.seconds:.2f} s)")
+    return 0
+
+
+def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", required=True, help="registry folder")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="one raw user id")
+    who.add_argument("--users", help="file with one raw user id per line (a header 'user' is skipped)")
+    parser.add_argument("--k", type=int, default=20, help="items per user (default 20)")
+    parser.add_argument("--include-seen", action="store_true", help="do not exclude items the user already has")
+    parser.add_argument("--strict", action="store_true", help="fail on an unknown user instead of a popularity fallback")
+    parser.add_argument("--out", help="CSV file to write (default: standard output)")
+
+
+@command("recommend", _recommend_arguments)
+def run_recommend(args: argparse.Namespace) -> int:
+    """Top-K items per user from the latest version (CSV: user,rank,item,score,fallback,version)."""
+    from .production import recommend
+
+    users = [args.user] if args.user is not None else _read_users(Path(args.users))
+    frame = recommend(args.registry, users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
+    if args.out:
+        out = Path(args.out)
+        temp = out.with_name(f".{out.name}.tmp")
+        frame.to_csv(temp, index=False)
+        temp.replace(out)
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def _read_users(path: Path) -> list[str]:
+    from .errors import DataError
+
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read user ids ({err})", path=str(path)) from None
+    users = [line.split(",")[0].strip() for line in lines if line]
+    if users and users[0].lower() in ("user", "user_id", "userid"):
+        users = users[1:]
+    if not users:
+        raise DataError("no user ids in the file", path=str(path))
+    return users
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", required=True, help="registry folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--poll", type=float, default=2.0, help="seconds between checks for a new version")
+
+
+@command("serve", _serve_arguments)
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve top-K recommendations over HTTP; picks up new versions as they land."""
+    import uvicorn
+
+    from .serve import create_app
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be 1..65535, got {args.port}")
+    app = create_app(args.registry, poll_seconds=args.poll)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

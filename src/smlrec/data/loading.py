@@ -1,0 +1,36 @@
+"""From data settings to a log and its period boundaries (shared by the replay and `data stats`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import ConfigError
+from .filters import filter_k_core
+from .log import InteractionLog, ReadOptions, bundled_movielens_path, read_log
+from .periods import split_day_cuts, split_equal_count, split_every
+
+if TYPE_CHECKING:
+    from ..config import DataSettings
+
+
+def load_log(data: "DataSettings") -> InteractionLog:
+    """Read the log named by ``data`` (the bundled MovieLens file by default), then its k-core."""
+    path = data.path or str(bundled_movielens_path())
+    options = ReadOptions(format=data.format, user_col=data.user_col, item_col=data.item_col,
+                          time_col=data.time_col, rating_col=data.rating_col, sep=data.sep,
+                          min_rating=data.min_rating)
+    log = read_log(path, options)
+    return filter_k_core(log, data.min_user_interactions, data.min_item_interactions)
+
+
+def period_boundaries(log: InteractionLog, data: "DataSettings") -> np.ndarray:
+    """Row offsets of the period starts (and the end) as ``data`` asks: day cuts, windows or counts."""
+    if data.every and data.day_cuts:
+        raise ConfigError("give either --every or --day-cuts, not both")
+    if data.every:
+        return split_every(log.time, data.every, data.timezone, data.drop_empty)
+    if data.day_cuts:
+        return split_day_cuts(log.time, list(data.day_cuts), data.timezone, data.drop_empty)
+    return split_equal_count(len(log), data.periods)

@@ -1,0 +1,92 @@
+"""Transfer networks f_Θ(w_prev, w_hat) -> w that merge old and new embeddings row by row.
+
+The SML transfer (sml-method.md section 3), for one row with w = w_prev (constant) and ŵ = w_hat:
+
+    c  = w ⊙ stopgrad(ŵ) / (||w||₂ + eps)          gradient reaches ŵ only through row 2
+    X  = [w; ŵ; c]                                  a 1-channel image of height 3, width d
+    H1 = g(Conv3x1(X))                              10 channels; each mixes w[j], ŵ[j], c[j]
+    H2 = g(Conv1x1(H1))                             5 channels; flattened channel-major to 5d
+    f  = FC(g(FC(H2)))                              5d -> 512 -> d, no output activation
+    g(x) = x · σ(1.702 x)
+
+The convolutions are held as ``nn.Conv2d`` (for PyTorch's default initialisation) but computed as
+einsums over the stacked rows, which is the same arithmetic without image reshapes.
+
+Alternatives for the ablations: ``no-cnn`` (FC on the flattened 3 x d stack), ``no-fc`` (the CNN,
+then a 1x1 convolution back to one channel of width d), ``linear`` (αw + (1-α)ŵ with α learned),
+``mlp`` (MLP on [w; ŵ]).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TRANSFER_KINDS = ("cnn", "no-cnn", "no-fc", "linear", "mlp")
+
+
+def gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """The authors' GELU approximation x·σ(1.702x)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+def stacked_rows(w_prev: torch.Tensor, w_hat: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """[w; ŵ; c] as ``[B, 3, d]`` with c = w ⊙ stopgrad(ŵ) / (||w|| + eps)."""
+    norm = w_prev.norm(dim=-1, keepdim=True) + eps
+    combined = w_prev * w_hat.detach() / norm
+    return torch.stack([w_prev, w_hat, combined], dim=1)
+
+
+class Transfer(nn.Module):
+    """One transfer network (one for users, another for items)."""
+
+    def __init__(self, dim: int, kind: str = "cnn", channels: int = 10, channels2: int = 5,
+                 hidden: int = 512, eps: float = 1e-12) -> None:
+        super().__init__()
+        if kind not in TRANSFER_KINDS:
+            raise ValueError(f"unknown transfer {kind!r} (known: {', '.join(TRANSFER_KINDS)})")
+        self.kind = kind
+        self.dim = dim
+        self.eps = eps
+        if kind in ("cnn", "no-fc"):
+            self.conv1 = nn.Conv2d(1, channels, kernel_size=(3, 1))
+            self.conv2 = nn.Conv2d(channels, channels2, kernel_size=(1, 1))
+        if kind == "cnn":
+            self.fc1 = nn.Linear(channels2 * dim, hidden)
+            self.fc2 = nn.Linear(hidden, dim)
+        elif kind == "no-fc":
+            self.conv3 = nn.Conv2d(channels2, 1, kernel_size=(1, 1))
+        elif kind == "no-cnn":
+            self.fc1 = nn.Linear(3 * dim, hidden)
+            self.fc2 = nn.Linear(hidden, dim)
+        elif kind == "mlp":
+            self.fc1 = nn.Linear(2 * dim, hidden)
+            self.fc2 = nn.Linear(hidden, dim)
+        elif kind == "linear":
+            self.alpha = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            return self.alpha * w_prev + (1.0 - self.alpha) * w_hat
+        if self.kind == "mlp":
+            return self.fc2(gelu_sigmoid(self.fc1(torch.cat([w_prev, w_hat], dim=-1))))
+        x = stacked_rows(w_prev, w_hat, self.eps)                       # [B, 3, d]
+        if self.kind == "no-cnn":
+            return self.fc2(gelu_sigmoid(self.fc1(x.flatten(1))))
+        h1 = gelu_sigmoid(torch.einsum("ck,bkd->bcd", self.conv1.weight[:, 0, :, 0], x)
+                          + self.conv1.bias[None, :, None])             # [B, C1, d]
+        h2 = torch.einsum("oc,bcd->bod", self.conv2.weight[:, :, 0, 0], h1) \
+            + self.conv2.bias[None, :, None]                            # [B, C2, d]
+        if self.kind == "no-fc":
+            return torch.einsum("oc,bcd->bod", self.conv3.weight[:, :, 0, 0], gelu_sigmoid(h2))[:, 0] \
+                + self.conv3.bias
+        return self.fc2(gelu_sigmoid(self.fc1(gelu_sigmoid(h2).flatten(1))))
+
+    @torch.no_grad()
+    def transform_table(self, w_prev: torch.Tensor, w_hat: torch.Tensor,
+                        batch_size: int = 8192) -> torch.Tensor:
+        """f applied to every row of two whole tables, in batches."""
+        out = torch.empty_like(w_prev)
+        for lo in range(0, w_prev.shape[0], batch_size):
+            out[lo: lo + batch_size] = self(w_prev[lo: lo + batch_size], w_hat[lo: lo + batch_size])
+        return out

@@ -1,0 +1,368 @@
+"""A versioned model registry on disk: the deployed model and everything the next update needs.
+
+Layout of a registry folder::
+
+    REGISTRY/
+      LATEST                  "v000003": the committed version (replaced atomically)
+      .lock                   fcntl lock held by the one update allowed at a time
+      v000001/
+        manifest.json         version, strategy, settings, periods, data hashes, package version,
+                              created time, and the sha256 and size of every other file
+        weights.safetensors   every tensor/array: the strategy state and the cumulative arrays
+        state.json            the JSON skeleton that puts those tensors back into nested dicts
+        vocab.json            raw user and item ids; position = index in the tables
+      v000002/ ...
+
+The cumulative state is what a replay would know when building the next period, without the
+old interactions: the row count so far (the next period's ``start``), the number of items seen,
+the (user, item) pairs seen with the position each was first seen (the ``PairIndex`` arrays), the
+last applied time, and the previous period's rows (SML step 2 needs D_t when D_{t+1} arrives).
+
+Crash safety: a version is written into a temporary folder, every file fsynced, the folder renamed
+to ``vNNNNNN``, and only then ``LATEST`` is replaced (temp file + rename). The commit point is the
+rename of ``LATEST``: a version folder newer than ``LATEST`` is left over from an interrupted
+update and is discarded by the next one. Loading checks every file against the manifest's sha256,
+so a corrupt or truncated file is a :class:`CheckpointError` naming it, and older versions stay
+loadable. Nothing is pickled and nothing goes through ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from . import __version__
+from .data.pairs import PairIndex, pair_keys
+from .errors import CheckpointError
+from .state import flatten, unflatten
+
+FORMAT = 1
+VERSION_RE = re.compile(r"^v(\d{6})$")
+FILES = ("weights.safetensors", "state.json", "vocab.json")
+
+
+def version_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+@dataclass
+class PreviousPeriod:
+    """The rows of the last applied period (indices into the tables), kept for SML."""
+
+    index: int
+    start: int
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    items_seen: np.ndarray
+
+
+@dataclass
+class Cumulative:
+    """What has been applied so far, as arrays (never the old interactions themselves)."""
+
+    rows: int                     # interactions applied so far = the next period's start
+    items_seen: int               # distinct items seen so far (indices 0..items_seen-1)
+    pair_keys: np.ndarray         # sorted int64 keys of the (user, item) pairs seen
+    pair_first: np.ndarray        # position at which each pair was first seen
+    last_time: int                # latest interaction time applied (unix seconds)
+    next_period: int              # index the next period gets
+    previous: PreviousPeriod | None = None
+
+    @property
+    def seen(self) -> PairIndex:
+        return PairIndex(self.pair_keys, self.pair_first)
+
+    def extended(self, users: np.ndarray, items: np.ndarray, times: np.ndarray,
+                 items_seen: np.ndarray) -> "Cumulative":
+        """The cumulative state after appending one period's rows (vectorised)."""
+        start = self.rows
+        positions = np.arange(start, start + len(users), dtype=np.int64)
+        keys = np.concatenate([self.pair_keys, pair_keys(users, items)])
+        first = np.concatenate([self.pair_first, positions])
+        # np.unique keeps the first occurrence: an old pair keeps its old (earlier) position.
+        merged, where = np.unique(keys, return_index=True)
+        previous = PreviousPeriod(self.next_period, start, np.asarray(users, np.int64),
+                                  np.asarray(items, np.int64), np.asarray(times, np.int64),
+                                  np.asarray(items_seen, np.int64))
+        return Cumulative(rows=start + len(users), items_seen=int(items_seen[-1]), pair_keys=merged,
+                          pair_first=first[where], last_time=max(self.last_time, int(times.max())),
+                          next_period=self.next_period + 1, previous=previous)
+
+    def to_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"rows": self.rows, "items_seen": self.items_seen,
+                                 "pair_keys": self.pair_keys, "pair_first": self.pair_first,
+                                 "last_time": self.last_time, "next_period": self.next_period}
+        if self.previous is not None:
+            state["previous"] = dict(vars(self.previous))
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Cumulative":
+        previous = state.get("previous")
+        return cls(rows=int(state["rows"]), items_seen=int(state["items_seen"]),
+                   pair_keys=np.asarray(state["pair_keys"], np.int64),
+                   pair_first=np.asarray(state["pair_first"], np.int64),
+                   last_time=int(state["last_time"]), next_period=int(state["next_period"]),
+                   previous=PreviousPeriod(**previous) if previous else None)
+
+
+@dataclass
+class Checkpoint:
+    """One version's content: what a strategy needs to continue, and the ids it serves."""
+
+    strategy: str
+    settings: dict[str, Any]            # ReplaySettings as plain data
+    strategy_state: dict[str, Any]
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    cumulative: Cumulative
+    data: list[dict[str, Any]]          # one entry per applied batch: sha256, source, rows, periods
+    version: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return int(len(self.user_ids))
+
+    @property
+    def n_items(self) -> int:
+        return int(len(self.item_ids))
+
+    @property
+    def applied_hashes(self) -> dict[str, int]:
+        """sha256 of every applied batch -> the period index it became."""
+        return {entry["sha256"]: int(entry["period"]) for entry in self.data if entry.get("sha256")}
+
+
+class ModelRegistry:
+    """Versioned checkpoints in a folder: ``write`` a new version (under ``lock``), ``load`` one."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def latest_path(self) -> Path:
+        return self.root / "LATEST"
+
+    def latest_version(self) -> int | None:
+        """The committed version named by ``LATEST`` (None for an empty registry)."""
+        try:
+            text = self.latest_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{self.latest_path}: unreadable ({err})") from None
+        match = VERSION_RE.match(text)
+        if not match:
+            raise CheckpointError(f"{self.latest_path}: corrupt (expected a version such as v000001, "
+                                  f"found {text[:40]!r})")
+        return int(match.group(1))
+
+    def versions(self) -> list[int]:
+        """Committed versions on disk (those up to LATEST), oldest first."""
+        latest = self.latest_version()
+        if latest is None or not self.root.is_dir():
+            return []
+        found = [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_RE.match(p.name))]
+        return sorted(v for v in found if v <= latest)
+
+    def load(self, version: int | None = None) -> Checkpoint:
+        """Load ``version`` (default: the latest), checking every file; CheckpointError names a bad one."""
+        if version is None:
+            version = self.latest_version()
+            if version is None:
+                raise CheckpointError(f"{self.root}: no model registry here (no LATEST file); "
+                                      "create one with `smlrec init`")
+        folder = self.root / version_name(version)
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: version {version} is missing")
+        manifest = _read_json(folder / "manifest.json")
+        files = manifest.get("files")
+        if manifest.get("version") != version or not isinstance(files, dict):
+            raise CheckpointError(f"{folder / 'manifest.json'}: not a manifest of version {version}")
+        for name in FILES:
+            _verify(folder / name, files.get(name))
+        tensors = _read_safetensors(folder / "weights.safetensors")
+        skeleton = _read_json(folder / "state.json")
+        vocab = _read_json(folder / "vocab.json")
+        try:
+            state = unflatten(tensors, skeleton, str(folder / "state.json"))
+            cumulative = Cumulative.from_state(state["cumulative"])
+            return Checkpoint(strategy=manifest["strategy"], settings=manifest["settings"],
+                              strategy_state=state["strategy"],
+                              user_ids=_id_array(vocab["users"]), item_ids=_id_array(vocab["items"]),
+                              cumulative=cumulative, data=manifest["data"], version=version,
+                              manifest=manifest)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{folder}: incomplete checkpoint ({type(err).__name__}: {err})") from None
+
+    def load_latest_good(self) -> tuple[Checkpoint, list[str]]:
+        """The newest committed version that loads, and the errors of newer ones it skipped."""
+        skipped: list[str] = []
+        try:
+            candidates = sorted(self.versions(), reverse=True)
+        except CheckpointError as err:  # LATEST itself is corrupt: scan the folders
+            skipped.append(str(err))
+            candidates = sorted((int(m.group(1)) for p in self.root.iterdir()
+                                 if (m := VERSION_RE.match(p.name))), reverse=True)
+        for version in candidates:
+            try:
+                return self.load(version), skipped
+            except CheckpointError as err:
+                skipped.append(str(err))
+        raise CheckpointError(f"{self.root}: no loadable version" + (f" ({'; '.join(skipped)})" if skipped else ""))
+
+    # -- writing ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the registry's update lock; a second holder gets a CheckpointError at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise CheckpointError(f"{self.root}: another update holds the registry lock ({holder}); "
+                                      "wait for it to finish (the lock frees itself if that process died)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing releases the flock
+
+    def write(self, checkpoint: Checkpoint) -> int:
+        """Write ``checkpoint`` as the next version and commit it; call while holding ``lock()``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._discard_uncommitted()
+        version = (self.latest_version() or 0) + 1
+        final = self.root / version_name(version)
+        temp = self.root / f".tmp-{version_name(version)}-{os.getpid()}"
+        if temp.exists():
+            shutil.rmtree(temp)
+        temp.mkdir()
+        tensors, skeleton = flatten({"strategy": checkpoint.strategy_state,
+                                     "cumulative": checkpoint.cumulative.to_state()})
+        contents = {
+            "weights.safetensors": save_safetensors(tensors),
+            "state.json": _json_bytes(skeleton),
+            "vocab.json": _json_bytes({"users": checkpoint.user_ids.tolist(),
+                                       "items": checkpoint.item_ids.tolist()}),
+        }
+        for name, payload in contents.items():
+            _write_file(temp / name, payload)
+        periods = [entry["period"] for entry in checkpoint.data]
+        manifest = {
+            "format": FORMAT, "version": version, "strategy": checkpoint.strategy,
+            "settings": checkpoint.settings, "package": {"name": "smlrec", "version": __version__},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "periods": {"first": min(periods, default=0), "last": max(periods, default=0),
+                        "rows": checkpoint.cumulative.rows, "last_time": checkpoint.cumulative.last_time},
+            "n_users": checkpoint.n_users, "n_items": checkpoint.n_items,
+            "data": checkpoint.data,
+            "files": {name: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+                      for name, payload in contents.items()},
+        }
+        _write_file(temp / "manifest.json", _json_bytes(manifest))
+        _fsync_dir(temp)
+        os.replace(temp, final)
+        _fsync_dir(self.root)
+        _write_file(self.root / f".LATEST.tmp-{os.getpid()}", (version_name(version) + "\n").encode())
+        os.replace(self.root / f".LATEST.tmp-{os.getpid()}", self.latest_path)  # the commit point
+        _fsync_dir(self.root)
+        checkpoint.version, checkpoint.manifest = version, manifest
+        return version
+
+    def _discard_uncommitted(self) -> None:
+        """Remove temp folders and version folders newer than LATEST (interrupted updates)."""
+        latest = self.latest_version() or 0
+        for path in self.root.iterdir():
+            match = VERSION_RE.match(path.name)
+            if path.name.startswith((".tmp-", ".LATEST.tmp-")) or (match and int(match.group(1)) > latest):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=1, allow_nan=False).encode("utf-8")
+
+
+def _write_file(path: Path, payload: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_bytes(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt or truncated JSON ({err})") from None
+
+
+def _verify(path: Path, expected: Any) -> None:
+    if not isinstance(expected, dict) or "sha256" not in expected:
+        raise CheckpointError(f"{path}: not listed in the manifest")
+    payload = _read_bytes(path)
+    if len(payload) != expected.get("bytes") or hashlib.sha256(payload).hexdigest() != expected["sha256"]:
+        raise CheckpointError(f"{path}: corrupt or truncated ({len(payload)} bytes, expected "
+                              f"{expected.get('bytes')}; sha256 does not match the manifest)")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(_read_bytes(path))
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({err})") from None
+
+
+def _id_array(values: list) -> np.ndarray:
+    """Raw ids from JSON: integers stay int64, anything else becomes text."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray([str(v) for v in values], dtype=object)

@@ -1,0 +1,298 @@
+"""SML: sequential meta-learning of a transfer (sml-method.md section 4), and its ablations.
+
+Per period t, with W_prev the model carried from t-1::
+
+    for round r in 0 .. R-1:
+        step 1: fit Ŵ on D_t through the frozen transfer (BCE + λ1/2 Σ_batch ||ŵ||²)
+        r == 0: serve f_Θ(W_prev, Ŵ) for period t+1
+        step 2: fit Θ on D_{t+1} with W_prev and Ŵ fixed (Adam with weight decay)
+    carry W_t := f_Θ(W_prev, Ŵ)
+
+Causal order: the model for t+1 must be served before D_{t+1} is known, so ``update(D_{t+1})``
+first *finishes* period t (round 0's step 2, rounds 1..R-1, the carried W_t), then runs round 0's
+step 1 of period t+1 and serves. The strategy keeps D_t, W_prev and Ŵ between updates; it never
+holds older data.
+
+Ablations are settings of this one class (see ``SMLSettings``); ``strategies/__init__`` registers
+them by name: sml-s, sml-n, sml-fp, sml-cnn, sml-fc, sml-linear, sml-mlp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.periods import Period
+from ..data.sampling import PrefixNegativeSampler, SetNegativeSampler
+from ..errors import ConfigError
+from ..models.losses import bce_pair_loss
+from ..models.growth import grow_embedding, init_rows
+from ..models.mf import MF, score_with_tables
+from ..models.train_loop import make_optimizer, train_epochs
+from ..models.transfer import TRANSFER_KINDS, Transfer
+from ..random import make_torch_generator
+from .base import Strategy, StrategyContext, to_tensor
+
+
+@dataclass(frozen=True)
+class SMLSettings:
+    """SML settings; defaults are the paper's Yelp column (sml-method.md section 4)."""
+
+    rounds: int = 10                    # R, outer rounds per period
+    step1_epochs: int = 1               # E1
+    step2_epochs: int = 1               # E2
+    step1_lr: float = 0.01              # Adam for Ŵ
+    step2_lr: float = 1e-3              # Adam for Θ
+    step1_batch_size: int = 1024
+    step2_batch_size: int = 256
+    l2_hat: float = 1e-6                # λ1 on the raw ŵ rows of the batch
+    transfer_weight_decay: float = 1e-4  # λ2, as Adam weight decay
+    transfer: str = "cnn"               # cnn | no-cnn (SML-CNN) | no-fc (SML-FC) | linear | mlp
+    conv_channels: int = 10
+    conv2_channels: int = 5
+    hidden: int = 512
+    round_start: str = "transferred"    # rounds r>=1 start Ŵ from f_Θ(W_prev, Ŵ) (authors) or "hat"
+    step2_data: str = "next"            # "next": D_{t+1}; "current": D_t (SML-N)
+    step1_through_transfer: bool = True  # False: Ŵ fitted on its own loss, then merged (SML-FP)
+    freeze_when_scored: bool = False    # SML-S: no step 2 (one step-1 pass) once periods are scored
+    frozen_step1_epochs: int | None = None  # step-1 epochs while frozen (None: step1_epochs)
+    eps: float = 1e-12
+    table_batch_size: int = 8192        # rows per batch in full-table transforms
+
+    def __post_init__(self) -> None:
+        if self.transfer not in TRANSFER_KINDS:
+            raise ConfigError(f"strategy sml: transfer must be one of {', '.join(TRANSFER_KINDS)}, "
+                              f"got {self.transfer!r}")
+        if self.round_start not in ("transferred", "hat"):
+            raise ConfigError(f"strategy sml: round_start must be 'transferred' or 'hat', got {self.round_start!r}")
+        if self.step2_data not in ("next", "current"):
+            raise ConfigError(f"strategy sml: step2_data must be 'next' or 'current', got {self.step2_data!r}")
+        if self.rounds < 1:
+            raise ConfigError("strategy sml: rounds must be >= 1")
+
+
+@dataclass
+class _PeriodRows:
+    """The rows SML keeps of the period it has not finished yet (D_t)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    positions: np.ndarray
+    items_seen: np.ndarray
+
+    @classmethod
+    def of(cls, period: Period) -> "_PeriodRows":
+        return cls(np.asarray(period.users, np.int64), np.asarray(period.items, np.int64),
+                   period.positions, np.asarray(period.items_seen, np.int64))
+
+
+class SML(Strategy):
+    name = "sml"
+
+    def __init__(self, settings: SMLSettings, context: StrategyContext) -> None:
+        super().__init__(settings, context)
+        mf = context.mf
+        s = settings
+        generator = make_torch_generator(context.seed, "sml-transfer", context.name or self.name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            self.user_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
+                                          s.hidden, s.eps).to(self.device)
+            self.item_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
+                                          s.hidden, s.eps).to(self.device)
+        self.hat = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
+        self.hat_optimizer = make_optimizer(self.hat, s.step1_lr, mf.sparse)
+        self.transfer_optimizer = torch.optim.Adam(
+            [*self.user_transfer.parameters(), *self.item_transfer.parameters()],
+            lr=s.step2_lr, weight_decay=s.transfer_weight_decay)
+        n_users, n_items, dim = context.n_users, context.n_items, mf.dim
+        self.user_prev = torch.zeros(n_users, dim, device=self.device)
+        self.item_prev = torch.zeros(n_items, dim, device=self.device)
+        self.user_served = torch.zeros(n_users, dim, device=self.device)
+        self.item_served = torch.zeros(n_items, dim, device=self.device)
+        self.pending: _PeriodRows | None = None   # D_t, whose rounds 1..R-1 are not done yet
+        # Ids are numbered in order of first appearance, so the users and items seen so far are
+        # the rows 0..n-1; later rows stay untouched (their initial values) until their id appears.
+        self.n_users_seen = 0
+        self.n_items_seen = 0
+        self.step1_losses: list[float] = []
+        self.step2_losses: list[float] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.user_prev.copy_(initial_state["user"])
+            self.item_prev.copy_(initial_state["item"])
+            self.user_served.copy_(initial_state["user"])
+            self.item_served.copy_(initial_state["item"])
+        self.pending = None
+        self._note_seen(pretrain)
+
+    def _note_seen(self, period: Period) -> None:
+        self.n_users_seen = max(self.n_users_seen, int(period.users.max()) + 1)
+        self.n_items_seen = max(self.n_items_seen, int(period.items_seen[-1]))
+
+    def _update(self, period: Period) -> None:
+        incoming = _PeriodRows.of(period)
+        frozen = self.settings.freeze_when_scored and period.role in ("validation", "test")
+        if self.pending is not None:
+            self._finish_period(self.pending, incoming, period, frozen)
+        self._note_seen(period)
+        self._begin_period(incoming, period, frozen)
+        self.pending = incoming
+
+    def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
+        users = to_tensor(period.users[rows], self.device)
+        return score_with_tables(self.user_served, self.item_served, users, candidates)
+
+    def served_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_served, self.item_served
+
+    # -- the schedule ----------------------------------------------------------------------
+    def _begin_period(self, rows: _PeriodRows, period: Period, frozen: bool) -> None:
+        """Round 0's step 1 on the new period, from Ŵ = W_prev; serve f_Θ(W_prev, Ŵ)."""
+        with torch.no_grad():
+            self.hat.user.weight.copy_(self.user_prev)
+            self.hat.item.weight.copy_(self.item_prev)
+        epochs = (self.settings.frozen_step1_epochs or self.settings.step1_epochs) if frozen \
+            else self.settings.step1_epochs
+        self._step1(rows, period, epochs)
+        self.user_served, self.item_served = self._transformed_tables()
+
+    def _finish_period(self, rows: _PeriodRows, incoming: _PeriodRows, period: Period,
+                       frozen: bool) -> None:
+        """Rounds of period t (whose round-0 step 1 is done) now that D_{t+1} is known; carry W_t."""
+        s = self.settings
+        if frozen:
+            carried = (self.user_served, self.item_served)
+        else:
+            step2_rows = incoming if s.step2_data == "next" else rows
+            for round_index in range(s.rounds):
+                if round_index > 0:
+                    if s.round_start == "transferred":
+                        with torch.no_grad():
+                            user, item = self._transformed_tables()
+                            self.hat.user.weight.copy_(user)
+                            self.hat.item.weight.copy_(item)
+                    self._step1(rows, period, s.step1_epochs)
+                self._step2(step2_rows)
+            carried = self._transformed_tables()
+        self.user_prev, self.item_prev = carried[0].clone(), carried[1].clone()
+
+    def _transferred_scores(self, users: torch.Tensor, items: torch.Tensor,
+                            user_hat: torch.Tensor, item_hat: torch.Tensor) -> torch.Tensor:
+        """Scores through the transfer, computing it once per distinct row of the batch."""
+        u_rows, u_inv = torch.unique(users, return_inverse=True)
+        i_rows, i_inv = torch.unique(items, return_inverse=True)
+        u_vec = self.user_transfer(self.user_prev[u_rows], user_hat(u_rows))
+        i_vec = self.item_transfer(self.item_prev[i_rows], item_hat(i_rows))
+        return u_vec[u_inv], i_vec[i_inv]
+
+    def _step1(self, rows: _PeriodRows, period: Period, epochs: int) -> None:
+        """Fit Ŵ on D_t (negatives: items seen so far minus the user's history so far)."""
+        s = self.settings
+        users = to_tensor(rows.users, self.device)
+        items = to_tensor(rows.items, self.device)
+        sampler = PrefixNegativeSampler(rows.users, rows.positions, rows.items_seen, period.seen)
+        hat = self.hat
+        through = s.step1_through_transfer
+        self._set_transfer_trainable(False)
+
+        def batch_loss(batch: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+            u = users[batch]
+            both = torch.cat([items[batch], negatives])
+            if through:
+                u_vec, i_vec = self._transferred_scores(u, both, hat.user, hat.item)
+            else:
+                u_vec, i_vec = hat.user(u), hat.item(both)
+            n = len(batch)
+            scores = (u_vec.repeat(2, 1) * i_vec).sum(-1)
+            loss = bce_pair_loss(scores[:n], scores[n:])
+            if s.l2_hat:
+                l2 = hat.user(u).pow(2).sum() + hat.item(both).pow(2).sum()
+                loss = loss + s.l2_hat * 0.5 * l2
+            return loss
+
+        self.step1_losses += train_epochs(batch_loss, [self.hat_optimizer], len(users), sampler, epochs,
+                                          s.step1_batch_size, self.rng, self.device)
+        self._set_transfer_trainable(True)
+
+    def _step2(self, rows: _PeriodRows) -> None:
+        """Fit Θ on the step-2 period with W_prev and Ŵ fixed (negatives: that period's items)."""
+        s = self.settings
+        users = to_tensor(rows.users, self.device)
+        items = to_tensor(rows.items, self.device)
+        user_hat = self.hat.user.weight.detach()
+        item_hat = self.hat.item.weight.detach()
+
+        def batch_loss(batch: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+            u = users[batch]
+            both = torch.cat([items[batch], negatives])
+            u_vec, i_vec = self._transferred_scores(u, both, user_hat.__getitem__, item_hat.__getitem__)
+            n = len(batch)
+            scores = (u_vec.repeat(2, 1) * i_vec).sum(-1)
+            return bce_pair_loss(scores[:n], scores[n:])
+
+        self.step2_losses += train_epochs(batch_loss, [self.transfer_optimizer], len(users),
+                                          SetNegativeSampler(rows.users, rows.items), s.step2_epochs,
+                                          s.step2_batch_size, self.rng, self.device)
+
+    def _transformed_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """f_Θ(W_prev, Ŵ) over every row of the users and items seen so far (others unchanged)."""
+        size = self.settings.table_batch_size
+        out = []
+        for transfer, prev, hat, n_seen in (
+                (self.user_transfer, self.user_prev, self.hat.user.weight.detach(), self.n_users_seen),
+                (self.item_transfer, self.item_prev, self.hat.item.weight.detach(), self.n_items_seen)):
+            table = prev.clone()
+            table[:n_seen] = transfer.transform_table(prev[:n_seen], hat[:n_seen], size)
+            out.append(table)
+        return out[0], out[1]
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        """New rows start as fresh MF rows (models/growth.py) in W_prev, Ŵ and the served model,
+        exactly the untouched rows a replay over the whole log holds for ids not seen yet."""
+        mf, seed = self.context.mf, self.context.seed
+        for table, embedding, new_size in (("user", self.hat.user, n_users), ("item", self.hat.item, n_items)):
+            fresh = init_rows(seed, table, embedding.num_embeddings, new_size, mf.dim, mf.init_std).to(self.device)
+            grow_embedding(embedding, fresh, [self.hat_optimizer])
+            for name in (f"{table}_prev", f"{table}_served"):
+                setattr(self, name, torch.cat([getattr(self, name), fresh]))
+
+    def _set_transfer_trainable(self, trainable: bool) -> None:
+        for module in (self.user_transfer, self.item_transfer):
+            for parameter in module.parameters():
+                parameter.requires_grad_(trainable)
+
+    # -- state -----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        pending = None
+        if self.pending is not None:
+            pending = {"users": self.pending.users, "items": self.pending.items,
+                       "positions": self.pending.positions, "items_seen": self.pending.items_seen}
+        return {"user_prev": self.user_prev.clone(), "item_prev": self.item_prev.clone(),
+                "user_served": self.user_served.clone(), "item_served": self.item_served.clone(),
+                "hat": self.hat.state_dict(), "user_transfer": self.user_transfer.state_dict(),
+                "item_transfer": self.item_transfer.state_dict(),
+                "hat_optimizer": self.hat_optimizer.state_dict(),
+                "transfer_optimizer": self.transfer_optimizer.state_dict(), "pending": pending,
+                "n_users_seen": self.n_users_seen, "n_items_seen": self.n_items_seen}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.user_prev = state["user_prev"].clone().to(self.device)
+        self.item_prev = state["item_prev"].clone().to(self.device)
+        self.user_served = state["user_served"].clone().to(self.device)
+        self.item_served = state["item_served"].clone().to(self.device)
+        self.hat.load_state_dict(state["hat"])
+        self.user_transfer.load_state_dict(state["user_transfer"])
+        self.item_transfer.load_state_dict(state["item_transfer"])
+        self.hat_optimizer.load_state_dict(state["hat_optimizer"])
+        self.transfer_optimizer.load_state_dict(state["transfer_optimizer"])
+        self.n_users_seen = int(state["n_users_seen"])
+        self.n_items_seen = int(state["n_items_seen"])
+        pending = state.get("pending")
+        self.pending = None if pending is None else _PeriodRows(
+            *(np.asarray(pending[k], dtype=np.int64) for k in ("users", "items", "positions", "items_seen")))

@@ -1,0 +1,198 @@
+"""SML: the transfer's arithmetic, where gradients flow, and the schedule's causal contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from smlrec.config import MFSettings
+from smlrec.data.log import InteractionLog
+from smlrec.data.periods import Plan, build_timeline, split_equal_count
+from smlrec.models.transfer import Transfer, gelu_sigmoid
+from smlrec.strategies import StrategyContext, create_strategy
+from smlrec.strategies.pretrain import pretrain_mf
+
+
+def slow_transfer(t: Transfer, w: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+    """Per-row reference of the CNN transfer, written from the formula with explicit loops."""
+    out = []
+    conv1_w = t.conv1.weight.detach()[:, 0, :, 0]
+    conv1_b = t.conv1.bias.detach()
+    conv2_w = t.conv2.weight.detach()[:, :, 0, 0]
+    conv2_b = t.conv2.bias.detach()
+    d = w.shape[1]
+    for row in range(w.shape[0]):
+        a, b = w[row], w_hat[row]
+        c = a * b / (torch.linalg.norm(a) + 1e-12)
+        stack = [a, b, c]
+        h1 = torch.zeros(conv1_w.shape[0], d)
+        for ch in range(conv1_w.shape[0]):
+            for j in range(d):
+                h1[ch, j] = sum(conv1_w[ch, k] * stack[k][j] for k in range(3)) + conv1_b[ch]
+        h1 = gelu_sigmoid(h1)
+        h2 = torch.zeros(conv2_w.shape[0], d)
+        for o in range(conv2_w.shape[0]):
+            for j in range(d):
+                h2[o, j] = sum(conv2_w[o, ch] * h1[ch, j] for ch in range(conv1_w.shape[0])) + conv2_b[o]
+        flat = gelu_sigmoid(h2).reshape(-1)  # channel-major: index = channel * d + j
+        hidden = gelu_sigmoid(t.fc1.weight.detach() @ flat + t.fc1.bias.detach())
+        out.append(t.fc2.weight.detach() @ hidden + t.fc2.bias.detach())
+    return torch.stack(out)
+
+
+def test_cnn_transfer_matches_slow_reference():
+    torch.manual_seed(0)
+    t = Transfer(dim=6, channels=4, channels2=3, hidden=8)
+    w, w_hat = torch.randn(5, 6), torch.randn(5, 6)
+    assert torch.allclose(t(w, w_hat), slow_transfer(t, w, w_hat), atol=1e-5)
+
+
+def test_paper_transfer_has_about_197k_parameters():
+    t = Transfer(dim=64)
+    n = sum(p.numel() for p in t.parameters())
+    # conv1 10*3+10, conv2 5*10+5, fc1 320*512+512, fc2 512*64+64
+    assert n == 40 + 55 + 320 * 512 + 512 + 512 * 64 + 64 == 197_279
+
+
+def test_gradient_reaches_w_hat_only_through_the_second_row():
+    torch.manual_seed(1)
+    t = Transfer(dim=4, channels=3, channels2=2, hidden=5)
+    with torch.no_grad():
+        t.conv1.weight[:, 0, 1, 0] = 0.0   # no weight on the w_hat row; c keeps its weights
+    w = torch.randn(3, 4)
+    w_hat = torch.randn(3, 4, requires_grad=True)
+    t(w, w_hat).sum().backward()
+    assert torch.count_nonzero(w_hat.grad) == 0
+    with torch.no_grad():
+        t.conv1.weight[:, 0, 1, 0] = 1.0
+    w_hat.grad = None
+    t(w, w_hat).sum().backward()
+    assert torch.count_nonzero(w_hat.grad) > 0
+
+
+def test_eps_keeps_zero_rows_finite():
+    t = Transfer(dim=4, channels=2, channels2=2, hidden=3)
+    out = t(torch.zeros(2, 4), torch.randn(2, 4))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kind", ["no-cnn", "no-fc", "linear", "mlp"])
+def test_alternative_transfers_keep_shapes(kind):
+    t = Transfer(dim=8, kind=kind, hidden=16)
+    assert t(torch.randn(7, 8), torch.randn(7, 8)).shape == (7, 8)
+
+
+def test_linear_transfer_is_the_convex_mix():
+    t = Transfer(dim=3, kind="linear")
+    with torch.no_grad():
+        t.alpha.fill_(0.25)
+    w, w_hat = torch.ones(1, 3), torch.full((1, 3), 5.0)
+    assert torch.allclose(t(w, w_hat), torch.full((1, 3), 0.25 + 0.75 * 5.0))
+
+
+# ----------------------------------------------------------------------------------------------
+
+def tiny_timeline(n_periods: int = 6, rows_per_period: int = 120, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = n_periods * rows_per_period
+    users = rng.integers(0, 30, n)
+    items = rng.zipf(1.5, n) % 60
+    times = np.arange(n) * 60
+    log = InteractionLog.from_arrays(users, items, times)
+    plan = Plan(pretrain=2, offline=2, validation=1, test=n_periods - 5)
+    return build_timeline(log, split_equal_count(len(log), n_periods), plan)
+
+
+def make_sml(timeline, name="sml", **overrides):
+    mf = MFSettings(dim=8, batch_size=64)
+    ctx = StrategyContext(timeline.log.n_users, timeline.log.n_items, mf, seed=3, name=name)
+    settings = {"rounds": 2, "hidden": 16, "step1_batch_size": 64, "step2_batch_size": 32, **overrides}
+    strategy = create_strategy(name, ctx, settings)
+    initial, _ = pretrain_mf(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, mf, 1, 3)
+    strategy.start(timeline.pretrain_data, initial)
+    return strategy
+
+
+def transfer_params(strategy):
+    return [p.detach().clone() for m in (strategy.user_transfer, strategy.item_transfer)
+            for p in m.parameters()]
+
+
+def test_step1_changes_no_transfer_weight_and_step2_changes_no_embedding():
+    timeline = tiny_timeline()
+    sml = make_sml(timeline)
+    period = timeline.periods[2]
+    from smlrec.strategies.sml import _PeriodRows
+
+    rows = _PeriodRows.of(period)
+    before = transfer_params(sml)
+    hat_before = sml.hat.user.weight.detach().clone()
+    sml._step1(rows, period, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, transfer_params(sml)))
+    assert not torch.equal(hat_before, sml.hat.user.weight)
+
+    hat_user = sml.hat.user.weight.detach().clone()
+    hat_item = sml.hat.item.weight.detach().clone()
+    prev = sml.user_prev.clone()
+    sml._step2(_PeriodRows.of(timeline.periods[3]))
+    assert torch.equal(hat_user, sml.hat.user.weight) and torch.equal(hat_item, sml.hat.item.weight)
+    assert torch.equal(prev, sml.user_prev)
+    assert not all(torch.equal(a, b) for a, b in zip(before, transfer_params(sml)))
+
+
+def test_served_model_is_round_zero_and_differs_from_the_carried_one():
+    timeline = tiny_timeline()
+    sml = make_sml(timeline)
+    sml.update(timeline.periods[2])
+    # Right after an update the served model is f_Θ(W_prev, Ŵ) with Ŵ after round 0's step 1.
+    expected = sml.user_transfer.transform_table(sml.user_prev, sml.hat.user.weight.detach())
+    assert torch.allclose(sml.user_served, expected)
+    served_round0 = sml.user_served.clone()
+    sml.update(timeline.periods[3])
+    # Finishing period 2 ran rounds 1..R-1 and step 2: the carried W_2 is not the served model.
+    assert not torch.allclose(sml.user_prev, served_round0)
+
+
+def test_round_zero_starts_from_the_previous_model():
+    timeline = tiny_timeline()
+    sml = make_sml(timeline, step1_epochs=0)
+    sml.update(timeline.periods[2])
+    assert torch.equal(sml.hat.user.weight.detach(), sml.user_prev)
+
+
+def test_sml_s_freezes_the_transfer_in_scored_periods():
+    timeline = tiny_timeline()
+    sml = make_sml(timeline, name="sml-s")
+    sml.update(timeline.periods[2])
+    sml.update(timeline.periods[3])
+    frozen = transfer_params(sml)
+    sml.update(timeline.periods[4])   # a validation period arrives: no step 2 any more
+    assert all(torch.equal(a, b) for a, b in zip(frozen, transfer_params(sml)))
+    # served = carried when frozen
+    served = sml.user_served.clone()
+    sml.update(timeline.periods[5])
+    assert torch.equal(sml.user_prev, served)
+
+
+def test_sml_n_trains_the_transfer_on_the_current_period(monkeypatch):
+    timeline = tiny_timeline()
+    sml = make_sml(timeline, name="sml-n")
+    seen = []
+    original = sml._step2
+    monkeypatch.setattr(sml, "_step2", lambda rows: (seen.append(rows.positions[0]), original(rows)))
+    sml.update(timeline.periods[2])
+    sml.update(timeline.periods[3])
+    assert seen and all(p == timeline.periods[2].start for p in seen)
+
+
+def test_state_round_trip_continues_identically():
+    timeline = tiny_timeline()
+    a = make_sml(timeline)
+    a.update(timeline.periods[2])
+    b = make_sml(timeline)
+    b.load_state_dict(a.state_dict())
+    for s in (a, b):
+        s.update(timeline.periods[3])
+    assert torch.equal(a.user_served, b.user_served)
+    assert torch.equal(a.item_served, b.item_served)
