@@ -13,7 +13,9 @@ from ..config import build, merge
 from ..errors import ConfigError
 from .base import Strategy, StrategyContext
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
+from .sequential import SequentialSettings, SequentialStrategy
 from .sml import SML, SMLSettings
+from .spmf import SPMF, SPMFSettings
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,13 @@ register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on all data so far")
 register("fine-tune", FineTune, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on the new period only")
+register("spmf", SPMF, SPMFSettings, {},
+         "warm-started MF on reservoir + new period, rank-weighted sampling (Wang et al. 2018)")
+register("gru4rec", SequentialStrategy, SequentialSettings, {"model": "gru4rec"},
+         "GRU over each user's item sequence, warm-started each period (Hidasi et al. 2016)")
+register("caser", SequentialStrategy, SequentialSettings,
+         {"model": "caser", "window": 5, "length": 5, "dropout": 0.5},
+         "convolutions over each user's last 5 items, warm-started each period (Tang and Wang 2018)")
 
 register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)")
 register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},

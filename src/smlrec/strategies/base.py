@@ -36,6 +36,7 @@ class StrategyContext:
     seed: int
     device: str = "cpu"
     name: str = ""
+    pretrain_periods: int = 1         # how many periods the pretrain data spans (mean period size)
 
 
 class Strategy(ABC):
