@@ -9,9 +9,13 @@ import torch
 from smlrec.config import MFSettings
 from smlrec.data.log import InteractionLog
 from smlrec.data.periods import Plan, build_timeline, split_equal_count
-from smlrec.models.transfer import Transfer, gelu_sigmoid
+from smlrec.models.transfer import Transfer
 from smlrec.strategies import StrategyContext, create_strategy
 from smlrec.strategies.pretrain import pretrain_mf
+
+
+def gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
 
 
 def slow_transfer(t: Transfer, w: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,16 @@ then a 1x1 convolution back to one channel of width d), ``linear`` (αw + (1-α)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TRANSFER_KINDS = ("cnn", "no-cnn", "no-fc", "linear", "mlp")
 
 
 def gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """The authors' GELU approximation x·σ(1.702x)."""
-    return x * torch.sigmoid(1.702 * x)
+    """The authors' GELU approximation x·σ(1.702x), computed as silu(1.702x)/1.702 (one fused
+    kernel forward and backward instead of four elementwise passes)."""
+    return F.silu(1.702 * x) / 1.702
 
 
 def stacked_rows(w_prev: torch.Tensor, w_hat: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -107,7 +107,7 @@ class SML(Strategy):
         self.hat_optimizer = make_optimizer(self.hat, s.step1_lr, mf.sparse)
         self.transfer_optimizer = torch.optim.Adam(
             [*self.user_transfer.parameters(), *self.item_transfer.parameters()],
-            lr=s.step2_lr, weight_decay=s.transfer_weight_decay)
+            lr=s.step2_lr, weight_decay=s.transfer_weight_decay, fused=True)
         n_users, n_items, dim = context.n_users, context.n_items, mf.dim
         self.user_prev = torch.zeros(n_users, dim, device=self.device)
         self.item_prev = torch.zeros(n_items, dim, device=self.device)
