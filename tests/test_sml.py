@@ -200,3 +200,32 @@ def test_state_round_trip_continues_identically():
         s.update(timeline.periods[3])
     assert torch.equal(a.user_served, b.user_served)
     assert torch.equal(a.item_served, b.item_served)
+
+
+def test_offline_passes_walk_the_offline_periods_again_then_forget_them(monkeypatch):
+    timeline = tiny_timeline()
+    one, two = make_sml(timeline), make_sml(timeline, offline_passes=2)
+    calls = {id(one): 0, id(two): 0}
+    for strategy in (one, two):
+        original = strategy._step2
+        monkeypatch.setattr(strategy, "_step2", lambda rows, s=strategy, f=original: (
+            calls.__setitem__(id(s), calls[id(s)] + 1), f(rows)))
+        for period in timeline.periods[2:5]:      # offline, offline, validation
+            strategy.update(period)
+    # One pass: periods 2 and 3 are finished (2 rounds each). Two passes: both again.
+    assert calls[id(one)] == 4 and calls[id(two)] == 8
+    assert two.offline_history == []
+    assert not torch.equal(one.user_served, two.user_served)
+
+
+def test_offline_history_round_trips_through_state():
+    timeline = tiny_timeline()
+    a = make_sml(timeline, offline_passes=2)
+    a.update(timeline.periods[2])
+    b = make_sml(timeline, offline_passes=2)
+    b.load_state_dict(a.state_dict())
+    assert len(b.offline_history) == 1
+    for s in (a, b):
+        s.update(timeline.periods[3])
+        s.update(timeline.periods[4])
+    assert torch.equal(a.user_served, b.user_served)

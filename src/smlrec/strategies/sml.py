@@ -59,6 +59,8 @@ class SMLSettings:
     step1_through_transfer: bool = True  # False: Ŵ fitted on its own loss, then merged (SML-FP)
     freeze_when_scored: bool = False    # SML-S: no step 2 (one step-1 pass) once periods are scored
     frozen_step1_epochs: int | None = None  # step-1 epochs while frozen (None: step1_epochs)
+    offline_passes: int = 1             # >1: walk the offline periods again before the first
+                                        # scored one, to learn a better transfer (keeps their rows)
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
 
@@ -72,6 +74,8 @@ class SMLSettings:
             raise ConfigError(f"strategy sml: step2_data must be 'next' or 'current', got {self.step2_data!r}")
         if self.rounds < 1:
             raise ConfigError("strategy sml: rounds must be >= 1")
+        if self.offline_passes < 1:
+            raise ConfigError("strategy sml: offline_passes must be >= 1")
 
 
 @dataclass
@@ -118,6 +122,7 @@ class SML(Strategy):
         # the rows 0..n-1; later rows stay untouched (their initial values) until their id appears.
         self.n_users_seen = 0
         self.n_items_seen = 0
+        self.offline_history: list[_PeriodRows] = []  # only with offline_passes > 1
         self.step1_losses: list[float] = []
         self.step2_losses: list[float] = []
 
@@ -140,10 +145,23 @@ class SML(Strategy):
         frozen = self.settings.freeze_when_scored and period.role in ("validation", "test")
         if self.pending is not None:
             self._finish_period(self.pending, incoming, period, frozen)
+            if self.offline_history and period.role != "offline":
+                self._repeat_offline_passes(incoming, period)
         self._note_seen(period)
         self._begin_period(incoming, period, frozen)
         self.pending = incoming
+        if self.settings.offline_passes > 1 and period.role == "offline":
+            self.offline_history.append(incoming)
 
+    def _repeat_offline_passes(self, incoming: _PeriodRows, period: Period) -> None:
+        """Walk the offline periods again (the transfer keeps learning; W_prev restarts from the
+        model carried so far, as in the authors' multi-pass option), then forget their rows."""
+        sequence = [*self.offline_history, incoming]
+        for _ in range(self.settings.offline_passes - 1):
+            for rows, next_rows in zip(sequence[:-1], sequence[1:]):
+                self._begin_period(rows, period, frozen=False)
+                self._finish_period(rows, next_rows, period, frozen=False)
+        self.offline_history = []
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
         return score_with_tables(self.user_served, self.item_served, users, candidates)
@@ -269,17 +287,15 @@ class SML(Strategy):
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        pending = None
-        if self.pending is not None:
-            pending = {"users": self.pending.users, "items": self.pending.items,
-                       "positions": self.pending.positions, "items_seen": self.pending.items_seen}
+        pending = None if self.pending is None else _rows_state(self.pending)
         return {"user_prev": self.user_prev.clone(), "item_prev": self.item_prev.clone(),
                 "user_served": self.user_served.clone(), "item_served": self.item_served.clone(),
                 "hat": self.hat.state_dict(), "user_transfer": self.user_transfer.state_dict(),
                 "item_transfer": self.item_transfer.state_dict(),
                 "hat_optimizer": self.hat_optimizer.state_dict(),
                 "transfer_optimizer": self.transfer_optimizer.state_dict(), "pending": pending,
-                "n_users_seen": self.n_users_seen, "n_items_seen": self.n_items_seen}
+                "n_users_seen": self.n_users_seen, "n_items_seen": self.n_items_seen,
+                "offline_history": [_rows_state(r) for r in self.offline_history]}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.user_prev = state["user_prev"].clone().to(self.device)
@@ -294,5 +310,15 @@ class SML(Strategy):
         self.n_users_seen = int(state["n_users_seen"])
         self.n_items_seen = int(state["n_items_seen"])
         pending = state.get("pending")
-        self.pending = None if pending is None else _PeriodRows(
-            *(np.asarray(pending[k], dtype=np.int64) for k in ("users", "items", "positions", "items_seen")))
+        self.pending = None if pending is None else _rows_from_state(pending)
+        self.offline_history = [_rows_from_state(r) for r in state.get("offline_history", [])]
+
+
+def _rows_state(rows: _PeriodRows) -> dict[str, np.ndarray]:
+    return {"users": rows.users, "items": rows.items, "positions": rows.positions,
+            "items_seen": rows.items_seen}
+
+
+def _rows_from_state(state: dict[str, Any]) -> _PeriodRows:
+    return _PeriodRows(*(np.asarray(state[k], dtype=np.int64)
+                         for k in ("users", "items", "positions", "items_seen")))
