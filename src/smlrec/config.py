@@ -70,7 +70,7 @@ class MFSettings:
     lr: float = 0.01
     batch_size: int = 1024
     init_std: float = 0.1
-    sparse: bool = True              # lazy row-wise Adam (SparseAdam); False: dense Adam
+    sparse: bool = True              # lazy row-wise Adam (models/fused_mf.py); False: dense Adam
 
     def __post_init__(self) -> None:
         require(self.dim >= 1, "dim", ">= 1", self.dim)
