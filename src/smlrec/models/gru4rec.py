@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .mf import candidate_scores
+
 
 def seeded_dropout(x: torch.Tensor, p: float, training: bool,
                    generator: torch.Generator | None) -> torch.Tensor:
@@ -83,22 +85,11 @@ class GRU4Rec(nn.Module):
 
 def score_items(state: torch.Tensor, output: nn.Embedding, bias: nn.Embedding | None,
                 items: torch.Tensor) -> torch.Tensor:
-    """<state_b, o_i> (+ b_i) for items [B] or [B, C].
-
-    For [B, C] candidates from a catalogue of at most 16 C items, the scores of the whole
-    catalogue are one matrix product and the candidates' columns are gathered from it (much less
-    memory traffic than gathering a [B, C, d] block of output embeddings).
-    """
-    if items.dim() == 2 and output.num_embeddings <= 16 * items.shape[1]:
-        everything = state @ output.weight.T
-        if bias is not None:
-            everything = everything + bias.weight.T
-        return torch.gather(everything, 1, items)
-    weights = output(items)
+    """<state_b, o_i> (+ b_i) for items [B] or [B, C] (candidates scored as MF scores them)."""
     if items.dim() == 2:
-        scores = torch.einsum("bd,bcd->bc", state, weights)
+        scores = candidate_scores(state, output.weight, items)
     else:
-        scores = (state * weights).sum(-1)
+        scores = (state * output(items)).sum(-1)
     if bias is not None:
         scores = scores + bias(items).squeeze(-1)
     return scores
