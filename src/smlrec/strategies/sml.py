@@ -123,7 +123,7 @@ class SML(Strategy):
         self.n_users_seen = 0
         self.n_items_seen = 0
         self.offline_history: list[_PeriodRows] = []  # only with offline_passes > 1
-        self.step1_losses: list[float] = []
+        self.step1_losses: list[float] = []   # per epoch, of the latest update only
         self.step2_losses: list[float] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -142,6 +142,7 @@ class SML(Strategy):
 
     def _update(self, period: Period) -> None:
         incoming = _PeriodRows.of(period)
+        self.step1_losses, self.step2_losses = [], []
         frozen = self.settings.freeze_when_scored and period.role in ("validation", "test")
         if self.pending is not None:
             self._finish_period(self.pending, incoming, period, frozen)
@@ -200,9 +201,9 @@ class SML(Strategy):
             carried = self._transformed_tables()
         self.user_prev, self.item_prev = carried[0].clone(), carried[1].clone()
 
-    def _transferred_scores(self, users: torch.Tensor, items: torch.Tensor,
-                            user_hat: torch.Tensor, item_hat: torch.Tensor) -> torch.Tensor:
-        """Scores through the transfer, computing it once per distinct row of the batch."""
+    def _transferred_rows(self, users: torch.Tensor, items: torch.Tensor, user_hat, item_hat
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transferred user and item rows of a batch, computing f once per distinct row."""
         u_rows, u_inv = torch.unique(users, return_inverse=True)
         i_rows, i_inv = torch.unique(items, return_inverse=True)
         u_vec = self.user_transfer(self.user_prev[u_rows], user_hat(u_rows))
@@ -223,7 +224,7 @@ class SML(Strategy):
             u = users[batch]
             both = torch.cat([items[batch], negatives])
             if through:
-                u_vec, i_vec = self._transferred_scores(u, both, hat.user, hat.item)
+                u_vec, i_vec = self._transferred_rows(u, both, hat.user, hat.item)
             else:
                 u_vec, i_vec = hat.user(u), hat.item(both)
             n = len(batch)
@@ -249,7 +250,7 @@ class SML(Strategy):
         def batch_loss(batch: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
             u = users[batch]
             both = torch.cat([items[batch], negatives])
-            u_vec, i_vec = self._transferred_scores(u, both, user_hat.__getitem__, item_hat.__getitem__)
+            u_vec, i_vec = self._transferred_rows(u, both, user_hat.__getitem__, item_hat.__getitem__)
             n = len(batch)
             scores = (u_vec.repeat(2, 1) * i_vec).sum(-1)
             return bce_pair_loss(scores[:n], scores[n:])
