@@ -102,16 +102,54 @@ def make(name, timeline, **overrides):
 
 
 @pytest.mark.parametrize("name", ["gru4rec", "caser"])
-def test_users_without_history_get_all_equal_scores(name):
+def test_users_without_history_get_the_strategy_item_counts(name):
     timeline = tiny_timeline()
-    strategy = make(name, timeline)
+    strategy = make(name, timeline)                          # cold_users = "pop" by default
     period = timeline.periods[2]
     strategy.windows[period.users[0]] = PAD                 # forget the first row's user
     candidates = torch.randint(0, timeline.log.n_items, (3, 20))
     scores = strategy.score(period, slice(0, 3), candidates)
     assert scores.shape == (3, 20)
-    assert torch.all(scores[0] == 0)
+    counts = np.bincount(concat_periods(timeline.periods[:2]).items, minlength=timeline.log.n_items)
+    np.testing.assert_array_equal(scores[0].numpy(), counts[candidates[0].numpy()])
+    np.testing.assert_array_equal(strategy.score_new_users(candidates[:1])[0].numpy(), counts[candidates[0].numpy()])
     assert scores[1:].std() > 0
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "caser"])
+def test_cold_rule_init_keeps_all_zero_scores_for_an_empty_history(name):
+    timeline = tiny_timeline()
+    strategy = make(name, timeline, cold_users="init", cold_items="init")
+    period = timeline.periods[2]
+    strategy.windows[period.users[0]] = PAD
+    scores = strategy.score(period, slice(0, 3), torch.randint(0, timeline.log.n_items, (3, 20)))
+    assert torch.all(scores[0] == 0) and scores[1:].std() > 0
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "caser"])
+def test_an_untrained_item_is_scored_with_the_mean_trained_output_row(name):
+    timeline = tiny_timeline()
+    strategy = make(name, timeline)
+    period = timeline.periods[2]
+    cold_item = 7
+    strategy.item_rows.trained[cold_item] = False           # as if item 7 had never been trained
+    strategy._served = None
+    trained = torch.from_numpy(strategy.item_rows.trained)
+    candidates = torch.tensor([[cold_item, 3, 4]] * 3)
+    scores = strategy.score(period, slice(0, 3), candidates)
+    model = strategy.model
+    contexts = torch.from_numpy(strategy.period_contexts(period)[:3])
+    users = torch.from_numpy(period.users[:3].astype(np.int64))
+    with torch.no_grad():
+        if name == "caser":
+            user_vectors = model.user.weight[users]
+            state = model.encode(users, contexts, user_vectors)
+            expected = state @ model.output.weight[trained].mean(0) + model.bias.weight[trained].mean()
+        else:
+            state = model.encode(users, contexts)
+            expected = state @ model.output.weight[trained].mean(0)
+    has_context = contexts[:, -1] != PAD
+    torch.testing.assert_close(scores[has_context, 0], expected[has_context])
 
 
 @pytest.mark.parametrize("name,full", [("gru4rec", False), ("caser", True), ("gru4rec", True)])

@@ -53,8 +53,10 @@ class Caser(nn.Module):
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.uniform_(-bound, bound, generator=generator)
 
-    def encode(self, users: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``[z; p_u]`` (``[B, 2 * dim]``) for right-aligned contexts ``[B, W >= L]``."""
+    def encode(self, users: torch.Tensor, context: torch.Tensor,
+               user_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """``[z; p_u]`` (``[B, 2 * dim]``) for right-aligned contexts ``[B, W >= L]``
+        (``user_vectors``, when given, replaces the rows ``p_u`` of ``users``)."""
         window = context[:, -self.length:]
         tokens = torch.where(window < 0, torch.full_like(window, self.n_items), window)
         image = self.embedding(tokens).unsqueeze(1)                  # [B, 1, L, d]
@@ -64,7 +66,7 @@ class Caser(nn.Module):
         features = torch.cat([vertical, *horizontal], dim=1)
         features = seeded_dropout(features, self.dropout, self.training, self.dropout_generator)
         z = F.relu(self.fc(features))
-        return torch.cat([z, self.user(users)], dim=1)
+        return torch.cat([z, self.user(users) if user_vectors is None else user_vectors], dim=1)
 
     def score(self, users: torch.Tensor, context: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of ``items`` ([B] or [B, C]) after each row's context: [B] or [B, C]."""

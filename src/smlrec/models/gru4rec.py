@@ -66,7 +66,8 @@ class GRU4Rec(nn.Module):
                 else:
                     weight.zero_()
 
-    def encode(self, users: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def encode(self, users: torch.Tensor, context: torch.Tensor,
+               user_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """The sequence representation ``[B, hidden]`` of right-aligned contexts (users unused)."""
         aligned, lengths = left_align(context)
         tokens = torch.where(aligned < 0, torch.full_like(aligned, self.n_items), aligned)

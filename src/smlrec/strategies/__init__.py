@@ -13,6 +13,7 @@ from ..config import build, merge
 from ..errors import ConfigError
 from .base import Strategy, StrategyContext
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
+from .popularity import Popularity, PopularitySettings
 from .sequential import SequentialSettings, SequentialStrategy
 from .sml import SML, SMLSettings
 from .spmf import SPMF, SPMFSettings
@@ -59,6 +60,10 @@ def _spec(name: str) -> StrategySpec:
     return STRATEGIES[name]
 
 
+register("pop", Popularity, PopularitySettings, {"decay": 1.0},
+         "items ranked by their interaction count over everything seen so far (the floor)")
+register("pop-recent", Popularity, PopularitySettings, {"decay": 0.5},
+         "items ranked by exponentially decayed counts (x decay per period; the recency floor)")
 register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on all data so far")
 register("fine-tune", FineTune, RetrainSettings, {"epochs": 5},

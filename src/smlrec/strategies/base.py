@@ -94,6 +94,12 @@ class Strategy(ABC):
         use the period's earlier rows as the user's context, never the row's own item.
         """
 
+    def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, C]`` of ``candidates`` for users the strategy has never seen (no row, no
+        history): its declared cold-user rule, the same scores ``score`` gives an untrained user.
+        Production serves unknown users with it."""
+        raise ConfigError(f"strategy {self.name!r} declares no rule for users it has never seen")
+
     # -- hooks -----------------------------------------------------------------------------
     @abstractmethod
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None: ...

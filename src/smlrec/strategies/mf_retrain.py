@@ -5,6 +5,11 @@
 
 Negatives are uniform over the items of the training set, minus the user's items in it.
 One Adam (lazy, row-wise, by default) lives for the whole run (its moments carry across periods).
+
+Cold start (strategies/cold.py): a user the model has never trained on is served the mean of the
+user rows trained in the latest period (``cold_users = "recent"``), an untrained item the mean of
+every trained item row (``cold_items = "mean"``), never its random initial row. Both rules were
+chosen on validation periods; ``"init"`` restores the untrained rows for comparison.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from ..data.periods import Period
 from ..data.sampling import SetNegativeSampler
 from ..models.fused_mf import make_mf_trainer
 from ..models.growth import grow_embedding, init_rows
-from ..models.mf import MF
+from ..errors import ConfigError
+from ..models.mf import MF, candidate_scores, score_with_tables
 from ..models.train_loop import run_epochs
 from .base import Strategy, StrategyContext, to_tensor
+from .cold import MF_COLD_RULES, TrainedRows, cold_row, with_cold_rows
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,20 @@ class RetrainSettings:
     epochs: int = 5                   # passes over the training window per period
     lr: float | None = None           # None: the MF learning rate
     batch_size: int | None = None     # None: the MF batch size
+    cold_users: str = "recent"        # rule for untrained users: mean | recent | init (strategies/cold.py)
+    cold_items: str = "mean"          # rule for untrained items: mean | recent | init
 
     def __post_init__(self) -> None:
         require(self.epochs >= 0, "epochs", ">= 0", self.epochs)
         require(self.lr is None or self.lr > 0, "lr", "> 0", self.lr)
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        check_cold_rules(self)
+
+
+def check_cold_rules(settings) -> None:
+    for name in ("cold_users", "cold_items"):
+        value = getattr(settings, name)
+        require(value in MF_COLD_RULES, name, f"one of {', '.join(MF_COLD_RULES)}", value)
 
 
 class MFRetrain(Strategy):
@@ -47,11 +63,21 @@ class MFRetrain(Strategy):
         mf = context.mf
         self.model = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
         self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse)
+        self.user_rows = TrainedRows(context.n_users)
+        self.item_rows = TrainedRows(context.n_items)
+        self._served: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.model.user.weight.copy_(initial_state["user"])
             self.model.item.weight.copy_(initial_state["item"])
+        self._mark_trained(pretrain.users, pretrain.items)
+
+    def _mark_trained(self, users: np.ndarray, items: np.ndarray) -> None:
+        """The rows of one period's training data (the latest period for the ``recent`` rule)."""
+        self.user_rows.mark(users)
+        self.item_rows.mark(items)
+        self._served = None
 
     def _training_rows(self, period: Period) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -69,6 +95,7 @@ class MFRetrain(Strategy):
                                       self.settings.epochs,
                                       self.settings.batch_size or self.context.mf.batch_size,
                                       self.rng, self.device)
+        self._mark_trained(period.users, period.items)
 
     def _grow(self, n_users: int, n_items: int) -> None:
         """New rows start as fresh MF rows: N(0, init_std^2), counter-based from the run seed
@@ -80,20 +107,41 @@ class MFRetrain(Strategy):
             old_size = embedding.num_embeddings
             grow_embedding(embedding, init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std))
         self.trainer.grow(n_users, n_items)
+        self.user_rows.grow(n_users)
+        self.item_rows.grow(n_items)
+        self._served = None
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
-        return self.model.score(users, candidates)
+        user_table, item_table = self.served_tables()
+        return score_with_tables(user_table, item_table, users, candidates)
+
+    def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
+        user_table, item_table = self.served_tables()
+        vector = cold_row(self.model.user.weight.detach(), self.user_rows, self.settings.cold_users)
+        if vector is None:   # "init": an id never seen has no row at all; its fresh row is random
+            raise ConfigError(f"{self.name}: cold_users = 'init' has no row for an unknown user")
+        return candidate_scores(vector.expand(len(candidates), -1), item_table, candidates)
 
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.user.weight.detach(), self.model.item.weight.detach()
+        """The trained tables with every untrained row replaced by its cold-start rule's row."""
+        if self._served is None:
+            with torch.no_grad():
+                self._served = (
+                    with_cold_rows(self.model.user.weight.detach(), self.user_rows, self.settings.cold_users),
+                    with_cold_rows(self.model.item.weight.detach(), self.item_rows, self.settings.cold_items))
+        return self._served
 
     def _state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.trainer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.trainer.state_dict(),
+                "user_rows": self.user_rows.state(), "item_rows": self.item_rows.state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.trainer.load_state_dict(state["optimizer"])
+        self.user_rows.load(state["user_rows"])
+        self.item_rows.load(state["item_rows"])
+        self._served = None
 
 
 class FullRetrain(MFRetrain):

@@ -18,8 +18,14 @@ period at once by :func:`sequence_contexts` (sort by user, then shifted gathers)
   very first interaction has nothing to predict from), one sampled negative each (uniform over the
   training set's items minus the user's items in it), BCE or BPR; then the windows move on.
   ``full = true`` trains on all rows so far instead (contexts rebuilt from the start of the log).
-* ``score``: the candidates of a scored row are scored after that row's context; a user with no
-  earlier item at all gets all-zero scores, so ties count against the model.
+* ``score``: the candidates of a scored row are scored after that row's context.
+
+Cold start (strategies/cold.py): a row whose user has no earlier item at all has nothing to
+encode; with ``cold_users = "pop"`` it is scored by the strategy's own decayed item counts over
+the rows it has learned from (``cold_decay`` per period), and Caser's user row of a user it never
+trained on is the mean trained user row. An item the network never trained on gets the mean
+trained output row (and bias) with ``cold_items = "mean"``, not its random initial row. ``"init"``
+restores the old behaviour (all-zero scores for an empty history, untrained rows as they are).
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from ..models.gru4rec import GRU4Rec
 from ..models.losses import bce_pair_loss, bpr_loss
 from ..models.train_loop import train_epochs
 from ..random import make_rng, make_torch_generator
+from ..models.mf import candidate_scores
 from .base import Strategy, StrategyContext, to_tensor
+from .cold import TrainedRows, with_cold_rows
+from .popularity import decayed_counts
 
 MODELS = ("gru4rec", "caser")
 LOSSES = {"bce": bce_pair_loss, "bpr": bpr_loss}
@@ -64,6 +73,9 @@ class SequentialSettings:
     batch_size: int = 256
     full: bool = False          # True: each update trains on all rows so far, not just D_t
     score_chunk: int = 512      # rows scored at once (bounds the [rows, C, dim] gather)
+    cold_users: str = "pop"     # empty history: pop (decayed item counts) | init (all-zero scores)
+    cold_items: str = "mean"    # untrained item rows: mean (of trained rows) | init
+    cold_decay: float = 0.5     # "pop": counts are multiplied by this after each period
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -79,6 +91,12 @@ class SequentialSettings:
             raise ConfigError("sequential epochs must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"sequential dropout must be in [0, 1), got {self.dropout}")
+        if self.cold_users not in ("pop", "init"):
+            raise ConfigError(f"sequential cold_users must be 'pop' or 'init', got {self.cold_users!r}")
+        if self.cold_items not in ("mean", "init"):
+            raise ConfigError(f"sequential cold_items must be 'mean' or 'init', got {self.cold_items!r}")
+        if not 0.0 < self.cold_decay <= 1.0:
+            raise ConfigError(f"sequential cold_decay must be in (0, 1], got {self.cold_decay}")
 
 
 def sequence_contexts(windows: np.ndarray, users: np.ndarray,
@@ -151,6 +169,10 @@ class SequentialStrategy(Strategy):
         self.history_users = np.zeros(0, dtype=np.int64)     # all rows so far (full = true only)
         self.history_items = np.zeros(0, dtype=np.int64)
         self._scored: tuple[tuple, np.ndarray] | None = None  # contexts of the period being scored
+        self.item_counts = np.zeros(context.n_items, dtype=np.float64)  # for cold users ("pop")
+        self.user_rows = TrainedRows(context.n_users)
+        self.item_rows = TrainedRows(context.n_items)
+        self._served: dict[str, torch.Tensor] | None = None
 
     # -- training --------------------------------------------------------------------------
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
@@ -161,6 +183,8 @@ class SequentialStrategy(Strategy):
 
     def _learn(self, users: np.ndarray, items: np.ndarray, epochs: int) -> None:
         """Train on the rows (or on all rows so far when ``full``), then move the windows on."""
+        self.item_counts = decayed_counts(self.item_counts, items, self.settings.cold_decay)
+        self._served = None
         contexts, touched, new_windows = sequence_contexts(self.windows, users, items)
         if self.settings.full:
             self.history_users = np.concatenate([self.history_users, users]).astype(np.int64)
@@ -181,6 +205,9 @@ class SequentialStrategy(Strategy):
         negatives_of = SetNegativeSampler(users, items)         # pool: the training set's items
         keep = np.flatnonzero(has_context)
         kept_users = np.asarray(users, dtype=np.int64)[keep]
+        if epochs > 0:
+            self.user_rows.mark(kept_users)
+            self.item_rows.mark(np.asarray(items, dtype=np.int64)[keep])
         user_t = to_tensor(kept_users, self.device)
         item_t = to_tensor(np.asarray(items)[keep], self.device)
         context_t = to_tensor(contexts[keep], self.device)
@@ -208,6 +235,30 @@ class SequentialStrategy(Strategy):
             self._scored = (key, contexts)
         return self._scored[1]
 
+    def _served_tables(self) -> dict[str, torch.Tensor]:
+        """Output rows (and Caser's biases and user rows) with the cold rules applied."""
+        if self._served is None:
+            s, model = self.settings, self.model
+            with torch.no_grad():
+                item_rule = "mean" if s.cold_items == "mean" else "init"
+                served = {"output": with_cold_rows(model.output.weight.detach(), self.item_rows, item_rule),
+                          "counts": torch.from_numpy(self.item_counts).to(self.device)}
+                if isinstance(model, Caser):
+                    served["bias"] = with_cold_rows(model.bias.weight.detach(), self.item_rows, item_rule)
+                    served["user"] = with_cold_rows(model.user.weight.detach(), self.user_rows,
+                                                    "mean" if s.cold_users == "pop" else "init")
+            self._served = served
+        return self._served
+
+    def _score_chunk(self, users: torch.Tensor, context: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        served = self._served_tables()
+        user_vectors = served["user"][users] if "user" in served else None
+        state = self.model.encode(users, context, user_vectors)
+        scores = candidate_scores(state, served["output"], candidates)
+        if "bias" in served:
+            scores = scores + served["bias"][candidates].squeeze(-1)
+        return scores
+
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         contexts = self.period_contexts(period)[rows]
         users = to_tensor(period.users[rows], self.device)
@@ -216,19 +267,28 @@ class SequentialStrategy(Strategy):
         self.model.eval()
         chunk = self.settings.score_chunk
         with torch.no_grad():
-            scores = torch.cat([self.model.score(users[lo: lo + chunk], context_t[lo: lo + chunk],
-                                                 candidates[lo: lo + chunk])
+            scores = torch.cat([self._score_chunk(users[lo: lo + chunk], context_t[lo: lo + chunk],
+                                                  candidates[lo: lo + chunk])
                                 for lo in range(0, len(users), chunk)]) if len(users) else \
                 torch.zeros(candidates.shape, device=self.device)
             no_history = context_t[:, -1] == PAD
-            scores[no_history] = 0.0
+            if no_history.any():
+                scores[no_history] = self.score_new_users(candidates[no_history]).to(scores.dtype)
         return scores
+
+    def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
+        """A user with no earlier item: decayed item counts ("pop"), or all zeros ("init")."""
+        candidates = candidates.to(self.device)
+        if self.settings.cold_users == "init":
+            return torch.zeros(candidates.shape, device=self.device)
+        return self._served_tables()["counts"][candidates]
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "dropout_rng": self.dropout_generator.get_state(), "windows": self.windows.copy(), "history_users": self.history_users.copy(),
-                "history_items": self.history_items.copy()}
+                "history_items": self.history_items.copy(), "item_counts": self.item_counts.copy(),
+                "user_rows": self.user_rows.state(), "item_rows": self.item_rows.state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         windows = np.asarray(state["windows"], dtype=np.int64)
@@ -240,4 +300,8 @@ class SequentialStrategy(Strategy):
         self.windows = windows.copy()
         self.history_users = np.asarray(state["history_users"], dtype=np.int64)
         self.history_items = np.asarray(state["history_items"], dtype=np.int64)
+        self.item_counts = np.asarray(state["item_counts"], dtype=np.float64).copy()
+        self.user_rows.load(state["user_rows"])
+        self.item_rows.load(state["item_rows"])
         self._scored = None
+        self._served = None

@@ -15,6 +15,23 @@ holds older data.
 
 Ablations are settings of this one class (see ``SMLSettings``); ``strategies/__init__`` registers
 them by name: sml-s, sml-n, sml-fp, sml-cnn, sml-fc, sml-linear, sml-mlp.
+
+Cold start: a user or item not seen yet has no trained row. Its rule (``cold_users``,
+``cold_items``) is one of
+
+* ``transfer``: every unseen id shares one cold row ``c`` that is carried through the transfer
+  like any row: served ``f_Θ(c, c)`` (an untrained Ŵ row is its W_prev row), carried
+  ``c := f_Θ(c, c)`` with the final Θ; step 2 trains Θ on D_{t+1} whose new ids are cold, so the
+  transfer learns what to serve them. ``c`` starts as the mean of the pretrained rows.
+* ``learned``: a separate cold row, a parameter trained in step 2 (with Θ) on the cold ids of
+  D_{t+1}, so the transfer is not pulled two ways; a new id's W_prev row is that cold row.
+* ``every-row``: the authors' code: f_Θ applied to every row of the table, trained or not (each
+  unseen id keeps its own iterated random row). A production registry cannot grow such tables
+  (a new row would need every past Θ), so it refuses to.
+* ``untrained``: the random initial row, untouched (the behaviour before these rules).
+
+``transfer`` and ``learned`` give every unseen id the same row, so a production update with new
+ids equals the replay step exactly, and an unknown user is served the cold row.
 """
 
 from __future__ import annotations
@@ -30,11 +47,13 @@ from ..data.sampling import PrefixNegativeSampler, SetNegativeSampler
 from ..errors import ConfigError
 from ..models.losses import bce_pair_loss
 from ..models.growth import grow_embedding, init_rows
-from ..models.mf import MF, score_with_tables
+from ..models.mf import MF, candidate_scores, score_with_tables
 from ..models.train_loop import make_optimizer, train_epochs
 from ..models.transfer import TRANSFER_KINDS, Transfer
 from ..random import make_torch_generator
 from .base import Strategy, StrategyContext, to_tensor
+
+COLD_RULES = ("transfer", "learned", "every-row", "untrained")
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,8 @@ class SMLSettings:
     frozen_step1_epochs: int | None = None  # step-1 epochs while frozen (None: step1_epochs)
     offline_passes: int = 1             # >1: walk the offline periods again before the first
                                         # scored one, to learn a better transfer (keeps their rows)
+    cold_users: str = "transfer"        # transfer | learned | every-row | untrained (module doc)
+    cold_items: str = "transfer"
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
 
@@ -76,6 +97,10 @@ class SMLSettings:
             raise ConfigError("strategy sml: rounds must be >= 1")
         if self.offline_passes < 1:
             raise ConfigError("strategy sml: offline_passes must be >= 1")
+        for name in ("cold_users", "cold_items"):
+            if getattr(self, name) not in COLD_RULES:
+                raise ConfigError(f"strategy sml: {name} must be one of {', '.join(COLD_RULES)}, "
+                                  f"got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -109,9 +134,13 @@ class SML(Strategy):
                                           s.hidden, s.eps).to(self.device)
         self.hat = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
         self.hat_optimizer = make_optimizer(self.hat, s.step1_lr, mf.sparse)
+        # The cold rows of the "transfer" and "learned" rules (module doc); only "learned" ones
+        # receive gradients, so Adam leaves the others alone.
+        self.user_cold = torch.nn.Parameter(torch.zeros(mf.dim, device=self.device))
+        self.item_cold = torch.nn.Parameter(torch.zeros(mf.dim, device=self.device))
         self.transfer_optimizer = torch.optim.Adam(
-            [*self.user_transfer.parameters(), *self.item_transfer.parameters()],
-            lr=s.step2_lr, weight_decay=s.transfer_weight_decay, fused=True)
+            [*self.user_transfer.parameters(), *self.item_transfer.parameters(), self.user_cold,
+             self.item_cold], lr=s.step2_lr, weight_decay=s.transfer_weight_decay, fused=True)
         n_users, n_items, dim = context.n_users, context.n_items, mf.dim
         self.user_prev = torch.zeros(n_users, dim, device=self.device)
         self.item_prev = torch.zeros(n_items, dim, device=self.device)
@@ -135,6 +164,30 @@ class SML(Strategy):
             self.item_served.copy_(initial_state["item"])
         self.pending = None
         self._note_seen(pretrain)
+        with torch.no_grad():
+            for table in ("user", "item"):
+                prev, n_seen = getattr(self, f"{table}_prev"), self._n_seen(table)
+                getattr(self, f"{table}_cold").copy_(prev[:n_seen].mean(dim=0))
+                if self._rule(table) in ("transfer", "learned"):
+                    for name in (f"{table}_prev", f"{table}_served"):
+                        getattr(self, name)[n_seen:] = getattr(self, f"{table}_cold")
+
+    def _rule(self, table: str) -> str:
+        return self.settings.cold_users if table == "user" else self.settings.cold_items
+
+    def _n_seen(self, table: str) -> int:
+        return self.n_users_seen if table == "user" else self.n_items_seen
+
+    def _cold_output(self, table: str) -> torch.Tensor | None:
+        """The served row of an unseen id under the table's rule (None: each row its own)."""
+        rule, cold = self._rule(table), getattr(self, f"{table}_cold")
+        if rule == "learned":
+            return cold
+        if rule == "transfer":
+            transfer = self.user_transfer if table == "user" else self.item_transfer
+            row = cold.detach()[None, :]
+            return transfer(row, row)[0]
+        return None
 
     def _note_seen(self, period: Period) -> None:
         self.n_users_seen = max(self.n_users_seen, int(period.users.max()) + 1)
@@ -166,6 +219,15 @@ class SML(Strategy):
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
         return score_with_tables(self.user_served, self.item_served, users, candidates)
+
+    def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            cold = self._cold_output("user")
+        if cold is None:
+            raise ConfigError(f"{self.name}: cold_users = {self.settings.cold_users!r} has no row for "
+                              "an unknown user (use 'transfer' or 'learned')")
+        return candidate_scores(cold.detach().expand(len(candidates), -1), self.item_served,
+                                candidates.to(self.device))
 
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_served, self.item_served
@@ -199,16 +261,29 @@ class SML(Strategy):
                     self._step1(rows, period, s.step1_epochs)
                 self._step2(step2_rows)
             carried = self._transformed_tables()
+        self._carry_cold_rows()
         self.user_prev, self.item_prev = carried[0].clone(), carried[1].clone()
 
     def _transferred_rows(self, users: torch.Tensor, items: torch.Tensor, user_hat, item_hat
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Transferred user and item rows of a batch, computing f once per distinct row."""
-        u_rows, u_inv = torch.unique(users, return_inverse=True)
-        i_rows, i_inv = torch.unique(items, return_inverse=True)
-        u_vec = self.user_transfer(self.user_prev[u_rows], user_hat(u_rows))
-        i_vec = self.item_transfer(self.item_prev[i_rows], item_hat(i_rows))
-        return u_vec[u_inv], i_vec[i_inv]
+        """Transferred user and item rows of a batch, computing f once per distinct row; ids not
+        seen yet get their table's cold row (module doc)."""
+        out = []
+        for table, ids, hat in (("user", users, user_hat), ("item", items, item_hat)):
+            rows, inverse = torch.unique(ids, return_inverse=True)
+            transfer = self.user_transfer if table == "user" else self.item_transfer
+            prev = getattr(self, f"{table}_prev")
+            cold = self._cold_output(table)
+            if cold is None:
+                vectors = transfer(prev[rows], hat(rows))
+            else:
+                # Ids are numbered by first appearance: the unseen ones are the last distinct rows.
+                n_warm = int(torch.searchsorted(rows, self._n_seen(table)))
+                warm = rows[:n_warm]
+                vectors = torch.cat([transfer(prev[warm], hat(warm)),
+                                     cold.expand(len(rows) - n_warm, -1)])
+            out.append(vectors[inverse])
+        return out[0], out[1]
 
     def _step1(self, rows: _PeriodRows, period: Period, epochs: int) -> None:
         """Fit Ŵ on D_t (negatives: items seen so far minus the user's history so far)."""
@@ -260,26 +335,53 @@ class SML(Strategy):
                                           s.step2_batch_size, self.rng, self.device)
 
     def _transformed_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """f_Θ(W_prev, Ŵ) over every row of the users and items seen so far (others unchanged)."""
+        """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule."""
         size = self.settings.table_batch_size
         out = []
-        for transfer, prev, hat, n_seen in (
-                (self.user_transfer, self.user_prev, self.hat.user.weight.detach(), self.n_users_seen),
-                (self.item_transfer, self.item_prev, self.hat.item.weight.detach(), self.n_items_seen)):
-            table = prev.clone()
-            table[:n_seen] = transfer.transform_table(prev[:n_seen], hat[:n_seen], size)
-            out.append(table)
+        for table, transfer, prev, hat in (
+                ("user", self.user_transfer, self.user_prev, self.hat.user.weight.detach()),
+                ("item", self.item_transfer, self.item_prev, self.hat.item.weight.detach())):
+            n_seen = len(prev) if self._rule(table) == "every-row" else self._n_seen(table)
+            result = prev.clone()
+            result[:n_seen] = transfer.transform_table(prev[:n_seen], hat[:n_seen], size)
+            with torch.no_grad():
+                cold = self._cold_output(table)
+            if cold is not None:
+                result[n_seen:] = cold.detach()
+            out.append(result)
         return out[0], out[1]
 
+    def _carry_cold_rows(self) -> None:
+        """The "transfer" rule's cold row moves on with the model: c := f_Θ(c, c)."""
+        with torch.no_grad():
+            for table in ("user", "item"):
+                if self._rule(table) == "transfer":
+                    getattr(self, f"{table}_cold").copy_(self._cold_output(table))
+
     def _grow(self, n_users: int, n_items: int) -> None:
-        """New rows start as fresh MF rows (models/growth.py) in W_prev, Ŵ and the served model,
-        exactly the untouched rows a replay over the whole log holds for ids not seen yet."""
+        """New rows start as the rows a replay over the whole log holds for ids not seen yet:
+        the cold row (W_prev and Ŵ) and its served value for the "transfer" and "learned" rules;
+        fresh MF rows (models/growth.py) for "untrained". "every-row" cannot grow (module doc)."""
         mf, seed = self.context.mf, self.context.seed
         for table, embedding, new_size in (("user", self.hat.user, n_users), ("item", self.hat.item, n_items)):
-            fresh = init_rows(seed, table, embedding.num_embeddings, new_size, mf.dim, mf.init_std).to(self.device)
+            old_size = embedding.num_embeddings
+            if new_size == old_size:
+                continue
+            rule = self._rule(table)
+            if rule == "every-row":
+                raise ConfigError(f"{self.name}: cold_{table}s = 'every-row' transforms every row of the "
+                                  "replay's tables each period, so new ids cannot be added later; use "
+                                  "'transfer' or 'learned' for production")
+            if rule == "untrained":
+                fresh = init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std).to(self.device)
+                served = fresh
+            else:
+                with torch.no_grad():
+                    fresh = getattr(self, f"{table}_cold").detach().expand(new_size - old_size, -1).clone()
+                    served = self._cold_output(table).detach().expand(new_size - old_size, -1).clone()
             grow_embedding(embedding, fresh, [self.hat_optimizer])
-            for name in (f"{table}_prev", f"{table}_served"):
-                setattr(self, name, torch.cat([getattr(self, name), fresh]))
+            setattr(self, f"{table}_prev", torch.cat([getattr(self, f"{table}_prev"), fresh]))
+            setattr(self, f"{table}_served", torch.cat([getattr(self, f"{table}_served"), served]))
 
     def _set_transfer_trainable(self, trainable: bool) -> None:
         for module in (self.user_transfer, self.item_transfer):
@@ -296,6 +398,7 @@ class SML(Strategy):
                 "hat_optimizer": self.hat_optimizer.state_dict(),
                 "transfer_optimizer": self.transfer_optimizer.state_dict(), "pending": pending,
                 "n_users_seen": self.n_users_seen, "n_items_seen": self.n_items_seen,
+                "user_cold": self.user_cold.detach().clone(), "item_cold": self.item_cold.detach().clone(),
                 "offline_history": [_rows_state(r) for r in self.offline_history]}
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -304,6 +407,9 @@ class SML(Strategy):
         self.user_served = state["user_served"].clone().to(self.device)
         self.item_served = state["item_served"].clone().to(self.device)
         self.hat.load_state_dict(state["hat"])
+        with torch.no_grad():
+            self.user_cold.copy_(state["user_cold"])
+            self.item_cold.copy_(state["item_cold"])
         self.user_transfer.load_state_dict(state["user_transfer"])
         self.item_transfer.load_state_dict(state["item_transfer"])
         self.hat_optimizer.load_state_dict(state["hat_optimizer"])

@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..models.train_loop import run_epochs
 from ..random import make_rng
 from .base import StrategyContext, to_tensor
-from .mf_retrain import MFRetrain
+from .mf_retrain import MFRetrain, check_cold_rules
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,11 @@ class SPMFSettings:
     reservoir_size: int | None = None  # pairs kept; None: the mean pretrain period's row count
     lr: float | None = None            # None: the MF learning rate
     batch_size: int | None = None      # None: the MF batch size
+    cold_users: str = "recent"         # rule for untrained users: mean | recent | init (strategies/cold.py)
+    cold_items: str = "mean"           # rule for untrained items: mean | recent | init
 
     def __post_init__(self) -> None:
+        check_cold_rules(self)
         if self.epochs < 0:
             raise ConfigError(f"strategy.spmf.epochs must be >= 0, got {self.epochs}")
         if self.reservoir_size is not None and self.reservoir_size < 1:
@@ -110,6 +113,7 @@ class SPMF(MFRetrain):
                                  self.settings.batch_size or self.context.mf.batch_size, self.rng,
                                  self.device)
         self.last_losses = losses
+        self._mark_trained(period.users, period.items)
         reservoir.push(period.users, period.items)
 
     def _state(self) -> dict[str, Any]:
