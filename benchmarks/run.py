@@ -206,7 +206,9 @@ def replay_phase(config: dict) -> dict:
     """Everything measured on one log; run in a child process (see ``main``)."""
     from smlrec.config import replay_settings
     from smlrec.data.candidates import CandidateStore
-    from smlrec.replay import configure_threads, iter_replay, load_timeline, make_strategy
+    from smlrec.data.loading import load_timeline
+    from smlrec.replay import iter_replay
+    from smlrec.strategies.factory import configure_threads, make_strategy
     from smlrec.strategies import STRATEGIES
     from smlrec.strategies.pretrain import pretrain_mf
 

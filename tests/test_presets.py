@@ -11,7 +11,7 @@ from smlrec import strategies
 from smlrec.cli import build_parser, settings_layers
 from smlrec.config import replay_settings
 from smlrec.presets import PRESETS, preset_layer
-from smlrec.replay import load_timeline
+from smlrec.data.loading import load_timeline
 from smlrec.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -11,7 +11,9 @@ from smlrec.errors import CheckpointError, ConfigError, DataError
 from smlrec.models.growth import init_rows
 from smlrec.production import Recommender, init_registry, recommend, update_once
 from smlrec.registry import ModelRegistry
-from smlrec.replay import iter_replay, load_timeline, make_strategy
+from smlrec.data.loading import load_timeline
+from smlrec.replay import iter_replay
+from smlrec.strategies.factory import make_strategy
 from smlrec.strategies.pretrain import pretrain_mf
 
 N_PERIODS, HISTORY = 6, 4        # init on periods 0..3, update with 4 (and 5)

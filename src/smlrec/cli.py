@@ -128,7 +128,8 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
 def run_replay(args: argparse.Namespace) -> int:
     """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
     from .config import replay_settings
-    from .replay import load_timeline, replay
+    from .data.loading import load_timeline
+    from .replay import replay
     from .atomic import check_out_dir
     from .results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
 

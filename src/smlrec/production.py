@@ -29,13 +29,14 @@ import pandas as pd
 import torch
 
 from .config import ReplaySettings, replay_settings, to_dict
+from .data.loading import load_timeline
 from .data.log import InteractionLog, ReadOptions, read_log
 from .data.periods import Period, Plan
 from .data.pairs import PairIndex
 from .errors import CheckpointError, ConfigError, DataError
 from .registry import Checkpoint, Cumulative, ModelRegistry, PreviousPeriod
-from .replay import configure_threads, load_timeline, make_strategy
 from .strategies import Strategy, StrategyContext, create_strategy
+from .strategies.factory import configure_threads, make_strategy
 from .strategies.pretrain import pretrain_mf
 
 PRODUCTION_ROLE = "test"

@@ -34,7 +34,8 @@ from .config import ReplaySettings, parse_assignment, replay_settings, to_dict
 from .data.periods import Plan, Timeline
 from .errors import ConfigError
 from .evaluation import METRIC_NAMES
-from .replay import load_timeline, replay, resolve_strategies
+from .data.loading import load_timeline
+from .replay import replay, resolve_strategies
 from .results import periods_frame, summary_frame
 from .strategies import strategy_settings
 
