@@ -178,7 +178,7 @@ def measure_mf_training(users: np.ndarray, items: np.ndarray, n_users: int, n_it
 
 def measure_evaluation(strategy, periods, candidates, batch_size: int, device: str) -> dict:
     """Test interactions ranked per second by ``strategy``'s served model (1000 candidates each)."""
-    from smlrec.evaluation import rank_candidates
+    from smlrec.evaluation.metrics import rank_candidates
 
     rows, seconds = 0, 0.0
     for period in periods:

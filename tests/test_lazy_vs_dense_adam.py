@@ -10,7 +10,7 @@ import pytest
 
 from smlrec.config import MFSettings, ReplaySettings
 from smlrec.data.sampling import sample_candidates
-from smlrec.evaluation import metrics_from_ranks, rank_candidates
+from smlrec.evaluation.metrics import metrics_from_ranks, rank_candidates
 from smlrec.models.mf import score_with_tables
 from smlrec.random import make_rng
 from smlrec.data.loading import load_timeline

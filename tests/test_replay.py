@@ -11,7 +11,7 @@ import torch
 
 from smlrec.config import replay_settings
 from smlrec.data.candidates import CandidateStore
-from smlrec.evaluation import METRIC_NAMES, metrics_from_ranks, positive_ranks
+from smlrec.evaluation.metrics import METRIC_NAMES, metrics_from_ranks, positive_ranks
 from smlrec.data.loading import load_timeline
 from smlrec.replay import replay
 from smlrec.results import periods_frame, summary_frame

@@ -11,7 +11,7 @@ import pytest
 
 from smlrec.cli import main
 from smlrec.errors import ConfigError
-from smlrec.evaluation import METRIC_NAMES
+from smlrec.evaluation.metrics import METRIC_NAMES
 from smlrec.reports import (TextTable, breakdown_table, combine_runs, cost_table, latex_escape,
                             load_run, load_runs, reference_strategy, relative_improvement, table1,
                             table1_text, write_report)

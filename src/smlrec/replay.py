@@ -24,7 +24,7 @@ from .data.candidates import CandidateStore
 from .data.loading import load_timeline
 from .data.periods import SCORED_ROLES, Timeline
 from .errors import ConfigError
-from .evaluation import metrics_from_ranks, rank_candidates
+from .evaluation.metrics import metrics_from_ranks, rank_candidates
 from .strategies import STRATEGIES, Strategy, default_strategies
 from .strategies.factory import configure_threads, make_strategy
 from .strategies.pretrain import pretrain_mf

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
-from .evaluation import METRIC_NAMES, micro_average
+from .evaluation.metrics import METRIC_NAMES, micro_average
 from .atomic import atomic_directory
 from .results import PERIOD_COLUMNS, summary_frame
 

@@ -33,7 +33,7 @@ from .atomic import atomic_directory
 from .config import ReplaySettings, parse_assignment, replay_settings, to_dict
 from .data.periods import Plan, Timeline
 from .errors import ConfigError
-from .evaluation import METRIC_NAMES
+from .evaluation.metrics import METRIC_NAMES
 from .data.loading import load_timeline
 from .replay import replay, resolve_strategies
 from .results import periods_frame, summary_frame
