@@ -12,7 +12,7 @@ import pytest
 import smlrec
 from smlrec.cli import main
 from smlrec.evaluation.metrics import METRIC_NAMES
-from smlrec.results import PERIOD_COLUMNS, SUMMARY_COLUMNS
+from smlrec.experiment.results import PERIOD_COLUMNS, SUMMARY_COLUMNS
 
 from helpers import random_rows, write_generic_log
 

@@ -10,7 +10,7 @@ import pytest
 from smlrec import strategies
 from smlrec.cli import build_parser, settings_layers
 from smlrec.config import replay_settings
-from smlrec.presets import PRESETS, preset_layer
+from smlrec.experiment.presets import PRESETS, preset_layer
 from smlrec.data.loading import load_timeline
 from smlrec.errors import ConfigError
 

@@ -12,7 +12,7 @@ from smlrec.models.growth import init_rows
 from smlrec.production import Recommender, init_registry, recommend, update_once
 from smlrec.registry import ModelRegistry
 from smlrec.data.loading import load_timeline
-from smlrec.replay import iter_replay
+from smlrec.experiment.replay import iter_replay
 from smlrec.strategies.factory import make_strategy
 from smlrec.strategies.pretrain import pretrain_mf
 

@@ -15,7 +15,7 @@ from smlrec.evaluation.metrics import METRIC_NAMES
 from smlrec.reports import (TextTable, breakdown_table, combine_runs, cost_table, latex_escape,
                             load_run, load_runs, reference_strategy, relative_improvement, table1,
                             table1_text, write_report)
-from smlrec.results import PERIOD_COLUMNS, summary_frame
+from smlrec.experiment.results import PERIOD_COLUMNS, summary_frame
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -65,7 +65,7 @@ def add_period_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_layers(args: argparse.Namespace) -> list[dict]:
     """Preset < config file < flags < --set, as mappings for ``config.replay_settings``."""
     from .config import load_toml, merge, parse_assignment
-    from .presets import preset_layer
+    from .experiment.presets import preset_layer
 
     layers: list[dict] = []
     if getattr(args, "preset", None):
@@ -129,9 +129,9 @@ def run_replay(args: argparse.Namespace) -> int:
     """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
     from .config import replay_settings
     from .data.loading import load_timeline
-    from .replay import replay
+    from .experiment.replay import replay
     from .atomic import check_out_dir
-    from .results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
+    from .experiment.results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
 
     settings = replay_settings(*settings_layers(args))
     out = Path(args.out) if args.out else default_out_dir()

@@ -68,7 +68,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Hyper-parameter sensitivity: one replay per grid point, scored on validation periods only."""
     from .atomic import check_out_dir
-    from .sweep import parse_grid, run_sweep, write_sweep
+    from .experiment.sweep import parse_grid, run_sweep, write_sweep
 
     axes = [parse_grid(text) for text in args.grid]
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")

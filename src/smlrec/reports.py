@@ -1,6 +1,6 @@
 """Reports a researcher would publish, built from one or more replay results directories.
 
-Everything here reads the results-directory contract of :mod:`smlrec.results` (``periods.csv``,
+Everything here reads the results-directory contract of :mod:`smlrec.experiment.results` (``periods.csv``,
 ``summary.csv``, ``breakdown.csv``, ``config.json``) and never the strategies themselves, so a
 strategy added later appears in every table and figure without a change here.
 
@@ -38,7 +38,7 @@ import pandas as pd
 from .errors import ConfigError, DataError
 from .evaluation.metrics import METRIC_NAMES, micro_average
 from .atomic import atomic_directory
-from .results import PERIOD_COLUMNS, summary_frame
+from .experiment.results import PERIOD_COLUMNS, summary_frame
 
 KEY_METRICS = ("recall@20", "ndcg@20")
 GROUP_ORDER = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))

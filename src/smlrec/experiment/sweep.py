@@ -29,15 +29,15 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from .atomic import atomic_directory
-from .config import ReplaySettings, parse_assignment, replay_settings, to_dict
-from .data.periods import Plan, Timeline
-from .errors import ConfigError
-from .evaluation.metrics import METRIC_NAMES
-from .data.loading import load_timeline
+from ..atomic import atomic_directory
+from ..config import ReplaySettings, parse_assignment, replay_settings, to_dict
+from ..data.loading import load_timeline
+from ..data.periods import Plan, Timeline
+from ..errors import ConfigError
+from ..evaluation.metrics import METRIC_NAMES
+from ..strategies import strategy_settings
 from .replay import replay, resolve_strategies
 from .results import periods_frame, summary_frame
-from .strategies import strategy_settings
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str
 
 def write_sweep(result: SweepResult, out: str | Path) -> Path:
     """Write sweep.csv, sweep_periods.csv, sweep.png and sweep.json atomically into ``out``."""
-    from .reports import plot_sweep
+    from ..reports import plot_sweep
 
     with atomic_directory(out) as tmp:
         result.table.to_csv(tmp / "sweep.csv", index=False)

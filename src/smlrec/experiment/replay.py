@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ReplaySettings
-from .data.candidates import CandidateStore
-from .data.loading import load_timeline
-from .data.periods import SCORED_ROLES, Timeline
-from .errors import ConfigError
-from .evaluation.metrics import metrics_from_ranks, rank_candidates
-from .strategies import STRATEGIES, Strategy, default_strategies
-from .strategies.factory import configure_threads, make_strategy
-from .strategies.pretrain import pretrain_mf
+from ..config import ReplaySettings
+from ..data.candidates import CandidateStore
+from ..data.loading import load_timeline
+from ..data.periods import SCORED_ROLES, Timeline
+from ..errors import ConfigError
+from ..evaluation.metrics import metrics_from_ranks, rank_candidates
+from ..strategies import STRATEGIES, Strategy, default_strategies
+from ..strategies.factory import configure_threads, make_strategy
+from ..strategies.pretrain import pretrain_mf
 
 GROUPS = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
 
