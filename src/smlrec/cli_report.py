@@ -1,4 +1,4 @@
-"""Subcommands ``report`` and ``sweep`` (argument parsing only; see reports.py and sweep.py)."""
+"""Subcommands ``report`` and ``sweep`` (argument parsing only; see report/ and experiment/sweep.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     """Tables, per-period plots, cost table and old/new breakdown from replay results."""
     from .errors import ConfigError
-    from .reports import write_report
+    from .report.document import write_report
 
     if args.out:
         out = Path(args.out)
@@ -44,7 +44,7 @@ def replay_report_writer(run_dir: Path) -> Callable[[Path], None]:
     """
 
     def write(path: Path) -> None:
-        from .reports import write_report
+        from .report.document import write_report
 
         try:
             write_report([path.parent], path, names=[run_dir.name], shown_paths=[run_dir])

@@ -164,7 +164,7 @@ def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str
 
 def write_sweep(result: SweepResult, out: str | Path) -> Path:
     """Write sweep.csv, sweep_periods.csv, sweep.png and sweep.json atomically into ``out``."""
-    from ..reports import plot_sweep
+    from ..report.document import plot_sweep
 
     with atomic_directory(out) as tmp:
         result.table.to_csv(tmp / "sweep.csv", index=False)

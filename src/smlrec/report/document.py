@@ -35,10 +35,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError
-from .evaluation.metrics import METRIC_NAMES, micro_average
-from .atomic import atomic_directory
-from .experiment.results import PERIOD_COLUMNS, summary_frame
+from ..atomic import atomic_directory
+from ..errors import ConfigError, DataError
+from ..evaluation.metrics import METRIC_NAMES, micro_average
+from ..experiment.results import PERIOD_COLUMNS, summary_frame
 
 KEY_METRICS = ("recall@20", "ndcg@20")
 GROUP_ORDER = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
