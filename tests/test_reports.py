@@ -13,9 +13,10 @@ from smlrec.cli import main
 from smlrec.errors import ConfigError
 from smlrec.evaluation.metrics import METRIC_NAMES
 from smlrec.experiment.results import PERIOD_COLUMNS, summary_frame
-from smlrec.report.document import (TextTable, breakdown_table, combine_runs, cost_table, latex_escape,
-                                    load_run, load_runs, reference_strategy, relative_improvement,
-                                    table1, table1_text, write_report)
+from smlrec.report.document import write_report
+from smlrec.report.runs import combine_runs, load_run, load_runs
+from smlrec.report.tables import (TextTable, breakdown_table, cost_table, latex_escape, reference_strategy,
+                                  relative_improvement, table1, table1_text)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

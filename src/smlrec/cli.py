@@ -152,7 +152,7 @@ def _report_writers(args: argparse.Namespace, out: Path) -> dict:
     """Extra files a replay writes beside its results: the report, unless --no-report."""
     if getattr(args, "no_report", False):
         return {}
-    from .cli_report import replay_report_writer
+    from .report.document import replay_report_writer
 
     return {"report": replay_report_writer(out)}
 

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 from .cli import _replay_arguments, command, settings_layers
 
@@ -36,25 +35,6 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_report_writer(run_dir: Path) -> Callable[[Path], None]:
-    """The writer ``smlrec replay`` hands to write_results: builds ``<run>/report`` from the run.
-
-    A failure to draw the report must not throw away the replay it describes, so it is reported
-    as a warning and the results directory is still completed.
-    """
-
-    def write(path: Path) -> None:
-        from .report.document import write_report
-
-        try:
-            write_report([path.parent], path, names=[run_dir.name], shown_paths=[run_dir])
-        except Exception as err:  # noqa: BLE001 - the results matter more than their report
-            print(f"warning: the report was not written ({type(err).__name__}: {err}); the results "
-                  f"are kept: run `smlrec report {run_dir}` after fixing the cause", file=sys.stderr)
-
-    return write
-
-
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     _replay_arguments(parser)
     parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
@@ -68,7 +48,8 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Hyper-parameter sensitivity: one replay per grid point, scored on validation periods only."""
     from .atomic import check_out_dir
-    from .experiment.sweep import parse_grid, run_sweep, write_sweep
+    from .experiment.sweep import parse_grid, run_sweep
+    from .report.sweep import write_sweep
 
     axes = [parse_grid(text) for text in args.grid]
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
