@@ -10,7 +10,7 @@ from smlrec.data.candidates import CandidateStore
 from smlrec.errors import CheckpointError, ConfigError, DataError
 from smlrec.models.growth import init_rows
 from smlrec.production import Recommender, init_registry, recommend, update_once
-from smlrec.registry import ModelRegistry
+from smlrec.production.registry import ModelRegistry
 from smlrec.data.loading import load_timeline
 from smlrec.experiment.replay import iter_replay
 from smlrec.strategies.factory import make_strategy
@@ -256,7 +256,7 @@ def test_cli_daily_loop(tmp_path, capsys):
 
 def test_a_batch_with_ids_of_another_kind_is_refused(registry, tmp_path):
     reg, _, _ = registry
-    from smlrec.production import extend_vocabulary
+    from smlrec.production.update import extend_vocabulary
 
     with pytest.raises(DataError, match="ids are text but this batch's are numbers"):
         extend_vocabulary(reg.load().user_ids, np.array([1000, 1001]), np.array([0, 1]))

@@ -112,7 +112,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve top-K recommendations over HTTP; picks up new versions as they land."""
     import uvicorn
 
-    from .serve import create_app
+    from .production.serve import create_app
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")

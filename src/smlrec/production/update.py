@@ -28,16 +28,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ReplaySettings, replay_settings, to_dict
-from .data.loading import load_timeline
-from .data.log import InteractionLog, ReadOptions, read_log
-from .data.periods import Period, Plan
-from .data.pairs import PairIndex
-from .errors import CheckpointError, ConfigError, DataError
+from ..config import ReplaySettings, replay_settings, to_dict
+from ..data.loading import load_timeline
+from ..data.log import InteractionLog, ReadOptions, read_log
+from ..data.periods import Period, Plan
+from ..data.pairs import PairIndex
+from ..errors import CheckpointError, ConfigError, DataError
+from ..strategies import Strategy, StrategyContext, create_strategy
+from ..strategies.factory import configure_threads, make_strategy
+from ..strategies.pretrain import pretrain_mf
 from .registry import Checkpoint, Cumulative, ModelRegistry, PreviousPeriod
-from .strategies import Strategy, StrategyContext, create_strategy
-from .strategies.factory import configure_threads, make_strategy
-from .strategies.pretrain import pretrain_mf
 
 PRODUCTION_ROLE = "test"
 
