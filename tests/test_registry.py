@@ -184,5 +184,5 @@ def test_a_second_update_is_refused_while_one_holds_the_lock(initialised, tmp_pa
 
 def test_no_pickle_or_torch_load_in_the_registry():
     text = "".join(Path(SRC, "smlrec", "production", name).read_text()
-                   for name in ("registry.py", "state.py", "update.py"))
+                   for name in ("registry.py", "state.py", "update.py", "recommender.py"))
     assert not re.search(r"import pickle|pickle\.load|torch\.load\(", text)

@@ -6,11 +6,13 @@
     from smlrec.production import ModelRegistry, init_registry, recommend, update_once
 
 Modules: ``registry`` (versions on disk, atomic commits, the update lock), ``state`` (strategy
-state <-> safetensors + JSON), ``update`` (init and update), ``serve`` (HTTP). Independent of
-:mod:`smlrec.experiment`: both build on the strategies and the data below them.
+state <-> safetensors + JSON), ``update`` (init and update), ``recommender`` (top-K queries),
+``serve`` (HTTP). Independent of :mod:`smlrec.experiment`: both build on the strategies and the
+data below them.
 """
 
 from .registry import ModelRegistry
-from .update import Recommender, UpdateReport, init_registry, recommend, update_once
+from .recommender import Recommender, recommend
+from .update import UpdateReport, init_registry, update_once
 
 __all__ = ["ModelRegistry", "Recommender", "UpdateReport", "init_registry", "recommend", "update_once"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, DataError
 from .registry import ModelRegistry
-from .update import Recommender
+from .recommender import Recommender
 
 log = logging.getLogger("smlrec.serve")
 
