@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import _replay_arguments, command, settings_layers
+from . import _replay_arguments, command, settings_layers
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +21,8 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 @command("report", _report_arguments)
 def run_report(args: argparse.Namespace) -> int:
     """Tables, per-period plots, cost table and old/new breakdown from replay results."""
-    from .errors import ConfigError
-    from .report.document import write_report
+    from ..errors import ConfigError
+    from ..report.document import write_report
 
     if args.out:
         out = Path(args.out)
@@ -47,9 +47,9 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 @command("sweep", _sweep_arguments)
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Hyper-parameter sensitivity: one replay per grid point, scored on validation periods only."""
-    from .atomic import check_out_dir
-    from .experiment.sweep import parse_grid, run_sweep
-    from .report.sweep import write_sweep
+    from ..atomic import check_out_dir
+    from ..experiment.sweep import parse_grid, run_sweep
+    from ..report.sweep import write_sweep
 
     axes = [parse_grid(text) for text in args.grid]
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")

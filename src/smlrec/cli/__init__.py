@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import SmlrecError
+from ..errors import SmlrecError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -64,8 +64,8 @@ def add_period_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_layers(args: argparse.Namespace) -> list[dict]:
     """Preset < config file < flags < --set, as mappings for ``config.replay_settings``."""
-    from .config import load_toml, merge, parse_assignment
-    from .experiment.presets import preset_layer
+    from ..config import load_toml, merge, parse_assignment
+    from ..experiment.presets import preset_layer
 
     layers: list[dict] = []
     if getattr(args, "preset", None):
@@ -86,7 +86,7 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
     if data.get("every") or data.get("day_cuts") or data.get("periods"):  # a cut flag replaces any cut
         flags = merge(flags, {"data": {"every": data.get("every"), "day_cuts": data.get("day_cuts")}})
     if getattr(args, "plan", None):
-        from .data.periods import Plan
+        from ..data.periods import Plan
 
         plan = Plan.parse(args.plan)
         flags["plan"] = {"pretrain": plan.pretrain, "offline": plan.offline,
@@ -127,11 +127,11 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
 @command("replay", _replay_arguments)
 def run_replay(args: argparse.Namespace) -> int:
     """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
-    from .config import replay_settings
-    from .data.loading import load_timeline
-    from .experiment.replay import replay
-    from .atomic import check_out_dir
-    from .experiment.results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
+    from ..config import replay_settings
+    from ..data.loading import load_timeline
+    from ..experiment.replay import replay
+    from ..atomic import check_out_dir
+    from ..experiment.results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
 
     settings = replay_settings(*settings_layers(args))
     out = Path(args.out) if args.out else default_out_dir()
@@ -152,7 +152,7 @@ def _report_writers(args: argparse.Namespace, out: Path) -> dict:
     """Extra files a replay writes beside its results: the report, unless --no-report."""
     if getattr(args, "no_report", False):
         return {}
-    from .report.document import replay_report_writer
+    from ..report.document import replay_report_writer
 
     return {"report": replay_report_writer(out)}
 
@@ -164,7 +164,7 @@ def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
 @command("strategies", _strategies_arguments)
 def run_strategies(args: argparse.Namespace) -> int:
     """List the strategies a replay can run."""
-    from .strategies import STRATEGIES
+    from ..strategies import STRATEGIES
 
     for name, spec in STRATEGIES.items():
         print(f"{name:<16} {'' if spec.in_default else '(opt-in) '}{spec.description}")
@@ -173,18 +173,18 @@ def run_strategies(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------
 
-# Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
+# Subcommands of other areas live in their own modules (cli/<area>.py) and register themselves
 # with @command on import; list them here.
-COMMAND_MODULES: list[str] = ["cli_data", "cli_production", "cli_report", "cli_synth"]
+COMMAND_MODULES: list[str] = ["data", "production", "report", "synth"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    from . import __version__
+    from .. import __version__
 
     for module in COMMAND_MODULES:
-        importlib.import_module(f"smlrec.{module}")
+        importlib.import_module(f"smlrec.cli.{module}")
 
     parser = argparse.ArgumentParser(prog="smlrec", description="Retrain recommender systems period "
                                      "after period: replay strategies on a log, or run the update.")
