@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from smlrec import strategies
-from smlrec.cli import build_parser, settings_layers
+from smlrec.cli import build_parser
+from smlrec.cli.common import settings_layers
 from smlrec.config import replay_settings
 from smlrec.experiment.presets import PRESETS, preset_layer
 from smlrec.data.loading import load_timeline

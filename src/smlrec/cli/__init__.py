@@ -1,190 +1,23 @@
-"""Command-line interface: argument parsing only; the work is done by the library."""
+"""Command-line interface: argument parsing only; the work is done by the library.
+
+Each command group is one module that registers its subcommands with ``@command`` (see
+common.py) when imported here: replay.py (replay, strategies), data.py, production.py (init,
+update, recommend, serve), report.py (report, sweep), synth.py. The order of the imports is the
+order of the commands in ``smlrec --help``. Nothing outside this package imports it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Callable
 
 from ..errors import SmlrecError
-
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
-
-
-def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
-    """Register a subcommand: ``add_arguments(parser)`` and the decorated ``run(args) -> exit code``."""
-
-    def decorate(run: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = (add_arguments, run)
-        return run
-
-    return decorate
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared flag groups
-
-def add_data_arguments(parser: argparse.ArgumentParser, required: bool = False,
-                       path_flag: bool = True) -> None:
-    group = parser.add_argument_group("data")
-    if path_flag:
-        group.add_argument("--data", required=required,
-                           help="interaction log file, or folder for adressa (default: the bundled "
-                                "MovieLens ml-latest-small)")
-    group.add_argument("--format", help="auto (default), csv, parquet, movielens, movielens-1m, "
-                                        "movielens-100k, recbole, yelp, adressa, ...")
-    group.add_argument("--user-col", help="user id column (generic CSV/Parquet)")
-    group.add_argument("--item-col", help="item id column")
-    group.add_argument("--time-col", help="time column: unix seconds or ISO-8601")
-    group.add_argument("--rating-col", help="rating column (for --min-rating)")
-    group.add_argument("--sep", help="field separator (default: auto)")
-    group.add_argument("--min-rating", type=float, help="keep only rows with rating >= this")
-    group.add_argument("--min-user-interactions", type=int,
-                       help="k-core: keep users with at least this many interactions (iterated with "
-                            "--min-item-interactions until stable; default 0 = keep all)")
-    group.add_argument("--min-item-interactions", type=int,
-                       help="k-core: keep items with at least this many interactions")
-    group.add_argument("--preset", help="named paper setup: yelp or adressa (see docs/datasets.md); "
-                                        "--config and flags override it")
-
-
-def add_period_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("periods")
-    cut = group.add_mutually_exclusive_group()
-    cut.add_argument("--periods", type=int, help="N periods of equal interaction counts (default 20)")
-    cut.add_argument("--every", help="calendar windows of this length, e.g. 1D, 8h")
-    cut.add_argument("--day-cuts", help="hours inside each day, e.g. 10,17 (3 periods a day)")
-    group.add_argument("--timezone", help="timezone for --every/--day-cuts (default UTC)")
-    group.add_argument("--drop-empty", action="store_true", default=None,
-                       help="skip empty calendar windows instead of failing")
-    group.add_argument("--plan", help="P,O,V,T: pretrain, offline, validation, test periods "
-                                      "(default 5,8,2,5)")
-
-
-def settings_layers(args: argparse.Namespace) -> list[dict]:
-    """Preset < config file < flags < --set, as mappings for ``config.replay_settings``."""
-    from ..config import load_toml, merge, parse_assignment
-    from ..experiment.presets import preset_layer
-
-    layers: list[dict] = []
-    if getattr(args, "preset", None):
-        layers.append(preset_layer(args.preset))
-    if getattr(args, "config", None):
-        layers.append(load_toml(args.config))
-    data = {key: value for key, value in {
-        "path": getattr(args, "data", None), "format": getattr(args, "format", None),
-        "user_col": getattr(args, "user_col", None), "item_col": getattr(args, "item_col", None),
-        "time_col": getattr(args, "time_col", None), "rating_col": getattr(args, "rating_col", None),
-        "sep": getattr(args, "sep", None), "min_rating": getattr(args, "min_rating", None),
-        "min_user_interactions": getattr(args, "min_user_interactions", None),
-        "min_item_interactions": getattr(args, "min_item_interactions", None),
-        "periods": getattr(args, "periods", None), "every": getattr(args, "every", None),
-        "day_cuts": getattr(args, "day_cuts", None), "timezone": getattr(args, "timezone", None),
-        "drop_empty": getattr(args, "drop_empty", None)}.items() if value is not None}
-    flags: dict = {"data": data} if data else {}
-    if data.get("every") or data.get("day_cuts") or data.get("periods"):  # a cut flag replaces any cut
-        flags = merge(flags, {"data": {"every": data.get("every"), "day_cuts": data.get("day_cuts")}})
-    if getattr(args, "plan", None):
-        from ..data.periods import Plan
-
-        plan = Plan.parse(args.plan)
-        flags["plan"] = {"pretrain": plan.pretrain, "offline": plan.offline,
-                         "validation": plan.validation, "test": plan.test}
-    for key in ("seed", "device", "threads", "cache_dir"):
-        if getattr(args, key, None) is not None:
-            flags[key] = getattr(args, key)
-    if getattr(args, "strategies", None):
-        flags["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if getattr(args, "pretrain_epochs", None) is not None:
-        flags["pretrain"] = {"epochs": args.pretrain_epochs}
-    layers.append(flags)
-    for assignment in getattr(args, "set", None) or []:
-        layers.append(parse_assignment(assignment))
-    return layers
-
-
-def _replay_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser)
-    add_period_arguments(parser)
-    parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
-                                             "paper's comparison without the ablations); see `smlrec strategies`")
-    parser.add_argument("--seed", type=int, help="random seed (default 2020)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    parser.add_argument("--pretrain-epochs", type=int, help="MF pretraining epochs (default 20)")
-    parser.add_argument("--cache-dir", help="where shared test candidates are cached "
-                                            "(default ~/.cache/smlrec or $SMLREC_CACHE)")
-    parser.add_argument("--config", help="TOML settings file; flags override it")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override any setting, e.g. strategy.sml.rounds=5 or mf.lr=0.02")
-    parser.add_argument("--out", help="results directory (default runs/<timestamp>)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--no-report", action="store_true",
-                        help="skip writing the report (tables, plots) into <out>/report")
-
-
-@command("replay", _replay_arguments)
-def run_replay(args: argparse.Namespace) -> int:
-    """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
-    from ..config import replay_settings
-    from ..data.loading import load_timeline
-    from ..experiment.replay import replay
-    from ..atomic import check_out_dir
-    from ..experiment.results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
-
-    settings = replay_settings(*settings_layers(args))
-    out = Path(args.out) if args.out else default_out_dir()
-    check_out_dir(out)
-    timeline = load_timeline(settings)  # fails on bad data before any work or any file
-    result = replay(settings, progress=not args.no_progress, timeline=timeline)
-    write_results(out, result, extra_files=_report_writers(args, out))
-    print(f"\nTest periods {result.timeline.plan.pretrain + result.timeline.plan.offline + result.timeline.plan.validation}"
-          f"..{len(result.timeline.periods) - 1}, micro-averaged ({result.wall_seconds:.1f} s in all):")
-    print(format_summary(summary_frame(periods_frame(result.records))))
-    print(f"\nResults written to {out}/")
-    if (out / "report").is_dir():
-        print(f"Report: {out / 'report' / 'report.html'}")
-    return 0
-
-
-def _report_writers(args: argparse.Namespace, out: Path) -> dict:
-    """Extra files a replay writes beside its results: the report, unless --no-report."""
-    if getattr(args, "no_report", False):
-        return {}
-    from ..report.document import replay_report_writer
-
-    return {"report": replay_report_writer(out)}
-
-
-def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
-@command("strategies", _strategies_arguments)
-def run_strategies(args: argparse.Namespace) -> int:
-    """List the strategies a replay can run."""
-    from ..strategies import STRATEGIES
-
-    for name, spec in STRATEGIES.items():
-        print(f"{name:<16} {'' if spec.in_default else '(opt-in) '}{spec.description}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-
-# Subcommands of other areas live in their own modules (cli/<area>.py) and register themselves
-# with @command on import; list them here.
-COMMAND_MODULES: list[str] = ["data", "production", "report", "synth"]
+from . import replay, data, production, report, synth  # noqa: F401  register their commands
+from .common import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     from .. import __version__
-
-    for module in COMMAND_MODULES:
-        importlib.import_module(f"smlrec.cli.{module}")
 
     parser = argparse.ArgumentParser(prog="smlrec", description="Retrain recommender systems period "
                                      "after period: replay strategies on a log, or run the update.")
@@ -210,10 +43,3 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    # Run the canonical module, not this __main__ copy: cli_<area> modules register their
-    # subcommands in smlrec.cli.COMMANDS.
-    from smlrec.cli import main as canonical_main
-
-    sys.exit(canonical_main())

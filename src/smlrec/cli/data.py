@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from . import add_data_arguments, add_period_arguments, command, settings_layers
+from .common import add_data_arguments, add_period_arguments, command, settings_layers
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import add_data_arguments, add_period_arguments, command, settings_layers
 from ..errors import ConfigError
+from .common import add_data_arguments, add_period_arguments, command, settings_layers
 
 
 def _init_arguments(parser: argparse.ArgumentParser) -> None:

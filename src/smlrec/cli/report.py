@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import _replay_arguments, command, settings_layers
+from .common import command, replay_arguments, settings_layers
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    _replay_arguments(parser)
+    replay_arguments(parser)
     parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                         help="a swept setting and its values, e.g. mf.lr=0.005,0.01 or "
                              "strategy.fine-tune.epochs=1,3,5; repeat for a 2-D grid")

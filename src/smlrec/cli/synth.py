@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import command
+from .common import command
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
