@@ -1,4 +1,4 @@
-"""Subcommands ``report`` and ``sweep`` (argument parsing only; see report/ and experiment/sweep.py)."""
+"""Subcommands ``report`` and ``sweep``: argument parsing only (see report/ and experiment/)."""
 
 from __future__ import annotations
 
