@@ -208,8 +208,8 @@ def replay_phase(config: dict) -> dict:
     from smlrec.data.candidates import CandidateStore
     from smlrec.data.loading import load_timeline
     from smlrec.experiment.replay import iter_replay
-    from smlrec.strategies.factory import configure_threads, make_strategy
     from smlrec.strategies import STRATEGIES
+    from smlrec.strategies.factory import configure_threads, make_strategy
     from smlrec.strategies.pretrain import pretrain_mf
 
     epochs = config.get("epochs")

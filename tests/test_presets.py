@@ -11,9 +11,9 @@ from smlrec import strategies
 from smlrec.cli import build_parser
 from smlrec.cli.common import settings_layers
 from smlrec.config import replay_settings
-from smlrec.experiment.presets import PRESETS, preset_layer
 from smlrec.data.loading import load_timeline
 from smlrec.errors import ConfigError
+from smlrec.experiment.presets import PRESETS, preset_layer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SML_KEYS = ("rounds", "step1_epochs", "step2_epochs")

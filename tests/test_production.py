@@ -7,12 +7,12 @@ from _production_data import DAY, T0, synthetic_log, tiny_settings, write_period
 from smlrec.cli import main
 from smlrec.config import replay_settings
 from smlrec.data.candidates import CandidateStore
+from smlrec.data.loading import load_timeline
 from smlrec.errors import CheckpointError, ConfigError, DataError
+from smlrec.experiment.replay import iter_replay
 from smlrec.models.growth import init_rows
 from smlrec.production import Recommender, init_registry, recommend, update_once
 from smlrec.production.registry import ModelRegistry
-from smlrec.data.loading import load_timeline
-from smlrec.experiment.replay import iter_replay
 from smlrec.strategies.factory import make_strategy
 from smlrec.strategies.pretrain import pretrain_mf
 
