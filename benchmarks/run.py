@@ -178,7 +178,7 @@ def measure_mf_training(users: np.ndarray, items: np.ndarray, n_users: int, n_it
 
 def measure_evaluation(strategy, periods, candidates, batch_size: int, device: str) -> dict:
     """Test interactions ranked per second by ``strategy``'s served model (1000 candidates each)."""
-    from smlrec.evaluation import rank_candidates
+    from smlrec.evaluation.metrics import rank_candidates
 
     rows, seconds = 0, 0.0
     for period in periods:
@@ -206,8 +206,10 @@ def replay_phase(config: dict) -> dict:
     """Everything measured on one log; run in a child process (see ``main``)."""
     from smlrec.config import replay_settings
     from smlrec.data.candidates import CandidateStore
-    from smlrec.replay import configure_threads, iter_replay, load_timeline, make_strategy
+    from smlrec.data.loading import load_timeline
+    from smlrec.experiment.replay import iter_replay
     from smlrec.strategies import STRATEGIES
+    from smlrec.strategies.factory import configure_threads, make_strategy
     from smlrec.strategies.pretrain import pretrain_mf
 
     epochs = config.get("epochs")

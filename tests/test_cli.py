@@ -11,8 +11,8 @@ import pytest
 
 import smlrec
 from smlrec.cli import main
-from smlrec.evaluation import METRIC_NAMES
-from smlrec.results import PERIOD_COLUMNS, SUMMARY_COLUMNS
+from smlrec.evaluation.metrics import METRIC_NAMES
+from smlrec.experiment.results import PERIOD_COLUMNS, SUMMARY_COLUMNS
 
 from helpers import random_rows, write_generic_log
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smlrec.cli import build_parser, settings_layers
+from smlrec.cli import build_parser
+from smlrec.cli.common import settings_layers
 from smlrec.config import (DataSettings, MFSettings, ReplaySettings, build, load_toml,
                            parse_assignment, replay_settings, to_dict)
 from smlrec.data.periods import Plan

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from smlrec.evaluation import (METRIC_NAMES, metrics_from_ranks, micro_average, positive_ranks,
-                               rank_candidates)
+from smlrec.evaluation.metrics import (METRIC_NAMES, metrics_from_ranks, micro_average, positive_ranks,
+                                       rank_candidates)
 
 nan = float("nan")
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from smlrec.config import MFSettings, ReplaySettings
+from smlrec.data.loading import load_timeline
 from smlrec.data.sampling import sample_candidates
-from smlrec.evaluation import metrics_from_ranks, rank_candidates
+from smlrec.evaluation.metrics import metrics_from_ranks, rank_candidates
 from smlrec.models.mf import score_with_tables
 from smlrec.random import make_rng
-from smlrec.replay import load_timeline
 from smlrec.strategies.pretrain import pretrain_mf
 
 TOLERANCE = 0.02

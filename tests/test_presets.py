@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from smlrec import strategies
-from smlrec.cli import build_parser, settings_layers
+from smlrec.cli import build_parser
+from smlrec.cli.common import settings_layers
 from smlrec.config import replay_settings
-from smlrec.presets import PRESETS, preset_layer
-from smlrec.replay import load_timeline
+from smlrec.data.loading import load_timeline
 from smlrec.errors import ConfigError
+from smlrec.experiment.presets import PRESETS, preset_layer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SML_KEYS = ("rounds", "step1_epochs", "step2_epochs")

@@ -7,11 +7,13 @@ from _production_data import DAY, T0, synthetic_log, tiny_settings, write_period
 from smlrec.cli import main
 from smlrec.config import replay_settings
 from smlrec.data.candidates import CandidateStore
+from smlrec.data.loading import load_timeline
 from smlrec.errors import CheckpointError, ConfigError, DataError
+from smlrec.experiment.replay import iter_replay
 from smlrec.models.growth import init_rows
 from smlrec.production import Recommender, init_registry, recommend, update_once
-from smlrec.registry import ModelRegistry
-from smlrec.replay import iter_replay, load_timeline, make_strategy
+from smlrec.production.registry import ModelRegistry
+from smlrec.strategies.factory import make_strategy
 from smlrec.strategies.pretrain import pretrain_mf
 
 N_PERIODS, HISTORY = 6, 4        # init on periods 0..3, update with 4 (and 5)
@@ -254,7 +256,7 @@ def test_cli_daily_loop(tmp_path, capsys):
 
 def test_a_batch_with_ids_of_another_kind_is_refused(registry, tmp_path):
     reg, _, _ = registry
-    from smlrec.production import extend_vocabulary
+    from smlrec.production.update import extend_vocabulary
 
     with pytest.raises(DataError, match="ids are text but this batch's are numbers"):
         extend_vocabulary(reg.load().user_ids, np.array([1000, 1001]), np.array([0, 1]))

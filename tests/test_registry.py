@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import smlrec.registry as registry_module
+import smlrec.production.registry as registry_module
 from _production_data import synthetic_log, tiny_settings, write_periods
 from smlrec.errors import CheckpointError
 from smlrec.production import init_registry, update_once
-from smlrec.registry import ModelRegistry
+from smlrec.production.registry import ModelRegistry
 
 HISTORY = 4
 SRC = str(Path(__file__).resolve().parent.parent / "src")
@@ -183,5 +183,6 @@ def test_a_second_update_is_refused_while_one_holds_the_lock(initialised, tmp_pa
 
 
 def test_no_pickle_or_torch_load_in_the_registry():
-    text = "".join(Path(SRC, "smlrec", name).read_text() for name in ("registry.py", "state.py", "production.py"))
+    text = "".join(Path(SRC, "smlrec", "production", name).read_text()
+                   for name in ("registry.py", "state.py", "update.py", "recommender.py"))
     assert not re.search(r"import pickle|pickle\.load|torch\.load\(", text)

@@ -11,9 +11,10 @@ import torch
 
 from smlrec.config import replay_settings
 from smlrec.data.candidates import CandidateStore
-from smlrec.evaluation import METRIC_NAMES, metrics_from_ranks, positive_ranks
-from smlrec.replay import load_timeline, replay
-from smlrec.results import periods_frame, summary_frame
+from smlrec.data.loading import load_timeline
+from smlrec.evaluation.metrics import METRIC_NAMES, metrics_from_ranks, positive_ranks
+from smlrec.experiment.replay import replay
+from smlrec.experiment.results import periods_frame, summary_frame
 from smlrec.strategies import STRATEGIES, Strategy, register
 
 from helpers import write_generic_log

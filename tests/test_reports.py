@@ -11,11 +11,12 @@ import pytest
 
 from smlrec.cli import main
 from smlrec.errors import ConfigError
-from smlrec.evaluation import METRIC_NAMES
-from smlrec.reports import (TextTable, breakdown_table, combine_runs, cost_table, latex_escape,
-                            load_run, load_runs, reference_strategy, relative_improvement, table1,
-                            table1_text, write_report)
-from smlrec.results import PERIOD_COLUMNS, summary_frame
+from smlrec.evaluation.metrics import METRIC_NAMES
+from smlrec.experiment.results import PERIOD_COLUMNS, summary_frame
+from smlrec.report.document import write_report
+from smlrec.report.runs import combine_runs, load_run, load_runs
+from smlrec.report.tables import (TextTable, breakdown_table, cost_table, latex_escape, reference_strategy,
+                                  relative_improvement, table1, table1_text)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -293,12 +294,12 @@ def test_replay_writes_its_report_unless_told_not_to(tmp_path):
 
 
 def test_a_failing_report_keeps_the_replay_results(tmp_path, monkeypatch, capsys):
-    import smlrec.reports
+    import smlrec.report.document
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr(smlrec.reports, "build_report", broken)
+    monkeypatch.setattr(smlrec.report.document, "build_report", broken)
     log = tiny_log(tmp_path / "log.csv")
     out = tmp_path / "run"
     assert main(["replay", "--data", str(log), *FAST, "--cache-dir", str(tmp_path / "cache"),

@@ -9,8 +9,8 @@ import uvicorn
 
 from _production_data import synthetic_log, tiny_settings, write_periods
 from smlrec.production import init_registry, update_once
-from smlrec.registry import ModelRegistry
-from smlrec.serve import ModelHolder, create_app
+from smlrec.production.registry import ModelRegistry
+from smlrec.production.serve import ModelHolder, create_app
 
 HISTORY = 4
 

@@ -6,7 +6,7 @@ import torch
 
 from smlrec.errors import CheckpointError
 from smlrec.models.mf import MF
-from smlrec.state import flatten, unflatten
+from smlrec.production.state import flatten, unflatten
 
 
 def _trained_optimizer_state(sparse: bool) -> dict:

@@ -12,7 +12,8 @@ import pytest
 from smlrec.cli import main
 from smlrec.data.periods import Plan
 from smlrec.errors import ConfigError
-from smlrec.sweep import GridAxis, grid_points, parse_grid, point_layer, run_sweep, write_sweep
+from smlrec.experiment.sweep import GridAxis, grid_points, parse_grid, point_layer, run_sweep
+from smlrec.report.sweep import write_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,5 @@
-"""From data settings to a log and its period boundaries (shared by the replay and `data stats`)."""
+"""From data settings to a log, its period boundaries and its timeline (shared by the replay, the
+production loop and `data stats`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import numpy as np
 from ..errors import ConfigError
 from .filters import filter_k_core
 from .log import InteractionLog, ReadOptions, bundled_movielens_path, read_log
-from .periods import split_day_cuts, split_equal_count, split_every
+from .periods import Timeline, build_timeline, split_day_cuts, split_equal_count, split_every
 
 if TYPE_CHECKING:
-    from ..config import DataSettings
+    from ..config import DataSettings, ReplaySettings
 
 
 def load_log(data: "DataSettings") -> InteractionLog:
@@ -34,3 +35,9 @@ def period_boundaries(log: InteractionLog, data: "DataSettings") -> np.ndarray:
     if data.day_cuts:
         return split_day_cuts(log.time, list(data.day_cuts), data.timezone, data.drop_empty)
     return split_equal_count(len(log), data.periods)
+
+
+def load_timeline(settings: "ReplaySettings") -> Timeline:
+    """Read the log named by the settings (the bundled MovieLens file by default) and cut it."""
+    log = load_log(settings.data)
+    return build_timeline(log, period_boundaries(log, settings.data), settings.plan)

@@ -8,35 +8,27 @@ Test periods are never replayed: each point runs on the timeline cut after its l
 period, so a choice made from ``sweep.csv`` cannot have seen the test data (sml-method.md 1.3).
 The validation candidates are the very lists a full replay ranks (they depend only on the period).
 
-Written by :func:`write_sweep`:
-
-* ``sweep.csv``: one row per (grid point, strategy): the grid values, the six metrics
-  micro-averaged over the validation periods, validation_interactions, update_seconds (mean);
-* ``sweep_periods.csv``: the same per validation period;
-* ``sweep.png``: the chosen metric over the grid: a line plot (one key) or a heat-map (two keys;
-  none for three or more);
-* ``sweep.json``: the grid, the metric, the best point per strategy and the base settings.
+The sweep's files (``sweep.csv``, ``sweep_periods.csv``, ``sweep.png``, ``sweep.json``) are
+written by :func:`smlrec.report.sweep.write_sweep`.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from .atomic import atomic_directory
-from .config import ReplaySettings, parse_assignment, replay_settings, to_dict
-from .data.periods import Plan, Timeline
-from .errors import ConfigError
-from .evaluation import METRIC_NAMES
-from .replay import load_timeline, replay, resolve_strategies
+from ..config import ReplaySettings, parse_assignment, replay_settings
+from ..data.loading import load_timeline
+from ..data.periods import Plan, Timeline
+from ..errors import ConfigError
+from ..evaluation.metrics import METRIC_NAMES
+from ..strategies import strategy_settings
+from .replay import replay, resolve_strategies
 from .results import periods_frame, summary_frame
-from .strategies import strategy_settings
 
 
 @dataclass(frozen=True)
@@ -159,21 +151,3 @@ def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str
     period_table = period_table[["point", *keys, *[c for c in period_table.columns
                                                    if c not in ("point", *keys)]]]
     return SweepResult(axes, metric, table, period_table, settings, time.perf_counter() - began)
-
-
-def write_sweep(result: SweepResult, out: str | Path) -> Path:
-    """Write sweep.csv, sweep_periods.csv, sweep.png and sweep.json atomically into ``out``."""
-    from .reports import plot_sweep
-
-    with atomic_directory(out) as tmp:
-        result.table.to_csv(tmp / "sweep.csv", index=False)
-        result.periods.to_csv(tmp / "sweep_periods.csv", index=False)
-        if len(result.axes) <= 2:
-            plot_sweep(result.table, result.keys, result.metric, tmp / "sweep.png")
-        base = to_dict(result.settings[0])
-        summary = {"grid": {axis.key: list(axis.values) for axis in result.axes},
-                   "metric": result.metric, "scored_role": "validation",
-                   "best": result.best().to_dict(orient="records"),
-                   "settings_of_first_point": base, "wall_seconds": result.wall_seconds}
-        (tmp / "sweep.json").write_text(json.dumps(summary, indent=2, default=str))
-    return Path(out)

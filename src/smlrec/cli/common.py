@@ -1,13 +1,13 @@
-"""Command-line interface: argument parsing only; the work is done by the library."""
+"""What every command group shares: the command registry, flag groups, and flags -> settings layers.
+
+Argument parsing only. The command-group modules (data.py, production.py, replay.py, report.py,
+synth.py) import this module, never the package ``smlrec.cli``; the package imports them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Callable
-
-from .errors import SmlrecError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -64,8 +64,8 @@ def add_period_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_layers(args: argparse.Namespace) -> list[dict]:
     """Preset < config file < flags < --set, as mappings for ``config.replay_settings``."""
-    from .config import load_toml, merge, parse_assignment
-    from .presets import preset_layer
+    from ..config import load_toml, merge, parse_assignment
+    from ..experiment.presets import preset_layer
 
     layers: list[dict] = []
     if getattr(args, "preset", None):
@@ -86,7 +86,7 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
     if data.get("every") or data.get("day_cuts") or data.get("periods"):  # a cut flag replaces any cut
         flags = merge(flags, {"data": {"every": data.get("every"), "day_cuts": data.get("day_cuts")}})
     if getattr(args, "plan", None):
-        from .data.periods import Plan
+        from ..data.periods import Plan
 
         plan = Plan.parse(args.plan)
         flags["plan"] = {"pretrain": plan.pretrain, "offline": plan.offline,
@@ -104,7 +104,7 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
     return layers
 
 
-def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+def replay_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_period_arguments(parser)
     parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
@@ -122,97 +122,3 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-report", action="store_true",
                         help="skip writing the report (tables, plots) into <out>/report")
-
-
-@command("replay", _replay_arguments)
-def run_replay(args: argparse.Namespace) -> int:
-    """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
-    from .config import replay_settings
-    from .replay import load_timeline, replay
-    from .atomic import check_out_dir
-    from .results import default_out_dir, format_summary, summary_frame, periods_frame, write_results
-
-    settings = replay_settings(*settings_layers(args))
-    out = Path(args.out) if args.out else default_out_dir()
-    check_out_dir(out)
-    timeline = load_timeline(settings)  # fails on bad data before any work or any file
-    result = replay(settings, progress=not args.no_progress, timeline=timeline)
-    write_results(out, result, extra_files=_report_writers(args, out))
-    print(f"\nTest periods {result.timeline.plan.pretrain + result.timeline.plan.offline + result.timeline.plan.validation}"
-          f"..{len(result.timeline.periods) - 1}, micro-averaged ({result.wall_seconds:.1f} s in all):")
-    print(format_summary(summary_frame(periods_frame(result.records))))
-    print(f"\nResults written to {out}/")
-    if (out / "report").is_dir():
-        print(f"Report: {out / 'report' / 'report.html'}")
-    return 0
-
-
-def _report_writers(args: argparse.Namespace, out: Path) -> dict:
-    """Extra files a replay writes beside its results: the report, unless --no-report."""
-    if getattr(args, "no_report", False):
-        return {}
-    from .cli_report import replay_report_writer
-
-    return {"report": replay_report_writer(out)}
-
-
-def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
-@command("strategies", _strategies_arguments)
-def run_strategies(args: argparse.Namespace) -> int:
-    """List the strategies a replay can run."""
-    from .strategies import STRATEGIES
-
-    for name, spec in STRATEGIES.items():
-        print(f"{name:<16} {'' if spec.in_default else '(opt-in) '}{spec.description}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-
-# Subcommands of other areas live in their own modules (cli_<area>.py) and register themselves
-# with @command on import; list them here.
-COMMAND_MODULES: list[str] = ["cli_data", "cli_production", "cli_report", "cli_synth"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    from . import __version__
-
-    for module in COMMAND_MODULES:
-        importlib.import_module(f"smlrec.{module}")
-
-    parser = argparse.ArgumentParser(prog="smlrec", description="Retrain recommender systems period "
-                                     "after period: replay strategies on a log, or run the update.")
-    parser.add_argument("--version", action="version", version=f"smlrec {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (add_arguments, run) in COMMANDS.items():
-        doc = (run.__doc__ or "").strip().splitlines()
-        child = sub.add_parser(name, help=doc[0] if doc else None)
-        add_arguments(child)
-        child.set_defaults(run=run)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except SmlrecError as err:
-        print(f"smlrec {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    # Run the canonical module, not this __main__ copy: cli_<area> modules register their
-    # subcommands in smlrec.cli.COMMANDS.
-    from smlrec.cli import main as canonical_main
-
-    sys.exit(canonical_main())

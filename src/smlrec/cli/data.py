@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .cli import add_data_arguments, add_period_arguments, command, settings_layers
+from .common import add_data_arguments, add_period_arguments, command, settings_layers
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +25,9 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 @command("data", _data_arguments)
 def run_data(args: argparse.Namespace) -> int:
     """Inspect a log: `smlrec data stats FILE` prints the paper's dataset table."""
-    from .config import replay_settings
-    from .data.loading import load_log, period_boundaries
-    from .data.stats import log_summary, period_stats
+    from ..config import replay_settings
+    from ..data.loading import load_log, period_boundaries
+    from ..data.stats import log_summary, period_stats
 
     args.data = args.file
     settings = replay_settings(*settings_layers(args))

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import add_data_arguments, add_period_arguments, command, settings_layers
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import add_data_arguments, add_period_arguments, command, settings_layers
 
 
 def _init_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def _init_arguments(parser: argparse.ArgumentParser) -> None:
 @command("init", _init_arguments)
 def run_init(args: argparse.Namespace) -> int:
     """Create a model registry: pretrain and run a strategy over a history log (version 1)."""
-    from .config import replay_settings
-    from .production import init_registry
+    from ..config import replay_settings
+    from ..production import init_registry
 
     settings = replay_settings(*settings_layers(args))
     version = init_registry(args.data, args.registry, args.strategy, settings)
@@ -46,7 +46,7 @@ def _update_arguments(parser: argparse.ArgumentParser) -> None:
 @command("update", _update_arguments)
 def run_update(args: argparse.Namespace) -> int:
     """Apply one new period to the latest version and write the next version."""
-    from .production import update_once
+    from ..production import update_once
 
     report = update_once(args.registry, args.data, force=args.force)
     for warning in report.warnings:
@@ -71,7 +71,7 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
 @command("recommend", _recommend_arguments)
 def run_recommend(args: argparse.Namespace) -> int:
     """Top-K items per user from the latest version (CSV: user,rank,item,score,fallback,version)."""
-    from .production import recommend
+    from ..production import recommend
 
     users = [args.user] if args.user is not None else _read_users(Path(args.users))
     frame = recommend(args.registry, users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
@@ -86,7 +86,7 @@ def run_recommend(args: argparse.Namespace) -> int:
 
 
 def _read_users(path: Path) -> list[str]:
-    from .errors import DataError
+    from ..errors import DataError
 
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -112,7 +112,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve top-K recommendations over HTTP; picks up new versions as they land."""
     import uvicorn
 
-    from .serve import create_app
+    from ..production.serve import create_app
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")

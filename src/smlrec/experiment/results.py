@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .atomic import atomic_directory
-from .config import to_dict
-from .evaluation import METRIC_NAMES, micro_average
+from .. import __version__
+from ..atomic import atomic_directory
+from ..config import to_dict
+from ..evaluation.metrics import METRIC_NAMES, micro_average
 
 PERIOD_COLUMNS = ["strategy", "period", "role", "label", "interactions", *METRIC_NAMES, "update_seconds"]
 SUMMARY_COLUMNS = ["strategy", *METRIC_NAMES, "test_interactions", "update_seconds"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SML_PREFIX = "sml"
 
@@ -62,7 +62,7 @@ def preset_layer(name: str, strategy_names: list[str] | None = None) -> dict:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
     preset = PRESETS[name]
     if strategy_names is None:
-        from .strategies import STRATEGIES
+        from ..strategies import STRATEGIES
 
         strategy_names = list(STRATEGIES)
     sml_names = [s for s in strategy_names if s.startswith(SML_PREFIX)]

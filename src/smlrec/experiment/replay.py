@@ -11,7 +11,6 @@ Only the update is timed, never the evaluation. The loop never branches on the s
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -20,14 +19,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ReplaySettings
-from .data.candidates import CandidateStore
-from .data.loading import load_log, period_boundaries
-from .data.periods import SCORED_ROLES, Timeline, build_timeline
-from .errors import ConfigError
-from .evaluation import metrics_from_ranks, rank_candidates
-from .strategies import STRATEGIES, Strategy, StrategyContext, create_strategy, default_strategies
-from .strategies.pretrain import pretrain_mf
+from ..config import ReplaySettings
+from ..data.candidates import CandidateStore
+from ..data.loading import load_timeline
+from ..data.periods import SCORED_ROLES, Timeline
+from ..errors import ConfigError
+from ..evaluation.metrics import metrics_from_ranks, rank_candidates
+from ..strategies import STRATEGIES, Strategy, default_strategies
+from ..strategies.factory import configure_threads, make_strategy
+from ..strategies.pretrain import pretrain_mf
 
 GROUPS = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
 
@@ -47,12 +47,6 @@ class PeriodRecord:
     ranks: np.ndarray | None = field(default=None, repr=False)
 
 
-def load_timeline(settings: ReplaySettings) -> Timeline:
-    """Read the log named by the settings (the bundled MovieLens file by default) and cut it."""
-    log = load_log(settings.data)
-    return build_timeline(log, period_boundaries(log, settings.data), settings.plan)
-
-
 def resolve_strategies(settings: ReplaySettings) -> list[str]:
     names = list(settings.strategies) or default_strategies()
     if names == ["all"]:
@@ -61,18 +55,6 @@ def resolve_strategies(settings: ReplaySettings) -> list[str]:
     if unknown:
         raise ConfigError(f"unknown strategy {unknown[0]!r} (known: {', '.join(STRATEGIES)})")
     return names
-
-
-def configure_threads(settings: ReplaySettings) -> None:
-    threads = settings.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-
-
-def make_strategy(name: str, timeline: Timeline, settings: ReplaySettings) -> Strategy:
-    context = StrategyContext(n_users=timeline.log.n_users, n_items=timeline.log.n_items,
-                              mf=settings.mf, seed=settings.seed, device=settings.device, name=name,
-                              pretrain_periods=timeline.plan.pretrain)
-    return create_strategy(name, context, settings.strategy.get(name, {}))
 
 
 def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[str],

@@ -1,4 +1,4 @@
-"""Subcommands ``report`` and ``sweep`` (argument parsing only; see reports.py and sweep.py)."""
+"""Subcommands ``report`` and ``sweep``: argument parsing only (see report/ and experiment/)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
-from .cli import _replay_arguments, command, settings_layers
+from .common import command, replay_arguments, settings_layers
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +21,8 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 @command("report", _report_arguments)
 def run_report(args: argparse.Namespace) -> int:
     """Tables, per-period plots, cost table and old/new breakdown from replay results."""
-    from .errors import ConfigError
-    from .reports import write_report
+    from ..errors import ConfigError
+    from ..report.document import write_report
 
     if args.out:
         out = Path(args.out)
@@ -36,27 +35,8 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_report_writer(run_dir: Path) -> Callable[[Path], None]:
-    """The writer ``smlrec replay`` hands to write_results: builds ``<run>/report`` from the run.
-
-    A failure to draw the report must not throw away the replay it describes, so it is reported
-    as a warning and the results directory is still completed.
-    """
-
-    def write(path: Path) -> None:
-        from .reports import write_report
-
-        try:
-            write_report([path.parent], path, names=[run_dir.name], shown_paths=[run_dir])
-        except Exception as err:  # noqa: BLE001 - the results matter more than their report
-            print(f"warning: the report was not written ({type(err).__name__}: {err}); the results "
-                  f"are kept: run `smlrec report {run_dir}` after fixing the cause", file=sys.stderr)
-
-    return write
-
-
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    _replay_arguments(parser)
+    replay_arguments(parser)
     parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                         help="a swept setting and its values, e.g. mf.lr=0.005,0.01 or "
                              "strategy.fine-tune.epochs=1,3,5; repeat for a 2-D grid")
@@ -67,8 +47,9 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 @command("sweep", _sweep_arguments)
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Hyper-parameter sensitivity: one replay per grid point, scored on validation periods only."""
-    from .atomic import check_out_dir
-    from .sweep import parse_grid, run_sweep, write_sweep
+    from ..atomic import check_out_dir
+    from ..experiment.sweep import parse_grid, run_sweep
+    from ..report.sweep import write_sweep
 
     axes = [parse_grid(text) for text in args.grid]
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")

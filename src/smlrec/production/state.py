@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 _MARKERS = ("__tensor__", "__ndarray__", "__npscalar__", "__tuple__", "__dict__", "__float__")
 

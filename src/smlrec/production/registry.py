@@ -46,9 +46,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from . import __version__
-from .data.pairs import PairIndex, pair_keys
-from .errors import CheckpointError
+from .. import __version__
+from ..data.pairs import PairIndex, pair_keys
+from ..errors import CheckpointError
 from .state import flatten, unflatten
 
 FORMAT = 1

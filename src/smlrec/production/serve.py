@@ -20,9 +20,9 @@ import logging
 import threading
 from pathlib import Path
 
-from .errors import CheckpointError, DataError
-from .production import Recommender
+from ..errors import CheckpointError, DataError
 from .registry import ModelRegistry
+from .recommender import Recommender
 
 log = logging.getLogger("smlrec.serve")
 

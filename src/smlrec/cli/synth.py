@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .cli import command
+from .common import command
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 @command("synth", _synth_arguments)
 def run_synth(args: argparse.Namespace) -> int:
     """Write a synthetic log (user,item,time) with planted drift."""
-    from .data.synth import SCALE_PLANS, generate, synth_settings, write_log
+    from ..data.synth import SCALE_PLANS, generate, synth_settings, write_log
 
     scale = args.scale
     if scale is None and args.interactions is None:

@@ -1,0 +1,56 @@
+"""Subcommands ``replay`` and ``strategies`` (argument parsing only; see experiment/replay.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import command, replay_arguments, settings_layers
+
+
+@command("replay", replay_arguments)
+def run_replay(args: argparse.Namespace) -> int:
+    """Replay strategies period by period on a log (default: the bundled MovieLens) and score them."""
+    from ..atomic import check_out_dir
+    from ..config import replay_settings
+    from ..data.loading import load_timeline
+    from ..experiment.replay import replay
+    from ..experiment.results import (default_out_dir, format_summary, periods_frame, summary_frame,
+                                      write_results)
+
+    settings = replay_settings(*settings_layers(args))
+    out = Path(args.out) if args.out else default_out_dir()
+    check_out_dir(out)
+    timeline = load_timeline(settings)  # fails on bad data before any work or any file
+    result = replay(settings, progress=not args.no_progress, timeline=timeline)
+    write_results(out, result, extra_files=_report_writers(args, out))
+    print(f"\nTest periods {result.timeline.plan.pretrain + result.timeline.plan.offline + result.timeline.plan.validation}"
+          f"..{len(result.timeline.periods) - 1}, micro-averaged ({result.wall_seconds:.1f} s in all):")
+    print(format_summary(summary_frame(periods_frame(result.records))))
+    print(f"\nResults written to {out}/")
+    if (out / "report").is_dir():
+        print(f"Report: {out / 'report' / 'report.html'}")
+    return 0
+
+
+def _report_writers(args: argparse.Namespace, out: Path) -> dict:
+    """Extra files a replay writes beside its results: the report, unless --no-report."""
+    if getattr(args, "no_report", False):
+        return {}
+    from ..report.document import replay_report_writer
+
+    return {"report": replay_report_writer(out)}
+
+
+def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@command("strategies", _strategies_arguments)
+def run_strategies(args: argparse.Namespace) -> int:
+    """List the strategies a replay can run."""
+    from ..strategies import STRATEGIES
+
+    for name, spec in STRATEGIES.items():
+        print(f"{name:<16} {'' if spec.in_default else '(opt-in) '}{spec.description}")
+    return 0

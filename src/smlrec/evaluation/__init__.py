@@ -1,0 +1,1 @@
+"""Scoring a served model: ranks of the positive among sampled candidates, and metrics over them."""

@@ -1,0 +1,250 @@
+"""Reports a researcher would publish, built from one or more replay results directories.
+
+What :func:`write_report` writes into the report directory:
+
+* ``table1.md`` / ``table1.csv`` / ``table1.tex``: the paper's Table 1 layout: one row per
+  strategy, Recall and NDCG at 5/10/20 micro-averaged over the test periods (the numbers of
+  ``summary.csv``), the best of each column in bold, and ``RI``: the relative improvement of the
+  reference strategy over each other one, ``(ref - m) / m`` averaged over the six metric columns
+  (sml-method.md section 5);
+* ``per_period.png``: Recall@20 and NDCG@20 per test period, one line per strategy;
+* ``table2_update_seconds.md`` / ``.csv``: update seconds per test period and strategy with the
+  mean and the ratio of each mean to the fastest one (the paper's Table 2);
+* ``breakdown.md`` / ``breakdown.csv`` / ``breakdown.png``: metrics split by old/new user x
+  old/new item, micro-averaged over the test periods;
+* ``report.md``: one page tying these together with each run's settings and data hash, and
+  ``report.html``: the same page with the images embedded, one self-contained file.
+
+The tables are built in :mod:`.tables`, the figures in :mod:`.figures`, from runs read and
+aligned by :mod:`.runs`; this module lays them out as one page and writes the directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from ..atomic import atomic_directory
+from .figures import plot_breakdown, plot_per_period
+from .runs import Combined, Run, load_runs
+from .tables import (KEY_METRICS, TextTable, breakdown_table, breakdown_text, cost_table, cost_text,
+                     metric_label, table1, table1_text)
+
+
+# ----------------------------------------------------------------------------------------------
+# (e) report.md / report.html
+
+def _run_facts(run: Run) -> list[tuple[str, str]]:
+    config = run.config
+    settings = config.get("settings", {})
+    data = config.get("data", {})
+    plan = settings.get("plan", {})
+    mf = settings.get("mf", {})
+    facts = [("directory", run.shown_path),
+             ("data", f"{data.get('source', '?')} ({data.get('interactions', '?')} interactions, "
+                      f"{data.get('users', '?')} users, {data.get('items', '?')} items)"),
+             ("data sha256", str(data.get("sha256", "?"))),
+             ("periods", f"{len(config.get('periods', [])) or '?'}; plan pretrain/offline/"
+                         f"validation/test = {plan.get('pretrain', '?')}/{plan.get('offline', '?')}/"
+                         f"{plan.get('validation', '?')}/{plan.get('test', '?')}"),
+             ("strategies", ", ".join(config.get("strategies", run.strategies))),
+             ("seed", str(settings.get("seed", "?"))),
+             ("MF", f"dim {mf.get('dim', '?')}, lr {mf.get('lr', '?')}, batch {mf.get('batch_size', '?')}"
+                    f", pretrain epochs {settings.get('pretrain', {}).get('epochs', '?')}")]
+    if settings.get("strategy"):
+        facts.append(("strategy settings", json.dumps(settings["strategy"], sort_keys=True)))
+    if "wall_seconds" in config:
+        facts.append(("wall time", f"{config['wall_seconds']:.1f} s on {settings.get('device', '?')}"))
+    facts.append(("smlrec version", str(config.get("smlrec_version", "?"))))
+    return facts
+
+
+@dataclass
+class _Page:
+    """A report page as blocks, rendered to Markdown and HTML from the same content."""
+
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", (level, text)))
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("text", text))
+
+    def table(self, table: TextTable) -> None:
+        self.blocks.append(("table", table))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(("image", (path, alt)))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                out.append("#" * value[0] + " " + value[1] + "\n")
+            elif kind == "text":
+                out.append(value + "\n")
+            elif kind == "table":
+                out.append(value.markdown())
+            elif kind == "image":
+                out.append(f"![{value[1]}]({value[0].name})\n")
+            elif kind == "code":
+                out.append("```\n" + value.rstrip() + "\n```\n")
+        return "\n".join(out)
+
+    def html(self, title: str) -> str:
+        out = [f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+               "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+               "color:#222}table{border-collapse:collapse;margin:0.5em 0 1em}th,td{border:1px solid "
+               "#ccc;padding:3px 8px}th{background:#f3f3f3}td.num,th.num{text-align:right;"
+               "font-variant-numeric:tabular-nums}img{max-width:100%}pre{background:#f6f6f6;"
+               "padding:0.6em;overflow-x:auto}code{background:#f6f6f6}</style></head><body>"]
+        for kind, value in self.blocks:
+            if kind == "heading":
+                out.append(f"<h{value[0]}>{html.escape(value[1])}</h{value[0]}>")
+            elif kind == "text":
+                out.append(f"<p>{_inline_html(value)}</p>")
+            elif kind == "table":
+                out.append(value.html())
+            elif kind == "image":
+                data = base64.b64encode(value[0].read_bytes()).decode("ascii")
+                out.append(f'<p><img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}"></p>')
+            elif kind == "code":
+                out.append(f"<pre>{html.escape(value)}</pre>")
+        out.append("</body></html>\n")
+        return "\n".join(out)
+
+
+def _inline_html(text: str) -> str:
+    """Escape, then render the two inline marks this page uses: `code` and - list items."""
+    escaped = html.escape(text)
+    parts = escaped.split("`")
+    escaped = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    lines = escaped.split("\n")
+    if all(line.startswith("- ") for line in lines):
+        return "<ul>" + "".join(f"<li>{line[2:]}</li>" for line in lines) + "</ul>"
+    return "<br>".join(lines)
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` computed (the numbers behind every file)."""
+
+    combined: Combined
+    table1: pd.DataFrame
+    costs: pd.DataFrame
+    breakdown: pd.DataFrame
+    files: list[str]
+
+
+def build_report(combined: Combined, out: Path, reference: str | None = None) -> Report:
+    """Write every report file into the existing directory ``out`` (see the module docstring)."""
+    out = Path(out)
+    t1 = table1(combined, reference)
+    t1_text = table1_text(t1)
+    t1.to_csv(out / "table1.csv", index_label="strategy")
+    (out / "table1.md").write_text(t1_text.markdown())
+    (out / "table1.tex").write_text(t1_text.latex())
+
+    plot_per_period(combined.periods, combined.strategies, out / "per_period.png")
+
+    costs = cost_table(combined)
+    costs_text = cost_text(costs)
+    costs.to_csv(out / "table2_update_seconds.csv")
+    (out / "table2_update_seconds.md").write_text(costs_text.markdown())
+
+    groups = breakdown_table(combined)
+    groups.to_csv(out / "breakdown.csv", index=False)
+    group_texts = {m: breakdown_text(groups, m) for m in KEY_METRICS}
+    (out / "breakdown.md").write_text("\n".join(f"{metric_label(m)}\n\n{t.markdown()}"
+                                                for m, t in group_texts.items()))
+    plot_breakdown(groups, out / "breakdown.png")
+
+    title = "smlrec replay report: " + ", ".join(run.name for run in combined.runs)
+    page = _Page()
+    page.heading(title, 1)
+    scored = combined.scored_periods
+    test = scored[scored["role"] == "test"]
+    reference_name = t1.attrs["reference"]
+    page.text(f"{len(combined.strategies)} strategies, {len(test)} test periods "
+              f"({int(test['interactions'].sum())} test interactions). Each test interaction is ranked "
+              "among 1 positive + 999 sampled negatives; metrics are micro-averaged over the test "
+              "periods (weighted by interactions).")
+    page.heading("Table 1: accuracy over the test periods")
+    page.text(f"Best of each column in bold. RI = relative improvement of {reference_name} (the "
+              "strategy best on most columns) over each row, (ref - m) / m averaged over the six "
+              "columns. Also as `table1.csv` and `table1.tex`.")
+    page.table(t1_text)
+    page.heading("Per test period")
+    page.image(out / "per_period.png", "Recall@20 and NDCG@20 per test period")
+    page.heading("Table 2: update cost")
+    page.text("Seconds of the update whose model is scored on each test period (the update on the "
+              "period before it); the fastest mean in bold; × fastest = mean / fastest mean.")
+    page.table(costs_text)
+    page.heading("Where the accuracy comes from: old/new users and items")
+    page.text("\"new\" = first seen in a test period. Metrics micro-averaged over the test periods "
+              "inside each group; n = test interactions of the group (share of all).")
+    for metric, text in group_texts.items():
+        page.text(metric_label(metric))
+        page.table(text)
+    page.image(out / "breakdown.png", "Recall@20 and NDCG@20 by old/new user and item")
+    page.heading("Periods scored")
+    page.table(TextTable(["Period", "Role", "Dates", "Interactions"],
+                         [[str(r.period), r.role, r.label, str(r.interactions)]
+                          for r in scored.itertuples(index=False)], align="rllr"))
+    page.heading("Runs")
+    for run in combined.runs:
+        page.heading(run.name, 3)
+        page.text("\n".join(f"- {key}: {value}" for key, value in _run_facts(run)))
+        if combined.origin and len(combined.runs) > 1:
+            page.text("strategies shown from this run: "
+                      + ", ".join(s for s, r in combined.origin.items() if r == run.name))
+    page.heading("Settings")
+    for run in combined.runs:
+        page.text(f"{run.name} (`config.json` settings):")
+        page.code(json.dumps(run.config.get("settings", {}), indent=1, sort_keys=True))
+    (out / "report.md").write_text(page.markdown())
+    (out / "report.html").write_text(page.html(title))
+    files = sorted(p.name for p in out.iterdir())
+    return Report(combined, t1, costs, groups, files)
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path, reference: str | None = None,
+                 names: Sequence[str | None] | None = None,
+                 shown_paths: Sequence[str | Path | None] | None = None) -> Report:
+    """Read and align ``run_dirs``, and write the report directory ``out`` atomically.
+
+    ``out`` must not exist or be empty; it is built under a temporary name beside it and renamed
+    into place when complete, so a failed report leaves nothing behind.
+    """
+    combined = load_runs(run_dirs, names, shown_paths)
+    with atomic_directory(out) as tmp:
+        report = build_report(combined, tmp, reference)
+    return report
+
+
+def replay_report_writer(run_dir: Path) -> Callable[[Path], None]:
+    """The writer ``smlrec replay`` hands to write_results: builds ``<run>/report`` from the run.
+
+    A failure to draw the report must not throw away the replay it describes, so it is reported
+    as a warning and the results directory is still completed.
+    """
+
+    def write(path: Path) -> None:
+        try:
+            write_report([path.parent], path, names=[run_dir.name], shown_paths=[run_dir])
+        except Exception as err:  # noqa: BLE001 - the results matter more than their report
+            print(f"warning: the report was not written ({type(err).__name__}: {err}); the results "
+                  f"are kept: run `smlrec report {run_dir}` after fixing the cause", file=sys.stderr)
+
+    return write

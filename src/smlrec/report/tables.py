@@ -1,0 +1,237 @@
+"""The report's tables: Table 1 (accuracy, RI), Table 2 (update cost), the old/new breakdown.
+
+Each table is computed as numbers (a DataFrame, also written as CSV) and rendered as a
+:class:`TextTable`: one cell grid written as Markdown, HTML and LaTeX, best cells in bold.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from ..evaluation.metrics import METRIC_NAMES, micro_average
+from ..experiment.results import summary_frame
+from .runs import Combined
+
+KEY_METRICS = ("recall@20", "ndcg@20")
+GROUP_ORDER = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
+
+
+def metric_label(metric: str) -> str:
+    """``recall@20`` -> ``Recall@20``."""
+    name, k = metric.split("@")
+    return {"recall": "Recall", "ndcg": "NDCG"}.get(name, name) + f"@{k}"
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Text tables: one cell grid rendered as Markdown, HTML and LaTeX
+
+@dataclass
+class TextTable:
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)   # (row, column) cells in bold
+    align: str = ""                                            # "l"/"r" per column
+
+    def _align(self) -> str:
+        return self.align or ("l" + "r" * (len(self.header) - 1))
+
+    def markdown(self) -> str:
+        def cell(text: str, bold: bool) -> str:
+            text = text.replace("|", "\\|")
+            return f"**{text}**" if bold and text else text
+
+        align = self._align()
+        lines = ["| " + " | ".join(cell(h, False) for h in self.header) + " |",
+                 "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+        for r, row in enumerate(self.rows):
+            lines.append("| " + " | ".join(cell(t, (r, c) in self.bold) for c, t in enumerate(row)) + " |")
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        align = self._align()
+
+        def cell(tag: str, text: str, c: int, bold: bool = False) -> str:
+            style = ' class="num"' if align[c] == "r" else ""
+            body = html.escape(text).replace("\n", "<br>")
+            return f"<{tag}{style}>{'<b>' + body + '</b>' if bold else body}</{tag}>"
+
+        head = "".join(cell("th", h, c) for c, h in enumerate(self.header))
+        body = "".join("<tr>" + "".join(cell("td", t, c, (r, c) in self.bold) for c, t in enumerate(row))
+                       + "</tr>\n" for r, row in enumerate(self.rows))
+        return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+
+    def latex(self) -> str:
+        def cell(text: str, bold: bool) -> str:
+            text = latex_escape(text)
+            return f"\\textbf{{{text}}}" if bold and text else text
+
+        lines = [f"\\begin{{tabular}}{{{self._align()}}}", "\\hline",
+                 " & ".join(cell(h, False) for h in self.header) + " \\\\", "\\hline"]
+        for r, row in enumerate(self.rows):
+            lines.append(" & ".join(cell(t, (r, c) in self.bold) for c, t in enumerate(row)) + " \\\\")
+        lines += ["\\hline", "\\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+                  "—": "---", "×": r"$\times$", "…": r"\dots{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe inside a LaTeX tabular cell (strategy names may hold ``_``, ``&``, ``%`` ...)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _fmt_percent(value: float) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value * 100:+.1f}%"
+
+
+def _best_rows(values: pd.Series) -> list[int]:
+    """Positions of the maximum of a column (all of them on ties); none when all are missing."""
+    array = values.to_numpy(dtype=float)
+    if not np.isfinite(array).any():
+        return []
+    return [int(i) for i in np.flatnonzero(array == np.nanmax(array))]
+
+
+# ----------------------------------------------------------------------------------------------
+# (a) Table 1: strategies x metrics over the test periods, with RI
+
+def test_summary(combined: Combined) -> pd.DataFrame:
+    """Metrics micro-averaged over all test periods, one row per strategy (as ``summary.csv``)."""
+    summary = summary_frame(combined.periods, role="test").set_index("strategy")
+    missing = [s for s in combined.strategies if s not in summary.index]
+    if missing:
+        raise ConfigError(f"strategy {missing[0]!r} has no test period scored; nothing to report "
+                          "(Table 1 averages over test periods)")
+    return summary.loc[combined.strategies]
+
+
+def reference_strategy(summary: pd.DataFrame) -> str:
+    """The best strategy: most metric columns won; ties go to the higher mean column-relative score."""
+    metrics = summary[list(METRIC_NAMES)].astype(float)
+    wins = pd.Series(0, index=metrics.index)
+    for column in METRIC_NAMES:
+        for position in _best_rows(metrics[column]):
+            wins.iloc[position] += 1
+    maxima = metrics.max(axis=0).replace(0.0, np.nan)
+    closeness = (metrics / maxima).mean(axis=1).fillna(0.0)
+    order = sorted(range(len(metrics)), key=lambda i: (-wins.iloc[i], -closeness.iloc[i]))
+    return str(metrics.index[order[0]])
+
+
+def relative_improvement(reference: pd.Series, other: pd.Series,
+                         metrics: Sequence[str] = METRIC_NAMES) -> float:
+    """RI of ``reference`` over ``other``: mean over the metrics of (ref - m) / m (NaN if m = 0)."""
+    ref = reference[list(metrics)].to_numpy(dtype=float)
+    m = other[list(metrics)].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = (ref - m) / m
+    return float(np.mean(ratios)) if np.isfinite(ratios).all() else float("nan")
+
+
+def table1(combined: Combined, reference: str | None = None) -> pd.DataFrame:
+    """Table 1 as numbers: metrics, test interactions, RI of the reference over each strategy."""
+    summary = test_summary(combined)
+    if reference is None:
+        reference = reference_strategy(summary)
+    elif reference not in summary.index:
+        raise ConfigError(f"reference strategy {reference!r} is not in the report "
+                          f"(strategies: {', '.join(summary.index)})")
+    table = summary[[*METRIC_NAMES, "test_interactions"]].copy()
+    table["ri"] = [float("nan") if name == reference else
+                   relative_improvement(summary.loc[reference], summary.loc[name])
+                   for name in summary.index]
+    table.attrs["reference"] = reference
+    return table
+
+
+def table1_text(table: pd.DataFrame) -> TextTable:
+    reference = table.attrs["reference"]
+    header = ["Strategy", *[metric_label(m).replace("Recall", "R").replace("NDCG", "N")
+                            for m in METRIC_NAMES], f"RI of {reference}"]
+    rows = [[name, *[_fmt(row[m]) for m in METRIC_NAMES],
+             "—" if name == reference else _fmt_percent(row["ri"])]
+            for name, row in table.iterrows()]
+    bold = {(r, c + 1) for c, m in enumerate(METRIC_NAMES) for r in _best_rows(table[m])}
+    return TextTable(header, rows, bold)
+
+
+# ----------------------------------------------------------------------------------------------
+# (c) Table 2: update seconds per test period
+
+def cost_table(combined: Combined) -> pd.DataFrame:
+    """Update seconds per strategy (rows) and test period (columns), the mean and ratio to the fastest."""
+    test = combined.periods[combined.periods["role"] == "test"]
+    wide = test.pivot(index="strategy", columns="period", values="update_seconds")
+    wide = wide.reindex(combined.strategies)
+    wide.columns = [f"period {p}" for p in wide.columns]
+    wide["mean"] = wide.mean(axis=1)
+    fastest = wide["mean"].min()
+    wide["ratio_to_fastest"] = wide["mean"] / fastest if fastest and fastest > 0 else float("nan")
+    wide.index.name = "strategy"
+    return wide
+
+
+def cost_text(table: pd.DataFrame) -> TextTable:
+    period_columns = [c for c in table.columns if c.startswith("period ")]
+    header = ["Strategy", *[c.replace("period ", "P") for c in period_columns], "Mean", "× fastest"]
+    rows = [[name, *[_fmt(row[c], 2) for c in period_columns], _fmt(row["mean"], 2),
+             _fmt(row["ratio_to_fastest"], 1)] for name, row in table.iterrows()]
+    bold = {(r, len(header) - 2) for r in _best_rows(-table["mean"])}
+    return TextTable(header, rows, bold)
+
+
+# ----------------------------------------------------------------------------------------------
+# (d) old/new user x old/new item breakdown
+
+def breakdown_table(combined: Combined) -> pd.DataFrame:
+    """Per strategy and group: test interactions, their share, and micro-averaged metrics."""
+    test = combined.breakdown[(combined.breakdown["role"] == "test")
+                              & (combined.breakdown["interactions"] > 0)]
+    totals = combined.breakdown[combined.breakdown["role"] == "test"]
+    rows = []
+    for strategy in combined.strategies:
+        mine = test[test["strategy"] == strategy]
+        total = int(totals.loc[totals["strategy"] == strategy, "interactions"].sum())
+        for user_group, item_group in GROUP_ORDER:
+            group = mine[(mine["user_group"] == user_group) & (mine["item_group"] == item_group)]
+            weights = group["interactions"].to_numpy()
+            n = int(weights.sum())
+            rows.append({"strategy": strategy, "user_group": user_group, "item_group": item_group,
+                         "interactions": n, "share": n / total if total else float("nan"),
+                         **{m: micro_average(group[m].to_numpy(), weights) if n else float("nan")
+                            for m in METRIC_NAMES}})
+    return pd.DataFrame(rows, columns=["strategy", "user_group", "item_group", "interactions",
+                                       "share", *METRIC_NAMES])
+
+
+def _group_title(user_group: str, item_group: str) -> str:
+    return f"{user_group} user, {item_group} item"
+
+
+def breakdown_text(table: pd.DataFrame, metric: str) -> TextTable:
+    first = table[table["strategy"] == table["strategy"].iloc[0]]
+    header = ["Strategy"]
+    for (user_group, item_group), (_, row) in zip(GROUP_ORDER, first.iterrows()):
+        share = "" if not np.isfinite(row["share"]) else f", {row['share'] * 100:.1f}%"
+        header.append(f"{_group_title(user_group, item_group)} (n={row['interactions']}{share})")
+    wide = table.pivot(index="strategy", columns=["user_group", "item_group"], values=metric)
+    wide = wide.reindex(list(dict.fromkeys(table["strategy"])))
+    wide = wide[[g for g in GROUP_ORDER]]
+    rows = [[name, *[_fmt(v) for v in values]] for name, values in zip(wide.index, wide.to_numpy())]
+    bold = {(r, c + 1) for c, g in enumerate(GROUP_ORDER) for r in _best_rows(wide[g])}
+    return TextTable(header, rows, bold)
