@@ -26,8 +26,9 @@ def _can_grow(name: str) -> bool:
     return name in STRATEGIES and STRATEGIES[name].cls._grow is not Strategy._grow
 
 
-# The strategies production must reproduce the replay for; sml joins as soon as it implements _grow.
-PRODUCTION_STRATEGIES = [name for name in ("full-retrain", "fine-tune", "sml") if _can_grow(name)]
+# The strategies production must reproduce the replay for (every one that implements _grow).
+PRODUCTION_STRATEGIES = [name for name in ("full-retrain", "fine-tune", "spmf", "sml", "pop", "pop-recent")
+                         if _can_grow(name)]
 
 
 def _replay_strategy(name: str, full_log, settings: dict, tmp_path):
@@ -75,6 +76,29 @@ def test_init_then_update_serves_the_replay_model(tmp_path, strategy, sparse):
                                        torch.arange(n_items).expand(n_users, n_items))
     assert production_scores.shape == (n_users, n_items)
     assert torch.allclose(production_scores, replay_scores, atol=1e-6, rtol=0)
+
+    # A user first seen in period 5 is unknown to the registry: production serves the strategy's
+    # cold-user rule, which must be what the replay serves that (untrained) user.
+    last = timeline.periods[-1]
+    cold_user = int(last.users[np.flatnonzero(last.users >= n_users)[0]])
+    all_items = torch.arange(n_items)[None, :]
+    with torch.no_grad():
+        replay_cold = replayed.score(_as_period(timeline, np.array([cold_user])), slice(0, 1), all_items)
+        production_cold = served.strategy.score_new_users(all_items)
+    assert torch.allclose(production_cold, replay_cold, atol=1e-6, rtol=0)
+    top = recommend(tmp_path / "reg", [timeline.log.user_ids[cold_user]], k=5)
+    assert top["fallback"].all()
+    assert list(top["score"]) == pytest.approx(torch.topk(replay_cold[0], 5).values.tolist(), abs=1e-6)
+
+    # An item first seen in period 5: the next update grows the tables; the grown row must score
+    # as the replay's cold row of that item does, for every user.
+    cold_item = int(last.items[np.flatnonzero(last.items >= n_items)[0]])
+    served.strategy.grow(n_users, cold_item + 1)
+    column = torch.full((n_users, 1), cold_item)
+    with torch.no_grad():
+        production_item = served.strategy.score(_as_period(timeline, users), slice(0, n_users), column)
+        replay_item = replayed.score(_as_period(timeline, users), slice(0, n_users), column)
+    assert torch.allclose(production_item, replay_item, atol=1e-6, rtol=0)
 
 
 def user_moments(strategy) -> dict:
@@ -213,7 +237,7 @@ def test_update_grows_vocabularies_and_tables_in_first_appearance_order(registry
     assert cumulative.previous.index == report.period and len(cumulative.previous.users) == 4
 
 
-def test_recommend_excludes_seen_items_and_flags_popularity_fallback(registry):
+def test_recommend_excludes_seen_items_and_serves_unknown_users_the_cold_rule(registry):
     reg, _, frame = registry
     history = frame.iloc[: HISTORY * 120]
     user = int(history["user"].iloc[0])
@@ -225,10 +249,13 @@ def test_recommend_excludes_seen_items_and_flags_popularity_fallback(registry):
     assert top["score"].is_monotonic_decreasing
     everything = recommend(reg, [user], k=n_items, exclude_seen=False)
     assert set(everything["item"]) == set(history["item"].astype(str))
-    popularity = history.drop_duplicates(["user", "item"]).groupby("item").size().sort_values(
-        ascending=False, kind="stable")
     unknown = recommend(reg, ["nobody"], k=3)
-    assert unknown["fallback"].all() and list(unknown["score"]) == list(popularity.iloc[:3].astype(float))
+    served = Recommender.from_registry(reg)
+    with torch.no_grad():
+        cold = served.strategy.score_new_users(torch.arange(served.checkpoint.n_items)[None, :])[0]
+    top = torch.topk(cold, 3)
+    assert unknown["fallback"].all() and list(unknown["score"]) == pytest.approx(top.values.tolist())
+    assert list(unknown["item"]) == [str(served.item_ids[i]) for i in top.indices.tolist()]
     with pytest.raises(DataError, match="unknown user 'nobody'"):
         recommend(reg, ["nobody"], k=3, strict=True)
 

@@ -1,8 +1,9 @@
 """Answering top-K queries from a registry version: what ``smlrec recommend`` and ``serve`` use.
 
 A :class:`Recommender` holds one loaded version and scores every item through the strategy's own
-``score``. Seen items are excluded by default; an unknown user gets the most popular items
-(``fallback``), or a DataError when ``strict``.
+``score``. Seen items are excluded by default; an unknown user gets the strategy's cold-user
+rule (``fallback``; exactly what the replay serves a user it has never trained on), or a
+DataError when ``strict``.
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ class Recommender:
                   strict: bool = False) -> pd.DataFrame:
         """Top-``k`` items per user: columns user, rank, item, score, fallback, version.
 
-        An unknown user gets the most popular items (distinct users per item) with
-        ``fallback=True`` and the popularity as score, or a DataError when ``strict``.
+        An unknown user gets the strategy's cold-user rule (``Strategy.score_new_users``) with
+        ``fallback=True``; a strategy without one (e.g. ``cold_users = "init"``) falls back to the
+        most popular items (distinct users per item, the popularity as score). ``strict`` makes an
+        unknown user a DataError.
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
@@ -97,7 +100,7 @@ class Recommender:
         unknown = index < 0
         if strict and unknown.any():
             raise DataError(f"unknown user {user_ids[int(np.argmax(unknown))]!r} (not in version {self.version}); "
-                            "drop --strict for a popularity fallback")
+                            "drop --strict to serve the cold-start rule")
         frames = []
         known_rows = np.flatnonzero(~unknown)
         if known_rows.size:
@@ -109,16 +112,27 @@ class Recommender:
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
             frames.append(self._frame(known_rows, top.values.numpy(), top.indices.numpy(), False))
         if unknown.any():
-            order = np.argsort(-self.popularity, kind="stable")[:k]
+            values, order = self.cold_top(k)
             n = int(unknown.sum())
-            frames.append(self._frame(np.flatnonzero(unknown), np.tile(self.popularity[order].astype(np.float64), (n, 1)),
-                                      np.tile(order, (n, 1)), True))
+            frames.append(self._frame(np.flatnonzero(unknown), np.tile(values, (n, 1)), np.tile(order, (n, 1)), True))
         frame = pd.concat(frames) if frames else pd.DataFrame(columns=["query", "rank", "item", "score", "fallback"])
         frame = frame[np.isfinite(frame["score"].to_numpy(dtype=np.float64))]
         frame = frame.sort_values(["query", "rank"], kind="stable")
         frame.insert(0, "user", [user_ids[q] for q in frame["query"]])
         frame["version"] = self.version
         return frame.drop(columns="query").reset_index(drop=True)
+
+    def cold_top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and items of the top ``k`` for a user this version has never seen."""
+        n_items = self.checkpoint.n_items
+        candidates = torch.arange(n_items, device=self.device)[None, :]
+        try:
+            with torch.no_grad():
+                scores = self.strategy.score_new_users(candidates)[0].float().cpu()
+        except ConfigError:
+            scores = torch.from_numpy(self.popularity.astype(np.float64))
+        top = torch.topk(scores, min(k, n_items))
+        return top.values.numpy().astype(np.float64), top.indices.numpy()
 
     def _frame(self, queries: np.ndarray, values: np.ndarray, items: np.ndarray, fallback: bool) -> pd.DataFrame:
         n, width = items.shape

@@ -61,7 +61,7 @@ class Popularity(Strategy):
 
     def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
         if self._table is None:
-            self._table = torch.from_numpy(self.counts).to(self.device)
+            self._table = torch.from_numpy(self.counts.astype(np.float32)).to(self.device)
         return self._table[candidates.to(self.device)]
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
