@@ -203,3 +203,69 @@ def test_sequential_cold_user_rule_uses_counts_of_the_rows_it_learned_from():
     candidates = torch.tensor([[0, 1, 2, 3, 10]])
     expected = (0.5 * pretrain_counts + period_counts)[candidates[0].numpy()]
     np.testing.assert_allclose(strategy.score_new_users(candidates)[0].numpy(), expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Warm / cold splits of the scored rows
+
+def test_warm_cold_split_on_a_hand_built_timeline(tmp_path):
+    from smlrec.data.candidates import CandidateStore
+    from smlrec.experiment.replay import iter_replay
+    from smlrec.config import replay_settings
+
+    timeline = hand_timeline()                       # periods 3 (validation), 4 and 5 (test) scored
+    settings = replay_settings({"n_negatives": 5, "cache_dir": str(tmp_path), "mf": {"dim": 8}})
+    initial, _ = pretrain_mf(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, MF, 1, 3)
+    store = CandidateStore(timeline, settings.seed, settings.n_negatives, settings.cache_dir)
+    records = list(iter_replay(timeline, settings, ["pop"], initial, store, progress=False))
+    by_period = {r.period: r for r in records}
+    # period 4: user 8 is first seen there (its row is cold), every other row warm
+    assert by_period[4].segments["cold"]["interactions"] == 1
+    assert by_period[4].segments["warm"]["interactions"] == 11
+    # period 5: user 9 (with the brand-new item 14) is cold; user 8 had a row in period 4: warm
+    assert by_period[5].segments["cold"]["interactions"] == 1
+    groups = {(g["user_group"], g["item_group"]): g["interactions"] for g in by_period[5].warm_cold}
+    assert groups == {("warm", "warm"): 11, ("warm", "cold"): 0, ("cold", "warm"): 0, ("cold", "cold"): 1}
+    # period 3: item 12 is new there (a warm user's row with a cold item)
+    groups = {(g["user_group"], g["item_group"]): g["interactions"] for g in by_period[3].warm_cold}
+    assert groups[("warm", "cold")] == 1 and groups[("cold", "warm")] == groups[("cold", "cold")] == 0
+    ranks = by_period[5].ranks
+    cold_row = int(np.flatnonzero(timeline.periods[5].users == idx(timeline, 9))[0])
+    assert by_period[5].segments["cold"]["recall@5"] == float(ranks[cold_row] < 5)
+
+
+def test_summary_micro_averages_each_segment_over_its_own_rows():
+    import pandas as pd
+    from smlrec.experiment.results import summary_frame
+
+    periods = pd.DataFrame({
+        "strategy": ["a", "a"], "period": [1, 2], "role": ["test", "test"], "label": ["", ""],
+        "interactions": [10, 30], "update_seconds": [1.0, 3.0],
+        "warm_interactions": [8, 0], "cold_interactions": [2, 30],
+        **{f"{m}": [0.5, 0.25] for m in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")},
+        **{f"{m}_warm": [0.5, float("nan")] for m in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")},
+        **{f"{m}_cold": [1.0, 0.1] for m in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")},
+    })
+    row = summary_frame(periods).iloc[0]
+    assert row["recall@20"] == pytest.approx((10 * 0.5 + 30 * 0.25) / 40)
+    assert row["recall@20_warm"] == pytest.approx(0.5)                 # period 2 has no warm row
+    assert row["recall@20_cold"] == pytest.approx((2 * 1.0 + 30 * 0.1) / 32)
+    assert (row["warm_interactions"], row["cold_interactions"]) == (8, 32)
+
+
+def test_warm_cold_table_marks_strategies_below_the_popularity_floor():
+    import pandas as pd
+    from smlrec.report.tables import BELOW_FLOOR, segment_text
+
+    columns = [f"{m}{s}" for s in ("", "_warm", "_cold") for m in ("recall@20", "ndcg@20")]
+    table = pd.DataFrame([[0.3, 0.1, 0.2, 0.1, 0.35, 0.12, 5, 10],
+                          [0.2, 0.1, 0.4, 0.2, 0.10, 0.05, 5, 10],
+                          [0.25, 0.09, 0.1, 0.05, 0.3, 0.1, 5, 10]],
+                         index=pd.Index(["pop-recent", "sml", "pop"], name="strategy"),
+                         columns=[*columns, "warm_interactions", "cold_interactions"])
+    text = segment_text(table)
+    sml = text.rows[1]
+    assert sml[1] == f"0.2000 {BELOW_FLOOR}"          # all rows: below pop-recent's 0.3
+    assert sml[3] == "0.4000"                          # warm users: above the floor
+    assert sml[5].endswith(BELOW_FLOOR)                # cold users: below
+    assert not any(cell.endswith(BELOW_FLOOR) for cell in text.rows[0] + text.rows[2])

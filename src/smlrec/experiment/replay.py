@@ -30,6 +30,10 @@ from ..strategies.factory import configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_mf
 
 GROUPS = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
+"""The paper's breakdown: "new" = first seen in a test period."""
+WARM_COLD_GROUPS = (("warm", "warm"), ("warm", "cold"), ("cold", "warm"), ("cold", "cold"))
+"""The cold-start breakdown: "warm" = the user (item) had an interaction in an earlier period."""
+USER_SEGMENTS = ("warm", "cold")
 
 
 @dataclass
@@ -44,6 +48,8 @@ class PeriodRecord:
     metrics: dict[str, float]
     update_seconds: float
     breakdown: list[dict] = field(default_factory=list)
+    warm_cold: list[dict] = field(default_factory=list)       # warm/cold user x item groups
+    segments: dict[str, dict] = field(default_factory=dict)   # "warm"/"cold" users: interactions, metrics
     ranks: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -82,20 +88,33 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
                     candidates.get(period), settings.eval_batch_size, settings.device)
                 new_user = user_first[period.users] >= first_test
                 new_item = item_first[period.items] >= first_test
+                cold_user = user_first[period.users] >= period.index
+                cold_item = item_first[period.items] >= period.index
                 yield PeriodRecord(strategy=name, period=period.index, role=period.role,
                                    label=period.label, interactions=len(period),
                                    metrics=metrics_from_ranks(ranks), update_seconds=last_update,
-                                   breakdown=breakdown(ranks, new_user, new_item), ranks=ranks)
+                                   breakdown=breakdown(ranks, new_user, new_item),
+                                   warm_cold=breakdown(ranks, cold_user, cold_item, WARM_COLD_GROUPS),
+                                   segments=user_segments(ranks, cold_user), ranks=ranks)
             if period.index < timeline.periods[-1].index:
                 last_update = strategy.update(period)
         bar.close()
 
 
-def breakdown(ranks: np.ndarray, new_user: np.ndarray, new_item: np.ndarray) -> list[dict]:
-    """Metrics per (old/new user, old/new item) group; empty groups are listed with 0 rows."""
+def user_segments(ranks: np.ndarray, cold_user: np.ndarray) -> dict[str, dict]:
+    """Interactions and metrics of the warm users' rows and of the cold users' rows."""
+    return {segment: {"interactions": int(mask.sum()), **metrics_from_ranks(ranks[mask])}
+            for segment, mask in (("warm", ~cold_user), ("cold", cold_user))}
+
+
+def breakdown(ranks: np.ndarray, new_user: np.ndarray, new_item: np.ndarray,
+              groups: tuple[tuple[str, str], ...] = GROUPS) -> list[dict]:
+    """Metrics per (user group, item group); the second name of each pair ("new" or "cold") is
+    the one whose mask is true. Empty groups are listed with 0 rows."""
     rows = []
-    for user_group, item_group in GROUPS:
-        mask = (new_user == (user_group == "new")) & (new_item == (item_group == "new"))
+    user_names, item_names = groups[-1]
+    for user_group, item_group in groups:
+        mask = (new_user == (user_group == user_names)) & (new_item == (item_group == item_names))
         rows.append({"user_group": user_group, "item_group": item_group,
                      "interactions": int(mask.sum()), **metrics_from_ranks(ranks[mask])})
     return rows

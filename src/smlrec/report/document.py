@@ -34,7 +34,8 @@ import pandas as pd
 from ..atomic import atomic_directory
 from .figures import plot_breakdown, plot_per_period
 from .runs import Combined, Run, load_runs
-from .tables import (KEY_METRICS, TextTable, breakdown_table, breakdown_text, cost_table, cost_text,
+from .tables import (BELOW_FLOOR, KEY_METRICS, WARM_COLD_ORDER, TextTable, breakdown_table, breakdown_text,
+                     cost_table, cost_text, segment_table, segment_text,
                      metric_label, table1, table1_text)
 
 
@@ -156,6 +157,11 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
     (out / "table1.md").write_text(t1_text.markdown())
     (out / "table1.tex").write_text(t1_text.latex())
 
+    segments = segment_table(combined)
+    segments_text = segment_text(segments)
+    segments.to_csv(out / "table1_warm_cold.csv")
+    (out / "table1_warm_cold.md").write_text(segments_text.markdown())
+
     plot_per_period(combined.periods, combined.strategies, out / "per_period.png")
 
     costs = cost_table(combined)
@@ -169,6 +175,11 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
     (out / "breakdown.md").write_text("\n".join(f"{metric_label(m)}\n\n{t.markdown()}"
                                                 for m, t in group_texts.items()))
     plot_breakdown(groups, out / "breakdown.png")
+    warm_cold_texts = {}
+    if not combined.warm_cold.empty:
+        warm_cold = breakdown_table(combined, WARM_COLD_ORDER)
+        warm_cold.to_csv(out / "breakdown_warm_cold.csv", index=False)
+        warm_cold_texts = {m: breakdown_text(warm_cold, m, WARM_COLD_ORDER) for m in KEY_METRICS}
 
     title = "smlrec replay report: " + ", ".join(run.name for run in combined.runs)
     page = _Page()
@@ -185,6 +196,13 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
               "strategy best on most columns) over each row, (ref - m) / m averaged over the six "
               "columns. Also as `table1.csv` and `table1.tex`.")
     page.table(t1_text)
+    page.heading("Warm and cold users, against the popularity floor")
+    page.text("A user is warm in a period when it had an interaction in an earlier period, cold "
+              "otherwise (the model has never trained on it and serves its cold-start rule). "
+              f"{BELOW_FLOOR} marks a value below the popularity floor (the better of pop and "
+              "pop-recent in that column): that strategy loses to a popularity count there. "
+              "Also as `table1_warm_cold.csv`.")
+    page.table(segments_text)
     page.heading("Per test period")
     page.image(out / "per_period.png", "Recall@20 and NDCG@20 per test period")
     page.heading("Table 2: update cost")
@@ -198,6 +216,12 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
         page.text(metric_label(metric))
         page.table(text)
     page.image(out / "breakdown.png", "Recall@20 and NDCG@20 by old/new user and item")
+    if warm_cold_texts:
+        page.text("The same split by warm/cold (an interaction in an earlier period or not), for "
+                  "users and items (`breakdown_warm_cold.csv`):")
+    for metric, text in warm_cold_texts.items():
+        page.text(metric_label(metric))
+        page.table(text)
     page.heading("Periods scored")
     page.table(TextTable(["Period", "Role", "Dates", "Interactions"],
                          [[str(r.period), r.role, r.label, str(r.interactions)]

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import METRIC_NAMES
-from ..experiment.results import PERIOD_COLUMNS
+from ..experiment.results import BASE_PERIOD_COLUMNS, PERIOD_COLUMNS
 
 BREAKDOWN_COLUMNS = ["strategy", "period", "role", "user_group", "item_group", "interactions",
                      *METRIC_NAMES]
@@ -38,6 +38,7 @@ class Run:
     path: Path
     periods: pd.DataFrame
     breakdown: pd.DataFrame
+    warm_cold: pd.DataFrame          # empty for runs written before the warm/cold split
     summary: pd.DataFrame
     config: dict
     shown_path: str = ""             # where to say the run is (its final place while being written)
@@ -52,8 +53,13 @@ def load_run(path: str | Path, name: str | None = None, shown_path: str | Path |
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: no such results directory")
-    periods = _read_csv(path / "periods.csv", PERIOD_COLUMNS)
+    periods = _read_csv(path / "periods.csv", BASE_PERIOD_COLUMNS)
+    for column in PERIOD_COLUMNS:     # runs written before the warm/cold split lack these
+        if column not in periods:
+            periods[column] = np.nan
     breakdown = _read_csv(path / "breakdown.csv", BREAKDOWN_COLUMNS)
+    warm_cold = (_read_csv(path / "warm_cold.csv", BREAKDOWN_COLUMNS) if (path / "warm_cold.csv").exists()
+                 else pd.DataFrame(columns=BREAKDOWN_COLUMNS))
     summary = _read_csv(path / "summary.csv", ["strategy", *METRIC_NAMES])
     config_path = path / "config.json"
     config: dict = {}
@@ -69,6 +75,7 @@ def load_run(path: str | Path, name: str | None = None, shown_path: str | Path |
                         path=str(path / "periods.csv"), line=int(np.flatnonzero(duplicated)[0]) + 2)
     periods["label"] = periods["label"].fillna("").astype(str)
     return Run(name=name or path.resolve().name, path=path, periods=periods, breakdown=breakdown,
+               warm_cold=warm_cold,
                summary=summary, config=config, shown_path=str(shown_path or path))
 
 
@@ -96,6 +103,7 @@ class Combined:
     periods: pd.DataFrame            # periods.csv rows of every run, ``strategy`` renamed
     breakdown: pd.DataFrame
     strategies: list[str]            # display names, in run order then strategy order
+    warm_cold: pd.DataFrame = field(default_factory=pd.DataFrame)
     origin: dict[str, str] = field(default_factory=dict)  # display name -> run name
 
     @property
@@ -133,17 +141,18 @@ def combine_runs(runs: Sequence[Run]) -> Combined:
     for run in runs:
         for strategy in run.strategies:
             counts[strategy] = counts.get(strategy, 0) + 1
-    periods, breakdowns, strategies, origin = [], [], [], {}
+    periods, breakdowns, warm_colds, strategies, origin = [], [], [], [], {}
     for run in runs:
         rename = {s: (f"{s} ({run.name})" if counts[s] > 1 else s) for s in run.strategies}
         periods.append(run.periods.assign(strategy=run.periods["strategy"].map(rename)))
         breakdowns.append(run.breakdown.assign(strategy=run.breakdown["strategy"].map(rename)))
+        warm_colds.append(run.warm_cold.assign(strategy=run.warm_cold["strategy"].map(rename)))
         for display in rename.values():
             strategies.append(display)
             origin[display] = run.name
     return Combined(runs=runs, periods=pd.concat(periods, ignore_index=True),
                     breakdown=pd.concat(breakdowns, ignore_index=True), strategies=strategies,
-                    origin=origin)
+                    origin=origin, warm_cold=pd.concat(warm_colds, ignore_index=True))
 
 
 def _check_aligned(first: Run, other: Run) -> None:

@@ -1,4 +1,5 @@
-"""The report's tables: Table 1 (accuracy, RI), Table 2 (update cost), the old/new breakdown.
+"""The report's tables: Table 1 (accuracy, RI), warm/cold users against the popularity floor,
+Table 2 (update cost), the old/new and warm/cold breakdowns.
 
 Each table is computed as numbers (a DataFrame, also written as CSV) and rendered as a
 :class:`TextTable`: one cell grid written as Markdown, HTML and LaTeX, best cells in bold.
@@ -20,6 +21,10 @@ from .runs import Combined
 
 KEY_METRICS = ("recall@20", "ndcg@20")
 GROUP_ORDER = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
+WARM_COLD_ORDER = (("warm", "warm"), ("warm", "cold"), ("cold", "warm"), ("cold", "cold"))
+SEGMENT_SUFFIXES = (("all", ""), ("warm users", "_warm"), ("cold users", "_cold"))
+POPULARITY_FLOOR = ("pop", "pop-recent")
+BELOW_FLOOR = "▼"
 
 
 def metric_label(metric: str) -> str:
@@ -171,6 +176,49 @@ def table1_text(table: pd.DataFrame) -> TextTable:
 
 
 # ----------------------------------------------------------------------------------------------
+# (b) warm and cold users side by side, against the popularity floor
+
+def segment_table(combined: Combined) -> pd.DataFrame:
+    """R@20 and N@20 over all, warm-user and cold-user test rows, one row per strategy."""
+    summary = test_summary(combined)
+    columns = [f"{m}{suffix}" for _, suffix in SEGMENT_SUFFIXES for m in KEY_METRICS]
+    table = summary.reindex(columns=[*columns, "warm_interactions", "cold_interactions"])
+    table.index.name = "strategy"
+    return table
+
+
+def popularity_floor(table: pd.DataFrame) -> pd.Series | None:
+    """Per column, the better of ``pop`` and ``pop-recent`` (None when neither ran)."""
+    floors = [name for name in table.index if name in POPULARITY_FLOOR]
+    return table.loc[floors].max(axis=0) if floors else None
+
+
+def segment_text(table: pd.DataFrame) -> TextTable:
+    first = table.iloc[0]
+    counts = {"all": "", "warm users": f" (n={_fmt_count(first['warm_interactions'])})",
+              "cold users": f" (n={_fmt_count(first['cold_interactions'])})"}
+    header = ["Strategy"]
+    for name, _ in SEGMENT_SUFFIXES:
+        header += [f"R@20 {name}{counts[name]}", f"N@20 {name}"]
+    columns = [f"{m}{suffix}" for _, suffix in SEGMENT_SUFFIXES for m in KEY_METRICS]
+    floor = popularity_floor(table)
+    rows = []
+    for strategy, row in table.iterrows():
+        cells = [strategy]
+        for column in columns:
+            below = (floor is not None and strategy not in POPULARITY_FLOOR
+                     and np.isfinite(row[column]) and row[column] < floor[column])
+            cells.append(_fmt(row[column]) + (f" {BELOW_FLOOR}" if below else ""))
+        rows.append(cells)
+    bold = {(r, c + 1) for c, column in enumerate(columns) for r in _best_rows(table[column])}
+    return TextTable(header, rows, bold)
+
+
+def _fmt_count(value: float) -> str:
+    return f"{int(value):,}" if np.isfinite(value) else "?"
+
+
+# ----------------------------------------------------------------------------------------------
 # (c) Table 2: update seconds per test period
 
 def cost_table(combined: Combined) -> pd.DataFrame:
@@ -198,16 +246,18 @@ def cost_text(table: pd.DataFrame) -> TextTable:
 # ----------------------------------------------------------------------------------------------
 # (d) old/new user x old/new item breakdown
 
-def breakdown_table(combined: Combined) -> pd.DataFrame:
-    """Per strategy and group: test interactions, their share, and micro-averaged metrics."""
-    test = combined.breakdown[(combined.breakdown["role"] == "test")
-                              & (combined.breakdown["interactions"] > 0)]
-    totals = combined.breakdown[combined.breakdown["role"] == "test"]
+def breakdown_table(combined: Combined,
+                    groups: tuple[tuple[str, str], ...] = GROUP_ORDER) -> pd.DataFrame:
+    """Per strategy and group: test interactions, their share, and micro-averaged metrics
+    (old/new groups from ``breakdown.csv``, warm/cold groups from ``warm_cold.csv``)."""
+    frame = combined.breakdown if groups == GROUP_ORDER else combined.warm_cold
+    totals = frame[frame["role"] == "test"]
+    test = totals[totals["interactions"] > 0]
     rows = []
     for strategy in combined.strategies:
         mine = test[test["strategy"] == strategy]
         total = int(totals.loc[totals["strategy"] == strategy, "interactions"].sum())
-        for user_group, item_group in GROUP_ORDER:
+        for user_group, item_group in groups:
             group = mine[(mine["user_group"] == user_group) & (mine["item_group"] == item_group)]
             weights = group["interactions"].to_numpy()
             n = int(weights.sum())
@@ -223,15 +273,16 @@ def _group_title(user_group: str, item_group: str) -> str:
     return f"{user_group} user, {item_group} item"
 
 
-def breakdown_text(table: pd.DataFrame, metric: str) -> TextTable:
+def breakdown_text(table: pd.DataFrame, metric: str,
+                   groups: tuple[tuple[str, str], ...] = GROUP_ORDER) -> TextTable:
     first = table[table["strategy"] == table["strategy"].iloc[0]]
     header = ["Strategy"]
-    for (user_group, item_group), (_, row) in zip(GROUP_ORDER, first.iterrows()):
+    for (user_group, item_group), (_, row) in zip(groups, first.iterrows()):
         share = "" if not np.isfinite(row["share"]) else f", {row['share'] * 100:.1f}%"
         header.append(f"{_group_title(user_group, item_group)} (n={row['interactions']}{share})")
     wide = table.pivot(index="strategy", columns=["user_group", "item_group"], values=metric)
     wide = wide.reindex(list(dict.fromkeys(table["strategy"])))
-    wide = wide[[g for g in GROUP_ORDER]]
+    wide = wide[[g for g in groups]]
     rows = [[name, *[_fmt(v) for v in values]] for name, values in zip(wide.index, wide.to_numpy())]
-    bold = {(r, c + 1) for c, g in enumerate(GROUP_ORDER) for r in _best_rows(wide[g])}
+    bold = {(r, c + 1) for c, g in enumerate(groups) for r in _best_rows(wide[g])}
     return TextTable(header, rows, bold)
