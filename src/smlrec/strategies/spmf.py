@@ -16,6 +16,9 @@ period streamed through algorithm R (the authors' Yelp setting), it is textbook 
 the authors' double-counting variant), the negative pool includes the reservoir's items (the
 authors' excluded the pretraining periods' items), and there is no early stopping on any scored
 period. Weights are recomputed from the current model at the start of every epoch.
+
+Cold start as Fine-tune's (strategies/mf_retrain.py): a user never trained on gets the mean of the
+user rows trained in the latest period, an untrained item the mean trained item row.
 """
 
 from __future__ import annotations
