@@ -27,7 +27,7 @@ from ..models.fused_mf import make_mf_trainer
 from ..models.growth import grow_embedding, init_rows
 from ..errors import ConfigError
 from ..models.mf import MF, candidate_scores, score_with_tables
-from ..models.train_loop import run_epochs
+from ..models.train_loop import run_trainer_epochs
 from .base import Strategy, StrategyContext, to_tensor
 from .cold import MF_COLD_RULES, TrainedRows, cold_row, with_cold_rows
 
@@ -62,7 +62,7 @@ class MFRetrain(Strategy):
         super().__init__(settings, context)
         mf = context.mf
         self.model = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
-        self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse)
+        self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse, mf.kernel)
         self.user_rows = TrainedRows(context.n_users)
         self.item_rows = TrainedRows(context.n_items)
         self._served: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -86,15 +86,11 @@ class MFRetrain(Strategy):
         user_rows, item_rows = self._training_rows(period)
         users = to_tensor(user_rows, self.device)
         items = to_tensor(item_rows, self.device)
-        trainer = self.trainer
-
-        def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
-            return trainer.step(users[rows], items[rows], negatives)
-
-        self.last_losses = run_epochs(step, len(users), SetNegativeSampler(user_rows, item_rows),
-                                      self.settings.epochs,
-                                      self.settings.batch_size or self.context.mf.batch_size,
-                                      self.rng, self.device)
+        self.last_losses = run_trainer_epochs(self.trainer, users, items,
+                                              SetNegativeSampler(user_rows, item_rows),
+                                              self.settings.epochs,
+                                              self.settings.batch_size or self.context.mf.batch_size,
+                                              self.rng, self.device)
         self._mark_trained(period.users, period.items)
 
     def _grow(self, n_users: int, n_items: int) -> None:
