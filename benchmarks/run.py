@@ -360,7 +360,7 @@ def replay_phase(config: dict) -> dict:
     # The slow twins, back to back in the same conditions: the torch MF step, torch scoring.
     from dataclasses import replace as _replace
 
-    torch_rows = min(n, config.get("torch_mf_rows", 200_000))
+    torch_rows = min(n, config.get("torch_mf_rows", n))   # the same rows: their cache behaviour differs
     out["mf_training_torch"] = measure_mf_training(log.user_idx[:torch_rows], log.item_idx[:torch_rows],
                                                    log.n_users, log.n_items,
                                                    _replace(settings.mf, kernel="torch"), settings.device)
