@@ -13,7 +13,8 @@ What it measures, in this order:
 2. for each scale: generates the synthetic log (``smlrec synth``), then in a CHILD process (so its
    peak resident memory is the replay's own) loads it, pretrains MF, draws the test candidates and
    replays the strategies, recording every update's seconds; then MF training throughput
-   ((user, positive, negative) triples/s, one ``train_epochs`` pass of MF alone) and evaluation
+   ((user, positive, negative) triples/s, one ``run_trainer_epochs`` pass of MF alone, then the
+   torch kernel right after) and evaluation
    throughput (test interactions/s, 1000 candidates each);
 3. for each phase a FLOP and byte count (models below) and the achieved fraction of the limit:
    ``bound = max(FLOPs / peak FLOP/s, bytes / peak bandwidth)``, ``fraction = bound / measured``.
@@ -54,11 +55,13 @@ if str(ROOT / "src") not in sys.path:
 
 from smlrec.data.synth import SCALE_PLANS, generate, synth_settings, write_log  # noqa: E402
 
-DEFAULT_STRATEGIES = ("full-retrain", "fine-tune", "sml", "sml-s")
+DEFAULT_STRATEGIES = ("full-retrain", "full-retrain-converged", "fine-tune", "sml", "sml-s")
+# Benchmark-only names: a registered strategy with settings overrides (Table 2's converged row).
+VARIANTS = {"full-retrain-converged": ("full-retrain", {"converge": True})}
 N_CANDIDATES = 1000
-TARGETS = {"mf_triples_per_s": 1_000_000, "eval_interactions_per_s": 30_000, "peak_rss_gb": 4.0,
-           "sml_vs_flop_bound": 3.0}
-MF_ANALYTIC = ("full-retrain", "fine-tune")
+TARGETS = {"mf_triples_per_s": 1_000_000, "eval_interactions_per_s": 30_000, "peak_rss_gb": 3.0,
+           "sml_vs_flop_bound": 1.5}
+MF_ANALYTIC = ("full-retrain", "full-retrain-converged", "fine-tune")
 
 # Benchmark-only shapes for --quick (small stable, small news).
 QUICK_SCALES = {
@@ -147,17 +150,17 @@ def measure_mf_training(users: np.ndarray, items: np.ndarray, n_users: int, n_it
     from smlrec.data.sampling import SetNegativeSampler
     from smlrec.models.fused_mf import make_mf_trainer
     from smlrec.models.mf import MF
-    from smlrec.models.train_loop import run_epochs
+    from smlrec.models.train_loop import run_trainer_epochs
     from smlrec.random import make_rng
 
     model = MF(n_users, n_items, mf.dim, mf.init_std, mf.sparse).to(device)
-    trainer = make_mf_trainer(model, mf.lr, mf.sparse)
+    trainer = make_mf_trainer(model, mf.lr, mf.sparse, mf.kernel)
     u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(device)
     i = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(device)
     sampler = SetNegativeSampler(users, items)
-
-    def step(rows, negatives):
-        return trainer.step(u[rows], i[rows], negatives)
+    warm = min(len(users), 4096)   # compile (or load the compiled kernel) outside the timing
+    run_trainer_epochs(trainer, u[:warm], i[:warm], lambda g: g.integers(0, n_items, warm), 1,
+                       mf.batch_size, np.random.default_rng(0), device)
 
     rng = make_rng(seed, "bench-mf")
     began = time.perf_counter()
@@ -165,15 +168,18 @@ def measure_mf_training(users: np.ndarray, items: np.ndarray, n_users: int, n_it
     sampling = time.perf_counter() - began
     _sync(device)
     began = time.perf_counter()
-    run_epochs(step, len(users), sampler, epochs, mf.batch_size, rng, device)
+    cpu_began = time.process_time()
+    run_trainer_epochs(trainer, u, i, sampler, epochs, mf.batch_size, rng, device)
     _sync(device)
     seconds = time.perf_counter() - began
+    cpu_seconds = time.process_time() - cpu_began
     triples = len(users) * epochs
     threads = torch.get_num_threads()
     return {"triples": triples, "seconds": seconds, "triples_per_s": triples / seconds,
             "triples_per_s_per_core": triples / seconds / max(threads, 1), "threads": threads,
             "negative_sampling_share": min(1.0, sampling * epochs / seconds), "dim": mf.dim,
-            "batch_size": mf.batch_size, "sparse": mf.sparse}
+            "batch_size": mf.batch_size, "sparse": mf.sparse, "cpu_seconds": cpu_seconds,
+            "kernel": getattr(trainer, "kernel", "dense")}
 
 
 def measure_evaluation(strategy, periods, candidates, batch_size: int, device: str) -> dict:
@@ -189,6 +195,26 @@ def measure_evaluation(strategy, periods, candidates, batch_size: int, device: s
         _sync(device)
         seconds += time.perf_counter() - began
         rows += len(period)
+    return {"interactions": rows, "seconds": seconds, "interactions_per_s": rows / seconds}
+
+
+def measure_evaluation_torch(strategy, periods, candidates, batch_size: int, device: str,
+                             max_rows: int) -> dict:
+    """The same, with the torch scoring and ranking (the slow twins), on at most ``max_rows``."""
+    from unittest import mock
+
+    from smlrec.evaluation import metrics
+    from smlrec.models import mf as mf_module
+
+    rows, seconds = 0, 0.0
+    with mock.patch.object(mf_module, "_kernel_applies", lambda *a: False), \
+            mock.patch.object(metrics.mf_kernels, "AVAILABLE", False):
+        for period in periods:
+            store = candidates.get(period)[:max_rows]
+            began = time.perf_counter()
+            metrics.rank_candidates(lambda r, c, p=period: strategy.score(p, r, c), store, batch_size, device)
+            seconds += time.perf_counter() - began
+            rows += len(store)
     return {"interactions": rows, "seconds": seconds, "interactions_per_s": rows / seconds}
 
 
@@ -232,7 +258,7 @@ def replay_phase(config: dict) -> dict:
                   "plan": [plan.pretrain, plan.offline, plan.validation, plan.test]}
     names = []
     for name in config["strategies"]:
-        if name in STRATEGIES:
+        if name in STRATEGIES or name in VARIANTS:
             names.append(name)
         else:
             out["notes"].append(f"strategy {name!r} is not registered yet: skipped")
@@ -256,10 +282,30 @@ def replay_phase(config: dict) -> dict:
     out["candidates"] = {"rows": sum(len(p) for p in scored), "seconds": time.perf_counter() - began}
 
     kept: dict = {}
+    all_updates: dict = {}    # strategy -> [(period, seconds)] of every update, offline ones too
 
     def factory(name):
-        kept[name] = make_strategy(name, timeline, settings)
-        return kept[name]
+        from smlrec.strategies import create_strategy
+        from smlrec.strategies.base import StrategyContext
+
+        if name in VARIANTS:
+            base, overrides = VARIANTS[name]
+            context = StrategyContext(n_users=log.n_users, n_items=log.n_items, mf=settings.mf,
+                                      seed=settings.seed, device=settings.device, name=name,
+                                      pretrain_periods=plan.pretrain)
+            strategy = create_strategy(base, context, {**settings.strategy.get(base, {}), **overrides})
+        else:
+            strategy = make_strategy(name, timeline, settings)
+        update = strategy.update
+
+        def timed_update(period, _update=update, _name=name):
+            seconds = _update(period)
+            all_updates.setdefault(_name, []).append((period.index, seconds, getattr(strategy, "last_epochs", None)))
+            return seconds
+
+        strategy.update = timed_update
+        kept[name] = strategy
+        return strategy
 
     records = []
     per_strategy_seconds: dict = {}
@@ -275,6 +321,7 @@ def replay_phase(config: dict) -> dict:
                         "recall@20": record.metrics["recall@20"], "ndcg@20": record.metrics["ndcg@20"]})
     out["replay_seconds"] = time.perf_counter() - began
     out["records"] = records
+    out["all_updates"] = all_updates
 
     # Training rows of each timed update, for the MF-retrain cost model.
     first_test = plan.pretrain + plan.offline + plan.validation
@@ -288,9 +335,11 @@ def replay_phase(config: dict) -> dict:
             if rec["strategy"] != name or rec["period"] < first_test:
                 continue
             t = rec["period"] - 1  # the update before period t+1 trained on period t
-            window = int(rows_so_far[t]) if name == "full-retrain" else len(timeline.periods[t])
+            window = int(rows_so_far[t]) if name.startswith("full-retrain") else len(timeline.periods[t])
             per_period[rec["period"]] = window
-        out["update_rows"][name] = {"epochs": epochs, "rows": per_period}
+        epochs_run = {p + 1: e for p, _, e in all_updates.get(name, []) if e is not None}
+        out["update_rows"][name] = {"epochs": epochs, "rows": per_period,
+                                    "epochs_run": {t: epochs_run.get(t) for t in per_period}}
 
     # Evaluation throughput with the first strategy's served model; extra FLOP counts.
     test_periods = [p for p in timeline.periods if p.role == "test"]
@@ -308,6 +357,17 @@ def replay_phase(config: dict) -> dict:
     n = min(len(log), config["mf_rows"])
     out["mf_training"] = measure_mf_training(log.user_idx[:n], log.item_idx[:n], log.n_users,
                                              log.n_items, settings.mf, settings.device)
+    # The slow twins, back to back in the same conditions: the torch MF step, torch scoring.
+    from dataclasses import replace as _replace
+
+    torch_rows = min(n, config.get("torch_mf_rows", n))   # the same rows: their cache behaviour differs
+    out["mf_training_torch"] = measure_mf_training(log.user_idx[:torch_rows], log.item_idx[:torch_rows],
+                                                   log.n_users, log.n_items,
+                                                   _replace(settings.mf, kernel="torch"), settings.device)
+    if names:
+        out["evaluation_torch"] = measure_evaluation_torch(kept[names[0]], test_periods[:1], candidates,
+                                                           settings.eval_batch_size, settings.device,
+                                                           config.get("torch_eval_rows", 20_000))
     out["dim"] = settings.mf.dim
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if settings.device == "cuda":
@@ -324,14 +384,23 @@ def analyse(scale: str, phase: dict, machine: dict) -> dict:
     records = phase["records"]
     tests = [r for r in records if r["role"] == "test"]
     strategies = sorted({r["strategy"] for r in records}, key=[r["strategy"] for r in records].index)
+    # The update timed for record period t is the one on period t-1. A strategy's very first update
+    # (SML: round 0's step 1 only) is not its steady-state cost: it is excluded and labelled.
+    first_update = {}
+    for name, updates_run in phase.get("all_updates", {}).items():
+        if updates_run:
+            period, seconds = updates_run[0][0], updates_run[0][1]
+            first_update[name] = {"period": int(period), "seconds": float(seconds)}
     updates = {s: {r["period"]: r["update_seconds"] for r in tests if r["strategy"] == s
                    and r["update_seconds"] == r["update_seconds"]} for s in strategies}
-    mean_update = {s: (float(np.mean(list(v.values()))) if v else None) for s, v in updates.items()}
+    steady = {s: {t: v for t, v in updates[s].items()
+                  if s not in first_update or t != first_update[s]["period"] + 1} for s in strategies}
+    mean_update = {s: (float(np.mean(list(v.values()))) if v else None) for s, v in steady.items()}
     ratios = {}
-    for a, b in (("full-retrain", "sml"), ("fine-tune", "sml-s")):
+    for a, b in (("full-retrain", "sml"), ("full-retrain-converged", "sml"), ("fine-tune", "sml-s")):
         if mean_update.get(a) and mean_update.get(b):
             ratios[f"{a}/{b}"] = mean_update[a] / mean_update[b]
-        else:
+        elif a in mean_update or b in mean_update:
             ratios[f"{a}/{b}"] = None
     triple_flops, triple_bytes = mf_triple_cost(dim)
     phases = {}
@@ -352,8 +421,8 @@ def analyse(scale: str, phase: dict, machine: dict) -> dict:
             continue
         if name in MF_ANALYTIC:
             rows = phase["update_rows"][name]
-            epochs = rows["epochs"] or 1
-            triples = float(np.mean(list(rows["rows"].values()))) * epochs
+            run = rows.get("epochs_run") or {}
+            triples = float(np.mean([n * (run.get(t) or rows["epochs"] or 1) for t, n in rows["rows"].items()]))
             phases[f"update:{name}"] = roofline(triples * triple_flops, triples * triple_bytes,
                                                 seconds, machine)
         elif name in phase.get("counted_flops", {}):
@@ -369,6 +438,7 @@ def analyse(scale: str, phase: dict, machine: dict) -> dict:
         sml["seconds"] / sml["flop_bound_s"] if sml and sml["flop_bound_s"] > 0 else None,
         TARGETS["sml_vs_flop_bound"], "<=")
     return {"scale": scale, "strategies": strategies, "update_seconds": updates,
+            "steady_update_seconds": steady, "first_update": first_update,
             "mean_update_seconds": mean_update, "ratios": ratios, "phases": phases, "targets": targets}
 
 
@@ -413,28 +483,51 @@ def render_markdown(result: dict) -> str:
             lines.append("")
         periods = sorted({k for v in a["update_seconds"].values() for k in v})
         lines += ["### Update seconds per test period", "",
-                  "| strategy | " + " | ".join(f"t={t}" for t in periods) + " | mean | R@20 | N@20 |",
-                  "|---|" + "---|" * (len(periods) + 3)]
+                  "Steady state: the mean leaves out a strategy's very first update (SML's is round "
+                  "0's step 1 only), shown apart in the last column; with 2 or more offline periods "
+                  "that update falls on an offline period and every test update is steady.", "",
+                  "| strategy | " + " | ".join(f"t={t}" for t in periods)
+                  + " | steady mean | R@20 | N@20 | first update (excluded) |",
+                  "|---|" + "---|" * (len(periods) + 4)]
         for s in a["strategies"]:
             recs = [r for r in p["records"] if r["strategy"] == s and r["role"] == "test"]
             weights = np.array([r["interactions"] for r in recs], dtype=float)
             recall = float(np.sum([r["recall@20"] for r in recs] * weights) / weights.sum()) if recs else None
             ndcg = float(np.sum([r["ndcg@20"] for r in recs] * weights) / weights.sum()) if recs else None
+            first = a.get("first_update", {}).get(s)
             lines.append(f"| {s} | " + " | ".join(_fmt(a["update_seconds"][s].get(t)) for t in periods)
-                         + f" | {_fmt(a['mean_update_seconds'][s])} | {_fmt(recall, 4)} | {_fmt(ndcg, 4)} |")
-        lines += ["", "Ratios of mean update seconds (paper, on a GPU: ~18x and >4x): "
-                  + ", ".join(f"{k} = {_fmt(v, 1)}" + ("x" if v else "") for k, v in a["ratios"].items()), ""]
+                         + f" | {_fmt(a['mean_update_seconds'][s])} | {_fmt(recall, 4)} | {_fmt(ndcg, 4)} | "
+                         + (f"{first['seconds']:.2f} s (period {first['period']})" if first else "n/a") + " |")
+        epochs_run = p["update_rows"].get("full-retrain-converged", {}).get("epochs_run")
+        if epochs_run:
+            lines += ["", "full-retrain-converged: epochs run per update (early stopping on its own "
+                      "window's held-out slice): " + ", ".join(f"t={t}: {e}" for t, e in epochs_run.items())]
+        lines += ["", "Table 2, ratios of steady-state mean update seconds (paper, on a GPU: ~18x "
+                  "full-retrain/sml with Full-retrain converged, >4x fine-tune/sml-s): "
+                  + ", ".join(f"{k} = {_fmt(v, 2)}" + ("x" if v else "") for k, v in a["ratios"].items()), ""]
         mf = p["mf_training"]
         lines += ["### Throughput", "",
-                  f"- MF training (run_epochs + MF trainer, MF alone, {mf['triples']:,} triples, d={mf['dim']}, batch "
+                  f"- MF training (run_trainer_epochs + MF trainer, kernel {mf.get('kernel', '?')}, MF alone, {mf['triples']:,} triples, d={mf['dim']}, batch "
                   f"{mf['batch_size']}, {'fused lazy Adam' if mf['sparse'] else 'dense Adam'}): **{mf['triples_per_s']:,.0f} "
                   f"triples/s** = {mf['triples_per_s_per_core']:,.0f} per core ({mf['threads']} threads); "
                   f"negative sampling ~{100 * mf['negative_sampling_share']:.0f}% of it",
                   f"- MF pretraining: {p['pretrain']['triples_per_s']:,.0f} triples/s"]
+        if "mf_training_torch" in p:
+            tw = p["mf_training_torch"]
+            lines.append(f"- the same MF training with the torch step (slow twin, `mf.kernel = \"torch\"`, "
+                         f"{tw['triples']:,} triples, run right after): {tw['triples_per_s']:,.0f} triples/s "
+                         f"({mf['triples_per_s'] / tw['triples_per_s']:.1f}x slower than {mf.get('kernel', '?')}); "
+                         f"CPU seconds per wall second of the {mf.get('kernel', '?')} pass: "
+                         f"{mf.get('cpu_seconds', float('nan')) / mf['seconds']:.2f}")
         if "evaluation" in p:
             ev = p["evaluation"]
             lines.append(f"- evaluation ({ev['strategy']}, {ev['interactions']:,} test interactions x "
                          f"{N_CANDIDATES} candidates): **{ev['interactions_per_s']:,.0f} interactions/s**")
+            if "evaluation_torch" in p:
+                et = p["evaluation_torch"]
+                lines.append(f"- the same evaluation with torch scoring and ranking (slow twins, "
+                             f"{et['interactions']:,} interactions, run right after): "
+                             f"{et['interactions_per_s']:,.0f} interactions/s")
         lines.append(f"- peak resident memory of the replay process: **{p['peak_rss_bytes'] / 1e9:.2f} GB**"
                      + (f"; peak CUDA memory {p['peak_cuda_bytes'] / 1e9:.2f} GB" if "peak_cuda_bytes" in p else ""))
         lines += ["", "### Work against the machine's limits", "",
@@ -446,10 +539,30 @@ def render_markdown(result: dict) -> str:
                          + f" | {r['seconds']:.3f} | {r['flop_bound_s']:.4f} | "
                          + (f"{r['byte_bound_s']:.4f}" if r["byte_bound_s"] is not None else "n/a")
                          + f" | {r['bound_by']} | {_fmt(r['fraction_of_limit'], 3)} |")
-        lines += ["", "### Targets (issue 5)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+        lines += ["", "### Targets (issue 13; SML's figure is its steady-state mean above)", "",
+                  "| target | measured | goal | met |", "|---|---|---|---|"]
         for name, t in a["targets"].items():
             met = "n/a" if t["met"] is None else ("met" if t["met"] else "**missed**")
             lines.append(f"| {name} | {_fmt(t['value'])} | {t['sense']} {_fmt(float(t['target']))} | {met} |")
+        lines.append("")
+    if result.get("import_order"):
+        io = result["import_order"]
+        lines += ["## Import order on a busy machine", "",
+                  f"A small SML replay ({io['log']}) run in a fresh interpreter while {io['competitors']} "
+                  f"busy-loop processes keep the {io['cores']} cores busy, `OMP_WAIT_POLICY` unset:", ""]
+        for case in io["cases"]:
+            lines.append(f"- `{case['imports']}`: " + (f"{case['seconds']:.1f} s, {case['threads']} torch "
+                         f"thread(s)" if case.get("seconds") is not None else f"did not finish in {io['timeout']} s")
+                         + (f"; warned: {case['warning']}" if case.get("warning") else ""))
+        lines.append("")
+    if result.get("previous"):
+        prev = result["previous"]
+        lines += ["## Against the previous committed results", "",
+                  f"`benchmarks/results.json` of {prev['date']} (`{prev['command']}`), per scale and "
+                  "strategy: mean update seconds then -> now (now / then; above 1 is a slowdown). The "
+                  "previous file's mean may include SML's first update; its plan may differ.", ""]
+        for line in prev["lines"]:
+            lines.append(f"- {line}")
         lines.append("")
     lines += ["## Cost models", "", (__doc__ or "").split("Cost models")[1].split("Writes")[0].strip(), ""]
     return "\n".join(lines)
@@ -480,12 +593,15 @@ def run_child(config: dict) -> dict:
         return json.loads(res.read_text())
 
 
-def plan_for(periods: int, base_plan: str, test_periods: int | None) -> dict:
-    """The plan: the scale's own, or (N-K-1 pretrain, 1 offline, 0 validation, K test)."""
+def plan_for(periods: int, base_plan: str, test_periods: int | None, offline: int = 2) -> dict:
+    """The plan: the scale's own, or (N-K-O pretrain, O offline, 0 validation, K test).
+
+    With O >= 2 offline periods, SML's first update (round 0 only) happens on the first offline
+    period, so every update timed for a test period is a steady-state one."""
     if test_periods:
-        if not 1 <= test_periods <= periods - 2:
-            raise SystemExit(f"--test-periods must be 1..{periods - 2}")
-        values = [periods - test_periods - 1, 1, 0, test_periods]
+        if not 1 <= test_periods <= periods - offline - 1:
+            raise SystemExit(f"--test-periods must be 1..{periods - offline - 1}")
+        values = [periods - test_periods - offline, offline, 0, test_periods]
     else:
         values = [int(v) for v in base_plan.split(",")]
     return dict(zip(("pretrain", "offline", "validation", "test"), values))
@@ -504,7 +620,8 @@ def benchmark_scale(name: str, spec: dict, args, workdir: Path) -> dict:
         data["day_cuts"] = [10, 17]
     else:
         data["periods"] = settings.periods
-    config = {"data": data, "plan": plan_for(settings.periods, spec["plan"], args.test_periods),
+    config = {"data": data, "plan": plan_for(settings.periods, spec["plan"], args.test_periods,
+                                             args.offline_periods),
               "pretrain_epochs": args.pretrain_epochs, "device": args.device,
               "cache_dir": str(workdir / "cache"), "seed": args.seed, "strategies": args.strategies,
               "threads": args.threads, "mf_rows": args.mf_rows, "epochs": args.epochs, "verbose": True}
@@ -513,6 +630,93 @@ def benchmark_scale(name: str, spec: dict, args, workdir: Path) -> dict:
     phase = run_child(config)
     return {"name": name, "regime": settings.regime, "synth_seconds": synth_seconds, "config": config,
             "phase": phase}
+
+
+def compare_previous(previous: dict, result: dict) -> dict:
+    """One line per (scale, strategy): mean update seconds in ``previous`` -> now."""
+    lines = []
+    before = {sc["name"]: sc["analysis"] for sc in previous.get("scales", [])}
+    for scale in result["scales"]:
+        old = before.get(scale["name"])
+        now = scale["analysis"]["mean_update_seconds"]
+        for name, seconds in now.items():
+            then = (old or {}).get("mean_update_seconds", {}).get(name)
+            if seconds is None:
+                continue
+            if then:
+                lines.append(f"{scale['name']} {name}: {then:.2f} s -> {seconds:.2f} s ({seconds / then:.2f}x)")
+            else:
+                lines.append(f"{scale['name']} {name}: (not in the previous results) -> {seconds:.2f} s")
+        for key, label in (("mf_training", "MF training triples/s"), ("evaluation", "evaluation interactions/s")):
+            unit = "triples_per_s" if key == "mf_training" else "interactions_per_s"
+            then = (previous_phase(previous, scale["name"]) or {}).get(key, {}).get(unit)
+            value = scale["phase"].get(key, {}).get(unit)
+            if then and value:
+                lines.append(f"{scale['name']} {label}: {then:,.0f} -> {value:,.0f} ({value / then:.2f}x)")
+    return {"date": previous.get("date"), "command": previous.get("command"), "lines": lines}
+
+
+def previous_phase(previous: dict, name: str) -> dict | None:
+    for scale in previous.get("scales", []):
+        if scale["name"] == name:
+            return scale["phase"]
+    return None
+
+
+IMPORT_ORDER_SCRIPT = """
+{imports}
+import json, sys, time, warnings
+from smlrec.config import replay_settings
+from smlrec.experiment.replay import replay
+settings = replay_settings(json.loads(sys.argv[1]))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    began = time.perf_counter()
+    replay(settings, progress=False)
+    seconds = time.perf_counter() - began
+print(json.dumps({{"seconds": seconds, "threads": torch.get_num_threads(),
+                  "warning": next((str(w.message) for w in caught if "imported before smlrec" in str(w.message)), None)}}))
+"""
+
+
+def measure_import_order(workdir: Path, args) -> dict:
+    """A small SML replay with ``import torch`` before ``import smlrec`` and after it, each in a
+    fresh interpreter without OMP_WAIT_POLICY, while one busy-loop process per core competes."""
+    from smlrec.strategies.factory import available_cores
+
+    synth = synth_settings(regime="stable", interactions=12_000, users=600, items=900, periods=6, seed=args.seed)
+    path = write_log(generate(synth), workdir / "import-order.parquet")
+    config = {"data": {"path": str(path), "format": "parquet", "periods": 6},
+              "plan": {"pretrain": 2, "offline": 2, "validation": 0, "test": 2},
+              "strategies": ["sml"], "pretrain": {"epochs": 1}, "seed": args.seed,
+              "cache_dir": str(workdir / "cache-import-order")}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    cores = available_cores()
+    timeout = 120 if args.quick else 600
+    # warm the candidate cache and numba's compiled-kernel cache, so both cases do the same work
+    subprocess.run([sys.executable, "-c", IMPORT_ORDER_SCRIPT.format(imports="import smlrec, torch"),
+                    json.dumps(config)], env=env, capture_output=True, text=True, timeout=timeout)
+    competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    cases = []
+    try:
+        for imports in ("import torch; import smlrec", "import smlrec; import torch"):
+            case = {"imports": imports}
+            try:
+                done = subprocess.run([sys.executable, "-c", IMPORT_ORDER_SCRIPT.format(imports=imports),
+                                       json.dumps(config)], env=env, capture_output=True, text=True,
+                                      timeout=timeout, check=True)
+                case.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            except subprocess.TimeoutExpired:
+                case["seconds"] = None
+            cases.append(case)
+            print(f"  {imports}: {case.get('seconds')} s", flush=True)
+    finally:
+        for process in competitors:
+            process.kill()
+            process.wait()
+    return {"log": f"{synth.interactions:,} interactions, plan 2,2,0,2", "cores": cores,
+            "competitors": len(competitors), "timeout": timeout, "cases": cases}
 
 
 def parse_args(argv=None):
@@ -525,6 +729,12 @@ def parse_args(argv=None):
     parser.add_argument("--test-periods", type=int,
                         help="reduced plan: pretrain on all but the last K+1 periods, one offline "
                              "period, K test periods (default: the paper's plan of the scale)")
+    parser.add_argument("--offline-periods", type=int, default=2,
+                        help="offline periods of the reduced plan (default 2: SML's first, round-0-only "
+                             "update then falls on an offline period, and every timed update is steady)")
+    parser.add_argument("--import-order", choices=["on", "off"], default="on",
+                        help="also time a small SML replay with torch imported before smlrec, on a "
+                             "machine kept busy, against smlrec imported first (default on)")
     parser.add_argument("--pretrain-epochs", type=int, default=None,
                         help="MF pretraining epochs (default 1: speed, not accuracy, is measured)")
     parser.add_argument("--epochs", type=int,
@@ -571,6 +781,7 @@ def main(argv=None) -> int:
                                                           else ROOT / "BENCHMARKS.md")
     results = Path(args.json) if args.json else (quick_dir / "results.json" if args.quick
                                                  else ROOT / "benchmarks" / "results.json")
+    previous = json.loads(results.read_text()) if results.exists() else None
     began = time.perf_counter()
     print("measuring the machine ...", flush=True)
     machine = measure_machine(args.device, size=1024 if args.quick else 2048,
@@ -582,8 +793,8 @@ def main(argv=None) -> int:
               "machine": machine, "scales": [], "targets": TARGETS}
     if args.test_periods:
         result["note"] = (f"Reduced plan (--test-periods {args.test_periods}): pretraining on all but the "
-                          f"last {args.test_periods + 1} periods, one offline period, {args.test_periods} "
-                          "test periods. Update seconds are per period as in the full plan; the accuracy "
+                          f"last {args.test_periods + args.offline_periods} periods, {args.offline_periods} "
+                          f"offline periods, {args.test_periods} test periods. Update seconds are per period as in the full plan; the accuracy "
                           "columns are not the paper protocol's. MF pretraining epochs: "
                           f"{args.pretrain_epochs}.")
     with tempfile.TemporaryDirectory(prefix="smlrec-bench-") as tmp:
@@ -593,6 +804,13 @@ def main(argv=None) -> int:
             result["scales"].append(scale)
             for key, value in scale["analysis"]["ratios"].items():
                 print(f"  [{name}] {key}: {_fmt(value, 1)}")
+        if args.import_order == "on":
+            print("timing an SML replay by import order on a busy machine ...", flush=True)
+            result["import_order"] = measure_import_order(Path(tmp), args)
+    if previous:
+        result["previous"] = compare_previous(previous, result)
+        for line in result["previous"]["lines"]:
+            print(f"  vs previous: {line}")
     result["total_seconds"] = time.perf_counter() - began
     write_atomic(results, json.dumps(result, indent=1, default=float))
     write_atomic(markdown, render_markdown(result))

@@ -41,7 +41,8 @@ def test_cost_models(bench):
 
 def test_plan_for_reduced_and_paper_plans(bench):
     assert bench.plan_for(40, "10,20,3,7", None) == {"pretrain": 10, "offline": 20, "validation": 3, "test": 7}
-    assert bench.plan_for(40, "10,20,3,7", 2) == {"pretrain": 37, "offline": 1, "validation": 0, "test": 2}
+    assert bench.plan_for(40, "10,20,3,7", 3) == {"pretrain": 35, "offline": 2, "validation": 0, "test": 3}
+    assert bench.plan_for(40, "10,20,3,7", 2, offline=1) == {"pretrain": 37, "offline": 1, "validation": 0, "test": 2}
 
 
 def test_quick_core_produces_every_key(bench, tmp_path):
@@ -70,15 +71,41 @@ def test_quick_core_produces_every_key(bench, tmp_path):
     assert phase["log"]["interactions"] == 2_000
     # Validation period 4 and test period 5 are scored; fine-tune updated on 4 before 5.
     assert [(r["strategy"], r["period"]) for r in phase["records"]] == [("fine-tune", 4), ("fine-tune", 5)]
-    assert phase["update_rows"]["fine-tune"] == {"epochs": 1, "rows": {5: 333}}
+    assert phase["update_rows"]["fine-tune"] == {"epochs": 1, "rows": {5: 333}, "epochs_run": {5: 1}}
+    assert [(p, e) for p, _, e in phase["all_updates"]["fine-tune"]] == [(3, 1), (4, 1)]
+    assert phase["mf_training_torch"]["kernel"] == "torch" and phase["evaluation_torch"]["interactions"] > 0
     assert phase["evaluation"]["interactions"] == 334
 
     analysis = bench.analyse("tiny", phase, machine)
     assert set(analysis["targets"]) == {"mf_training_triples_per_s", "evaluation_interactions_per_s",
                                         "peak_rss_gb", "sml_update_vs_flop_bound"}
     assert {"mf_training", "pretrain", "evaluation", "update:fine-tune"} <= set(analysis["phases"])
-    assert analysis["ratios"] == {"full-retrain/sml": None, "fine-tune/sml-s": None}
+    assert analysis["ratios"] == {"fine-tune/sml-s": None}
+    # the first update (on offline period 3) is labelled, not timed for a test period here
+    assert analysis["first_update"]["fine-tune"]["period"] == 3
     text = bench.render_markdown({"command": "test", "date": "now", "machine": machine,
                                   "scales": [{"name": "tiny", "regime": "stable", "synth_seconds": 0.1,
                                               "phase": phase, "analysis": analysis}]})
     assert "## tiny" in text and "fine-tune" in text and "Targets" in text
+
+
+def test_steady_state_excludes_the_first_update_from_means_ratios_and_targets(bench):
+    # one offline period: SML's first (round-0-only) update, on period 4, is timed for test period 5
+    records = [{"strategy": s, "period": t, "role": "test", "interactions": 10, "update_seconds": sec,
+                "recall@20": 0.1, "ndcg@20": 0.05}
+               for s, t, sec in (("sml", 5, 7.5), ("sml", 6, 160.0), ("sml", 7, 170.0),
+                                 ("full-retrain", 5, 100.0), ("full-retrain", 6, 110.0), ("full-retrain", 7, 120.0))]
+    mf = {"triples": 1000, "seconds": 1.0, "triples_per_s": 1000.0}
+    phase = {"dim": 64, "records": records, "mf_training": mf,
+             "pretrain": {"rows": 10, "epochs": 1, "seconds": 1.0},
+             "all_updates": {"sml": [(4, 7.5, None), (5, 160.0, None), (6, 170.0, None)],
+                             "full-retrain": [(4, 100.0, 5), (5, 110.0, 5), (6, 120.0, 5)]},
+             "update_rows": {"full-retrain": {"epochs": 5, "rows": {5: 10, 6: 10, 7: 10},
+                                              "epochs_run": {5: 5, 6: 5, 7: 5}}},
+             "counted_flops": {"sml": 1e12}, "peak_rss_bytes": 1e9}
+    analysis = bench.analyse("x", phase, {"matmul_gflops": 100.0, "bandwidth_gbs": 10.0})
+    assert analysis["mean_update_seconds"]["sml"] == 165.0            # 7.5 s left out
+    assert analysis["first_update"]["sml"] == {"period": 4, "seconds": 7.5}
+    assert analysis["mean_update_seconds"]["full-retrain"] == 115.0
+    assert analysis["ratios"]["full-retrain/sml"] == 115.0 / 165.0
+    assert analysis["targets"]["sml_update_vs_flop_bound"]["value"] == 165.0 / 10.0   # 1e12 / 1e11 s

@@ -10,7 +10,7 @@ TOML layout::
     [data]        # path, format, columns, periods / every / day_cuts, timezone, min_rating,
                   # min_user_interactions, min_item_interactions (k-core)
     [plan]        # pretrain, offline, validation, test
-    [mf]          # dim, lr, batch_size, init_std, sparse
+    [mf]          # dim, lr, batch_size, init_std, sparse, kernel
     [pretrain]    # epochs
     [strategy.sml]  # settings of one strategy, by its name
     rounds = 10
@@ -71,8 +71,10 @@ class MFSettings:
     batch_size: int = 1024
     init_std: float = 0.1
     sparse: bool = True              # lazy row-wise Adam (models/fused_mf.py); False: dense Adam
+    kernel: str = "auto"             # lazy Adam's kernel: numba | torch | auto (numba on the CPU if installed)
 
     def __post_init__(self) -> None:
+        require(self.kernel in ("auto", "numba", "torch"), "kernel", "one of auto, numba, torch", self.kernel)
         require(self.dim >= 1, "dim", ">= 1", self.dim)
         require(self.lr > 0, "lr", "> 0", self.lr)
         require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)

@@ -17,6 +17,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..models import mf_kernels
+
 DEFAULT_KS = (5, 10, 20)
 METRIC_NAMES = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in DEFAULT_KS)
 
@@ -59,11 +61,16 @@ def rank_candidates(score_batch, candidates: np.ndarray, batch_size: int = 2048,
     """
     n = candidates.shape[0]
     ranks = np.empty(n, dtype=np.int32)
+    compiled = mf_kernels.AVAILABLE and torch.device(device).type == "cpu"
     for lo in range(0, n, batch_size):
         rows = slice(lo, min(n, lo + batch_size))
-        block = torch.from_numpy(np.asarray(candidates[rows], dtype=np.int64)).to(device)
-        valid = block[:, 1:] >= 0
+        ids = np.asarray(candidates[rows], dtype=np.int64)
+        block = torch.from_numpy(np.maximum(ids, 0)).to(device)   # padding scored as item 0, then masked
         with torch.no_grad():
-            scores = score_batch(rows, block.clamp_min(0))
-        ranks[rows] = positive_ranks(scores.float(), valid).cpu().numpy()
+            scores = score_batch(rows, block)
+        if compiled:   # one compiled pass instead of ~6 torch passes over [B, C] masks (3-4x faster)
+            mf_kernels.positive_ranks(scores.float().contiguous().numpy(), ids, ranks[rows])
+        else:
+            valid = torch.from_numpy(ids[:, 1:] >= 0).to(device)
+            ranks[rows] = positive_ranks(scores.float(), valid).cpu().numpy()
     return ranks

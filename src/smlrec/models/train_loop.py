@@ -3,12 +3,14 @@
 Each epoch draws one fresh negative per positive for all rows at once (vectorised), shuffles
 the rows, and takes one step on each consecutive slice of the shuffled order. A step is either
 autograd + torch optimisers (``train_epochs``) or a fused kernel such as ``FusedMFTrainer.step``
-(``run_epochs``).
+(``run_epochs``). ``run_trainer_epochs`` is the same loop for an MF trainer that takes a whole
+epoch's shuffled rows at once (``FusedMFTrainer.train_epoch``: one compiled call per epoch); it
+draws the same negatives and order from ``rng``, so both give the same steps.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +36,28 @@ def run_epochs(step: BatchStep, n_rows: int, sample_negatives: Callable[[np.rand
             total += step(rows, negatives[rows])
             batches += 1
         losses.append(total / max(batches, 1))
+    return losses
+
+
+class EpochTrainer(Protocol):
+    def train_epoch(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                    batch_size: int) -> list[float]: ...
+
+
+def run_trainer_epochs(trainer: EpochTrainer, users: torch.Tensor, items: torch.Tensor,
+                       sample_negatives: Callable[[np.random.Generator], np.ndarray], epochs: int,
+                       batch_size: int, rng: np.random.Generator,
+                       device: str | torch.device = "cpu") -> list[float]:
+    """``run_epochs`` with ``trainer.step(users[rows], items[rows], negatives)`` as the step, one
+    ``train_epoch`` call per epoch: the same draws from ``rng`` in the same order (negatives, then
+    the permutation), the same batches; returns the mean batch loss of each epoch."""
+    losses = []
+    n_rows = int(users.shape[0])
+    for _ in range(epochs):
+        negatives = torch.from_numpy(np.asarray(sample_negatives(rng), dtype=np.int64)).to(device)
+        order = torch.from_numpy(rng.permutation(n_rows)).to(device)
+        batch_losses = trainer.train_epoch(users[order], items[order], negatives[order], batch_size)
+        losses.append(sum(batch_losses) / max(len(batch_losses), 1))
     return losses
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
+
+import smlrec
 
 from ..config import ReplaySettings
 from ..data.periods import Timeline
@@ -12,9 +15,47 @@ from . import create_strategy
 from .base import Strategy, StrategyContext
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's
+    share), not every core of the machine as ``os.cpu_count()`` reports."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def pick_threads(requested: int | None, spinning: bool, cores: int, load: float) -> tuple[int, str | None]:
+    """Torch threads to use, and a warning to show (or None).
+
+    ``requested`` (``--threads``) always wins. Otherwise every available core, unless torch's
+    OpenMP threads spin while they wait (torch imported before smlrec, so OMP_WAIT_POLICY=PASSIVE
+    came too late) and the machine is busy (1-minute load average above ``cores - 0.5``): then
+    spinning threads steal each other's cores (an SML replay measured >6x slower), so one thread.
+    """
+    if requested:
+        return requested, None
+    if not spinning:
+        return cores, None
+    fix = ("torch was imported before smlrec, so smlrec could not set OMP_WAIT_POLICY=PASSIVE "
+           "and torch's threads spin while they wait; import smlrec first, or set "
+           "OMP_WAIT_POLICY=PASSIVE in the environment")
+    if cores > 1 and load > cores - 0.5:
+        return 1, f"{fix}. The machine is busy (load {load:.1f} on {cores} cores): using 1 thread."
+    return cores, f"{fix}. On a busy machine this is several times slower."
+
+
+_warned = False
+
+
 def configure_threads(settings: ReplaySettings) -> None:
-    """The number of torch threads the strategies train with (default: all cores)."""
-    threads = settings.threads or os.cpu_count() or 1
+    """The number of torch threads the strategies train with (default: the available cores)."""
+    global _warned
+    cores = available_cores()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads, warning = pick_threads(settings.threads, smlrec.SPINNING_OPENMP, cores, load)
+    if warning and not _warned:
+        warnings.warn(warning, RuntimeWarning, stacklevel=2)
+        _warned = True
     torch.set_num_threads(threads)
 
 

@@ -27,9 +27,11 @@ from ..models.fused_mf import make_mf_trainer
 from ..models.growth import grow_embedding, init_rows
 from ..errors import ConfigError
 from ..models.mf import MF, candidate_scores, score_with_tables
-from ..models.train_loop import run_epochs
+from ..models.train_loop import run_trainer_epochs
+from ..random import make_rng
 from .base import Strategy, StrategyContext, to_tensor
 from .cold import MF_COLD_RULES, TrainedRows, cold_row, with_cold_rows
+from .converge import train_to_convergence
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,16 @@ class RetrainSettings:
     batch_size: int | None = None     # None: the MF batch size
     cold_users: str = "recent"        # rule for untrained users: mean | recent | init (strategies/cold.py)
     cold_items: str = "mean"          # rule for untrained items: mean | recent | init
+    converge: bool = False            # train to convergence instead (strategies/converge.py): early
+    max_epochs: int = 100             #   stopping on a seeded held-out slice of the training window,
+    patience: int = 3                 #   after `patience` epochs without a better held-out NDCG@20,
+    holdout: float = 0.05             #   at most `max_epochs`; `holdout`: share of the window held out
 
     def __post_init__(self) -> None:
         require(self.epochs >= 0, "epochs", ">= 0", self.epochs)
+        require(self.max_epochs >= 1, "max_epochs", ">= 1", self.max_epochs)
+        require(self.patience >= 1, "patience", ">= 1", self.patience)
+        require(0 < self.holdout < 1, "holdout", "in (0, 1)", self.holdout)
         require(self.lr is None or self.lr > 0, "lr", "> 0", self.lr)
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         check_cold_rules(self)
@@ -62,7 +71,7 @@ class MFRetrain(Strategy):
         super().__init__(settings, context)
         mf = context.mf
         self.model = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
-        self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse)
+        self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse, mf.kernel)
         self.user_rows = TrainedRows(context.n_users)
         self.item_rows = TrainedRows(context.n_items)
         self._served: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -84,17 +93,23 @@ class MFRetrain(Strategy):
 
     def _update(self, period: Period) -> None:
         user_rows, item_rows = self._training_rows(period)
+        if self.settings.converge:
+            result = train_to_convergence(
+                self.model, self.trainer, user_rows, item_rows, self.settings.holdout,
+                self.settings.max_epochs, self.settings.patience,
+                self.settings.batch_size or self.context.mf.batch_size, self.rng,
+                make_rng(self.context.seed, "strategy", self.name, "holdout", period.index), self.device)
+            self.last_losses, self.last_epochs = result.losses, len(result.losses)
+            self._mark_trained(period.users, period.items)
+            return
         users = to_tensor(user_rows, self.device)
         items = to_tensor(item_rows, self.device)
-        trainer = self.trainer
-
-        def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
-            return trainer.step(users[rows], items[rows], negatives)
-
-        self.last_losses = run_epochs(step, len(users), SetNegativeSampler(user_rows, item_rows),
-                                      self.settings.epochs,
-                                      self.settings.batch_size or self.context.mf.batch_size,
-                                      self.rng, self.device)
+        self.last_losses = run_trainer_epochs(self.trainer, users, items,
+                                              SetNegativeSampler(user_rows, item_rows),
+                                              self.settings.epochs,
+                                              self.settings.batch_size or self.context.mf.batch_size,
+                                              self.rng, self.device)
+        self.last_epochs = self.settings.epochs
         self._mark_trained(period.users, period.items)
 
     def _grow(self, n_users: int, n_items: int) -> None:

@@ -33,7 +33,7 @@ from ..data.periods import Period
 from ..data.reservoir import Reservoir
 from ..data.sampling import SetNegativeSampler, sample_set_negatives
 from ..errors import ConfigError
-from ..models.train_loop import run_epochs
+from ..models.train_loop import run_trainer_epochs
 from ..random import make_rng
 from .base import StrategyContext, to_tensor
 from .mf_retrain import MFRetrain, check_cold_rules
@@ -105,16 +105,13 @@ class SPMF(MFRetrain):
             drawn = self.rng.choice(n, size=n, replace=True, p=rank_weights(scores))
             drawn_tensor = to_tensor(drawn, self.device)
 
-            def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
-                pairs = drawn_tensor[rows]
-                return trainer.step(users[pairs], items[pairs], negatives)
-
             def sample_negatives(rng: np.random.Generator) -> np.ndarray:
                 return sample_set_negatives(train_users[drawn], negatives_of.pool, negatives_of.exclude, rng)
 
-            losses += run_epochs(step, n, sample_negatives, 1,
-                                 self.settings.batch_size or self.context.mf.batch_size, self.rng,
-                                 self.device)
+            losses += run_trainer_epochs(trainer, users[drawn_tensor], items[drawn_tensor],
+                                         sample_negatives, 1,
+                                         self.settings.batch_size or self.context.mf.batch_size,
+                                         self.rng, self.device)
         self.last_losses = losses
         self._mark_trained(period.users, period.items)
         reservoir.push(period.users, period.items)
