@@ -48,11 +48,14 @@ class Answer:
 class Recommender:
     """A loaded version, ready to answer top-K queries (what ``serve`` swaps when a version lands)."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: str | None = None,
+                 served: dict[str, torch.Tensor] | None = None) -> None:
+        """``served``: the version's stored served tables (``ModelRegistry.load_served``); without
+        them the strategy is rebuilt from its state and asked for them."""
         self.checkpoint = checkpoint
         self.version = checkpoint.version
-        self.strategy = strategy_from(checkpoint, device)
-        self.device = self.strategy.device
+        self._device = device
+        self._strategy = None
         self.n_items = checkpoint.n_items
         self.item_ids = checkpoint.item_ids
         self.user_kind = id_kind(checkpoint.user_ids)
@@ -66,19 +69,38 @@ class Recommender:
         self.seen_items = torch.from_numpy((self.pair_keys & 0xFFFFFFFF).astype(np.int64))
         # Popularity fallback: distinct users per item over everything applied.
         self.popularity = np.bincount(self.seen_items.numpy(), minlength=checkpoint.n_items)
-        tables = self.strategy.served_tables()
         self.user_table: torch.Tensor | None = None
         self.item_table_t: torch.Tensor | None = None
-        if tables is not None:
-            with torch.no_grad():
-                self.user_table = tables[0].detach().float().cpu().contiguous()
-                self.item_table_t = tables[1].detach().float().cpu().T.contiguous()
         self._cold: torch.Tensor | None = None
+        if served is None:
+            tables = self.strategy.served_tables()
+            served = None if tables is None else {"user": tables[0], "item": tables[1]}
+        elif "cold" not in served:   # the strategy has no cold-user rule: popularity
+            self._cold = torch.from_numpy(self.popularity.astype(np.float32))
+        if served is not None:
+            with torch.no_grad():
+                self.user_table = served["user"].detach().float().cpu().contiguous()
+                self.item_table_t = served["item"].detach().float().cpu().T.contiguous()
+                if "cold" in served:
+                    self._cold = served["cold"].float().cpu()
+
+    @property
+    def strategy(self):
+        """The version's strategy, rebuilt from its state on first use (the generic path needs it;
+        a version with stored served tables answers without it)."""
+        if self._strategy is None:
+            self._strategy = strategy_from(self.checkpoint, self._device)
+        return self._strategy
+
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.device if self._strategy is not None or not self.fast else torch.device("cpu")
 
     @classmethod
     def from_registry(cls, registry: str | Path | ModelRegistry, version: int | None = None) -> "Recommender":
         registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
-        return cls(registry.load(version))
+        checkpoint = registry.load(version)
+        return cls(checkpoint, served=registry.load_served(checkpoint))
 
     @property
     def fast(self) -> bool:

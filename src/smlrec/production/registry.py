@@ -11,6 +11,8 @@ Layout of a registry folder::
         weights.safetensors   every tensor/array: the strategy state and the cumulative arrays
         state.json            the JSON skeleton that puts those tensors back into nested dicts
         vocab.json            raw user and item ids; position = index in the tables
+        served.safetensors    (inner-product strategies) the served user/item tables and the cold
+                              user's scores, so queries need not rebuild the strategy
       v000002/ ...
 
 The cumulative state is what a replay would know when building the next period, without the
@@ -56,6 +58,7 @@ from .state import flatten, unflatten
 FORMAT = 1
 VERSION_RE = re.compile(r"^v(\d{6})$")
 FILES = ("weights.safetensors", "state.json", "vocab.json")
+SERVED = "served.safetensors"   # optional: the served tables, precomputed for queries (recommender.py)
 
 
 def version_name(version: int) -> str:
@@ -136,6 +139,7 @@ class Checkpoint:
     cumulative: Cumulative
     data: list[dict[str, Any]]          # one entry per applied batch: sha256, source, rows, periods
     reading: dict[str, Any] = field(default_factory=dict)   # how batches are read (ingest.Reading)
+    served: dict[str, torch.Tensor] | None = None           # what queries use (see recommender.py)
     version: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -214,6 +218,15 @@ class ModelRegistry:
         journaled = self._journaled()
         found = [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_RE.match(p.name))]
         return sorted(v for v in found if v <= latest or v in journaled)
+
+    def load_served(self, checkpoint: "Checkpoint") -> dict[str, torch.Tensor] | None:
+        """The served tables of a loaded version (checked against its manifest), None if it has none."""
+        listed = checkpoint.manifest.get("files", {}).get(SERVED)
+        if listed is None:
+            return None
+        path = self.root / version_name(checkpoint.version) / SERVED
+        _verify(path, listed)
+        return _read_safetensors(path)
 
     def manifest(self, version: int) -> dict[str, Any]:
         """The manifest of ``version`` alone (no file checks; ``load`` verifies them)."""
@@ -308,6 +321,8 @@ class ModelRegistry:
             "vocab.json": _json_bytes({"users": checkpoint.user_ids.tolist(),
                                        "items": checkpoint.item_ids.tolist()}),
         }
+        if checkpoint.served:
+            contents[SERVED] = save_safetensors({k: v.detach().cpu().contiguous() for k, v in checkpoint.served.items()})
         for name, payload in contents.items():
             _write_file(temp / name, payload)
         periods = [entry["period"] for entry in checkpoint.data]

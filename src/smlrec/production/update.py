@@ -123,12 +123,31 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
         checkpoint = Checkpoint(strategy=strategy, settings=to_dict(settings),
                                 strategy_state=model.state_dict(), user_ids=np.asarray(user_ids),
                                 item_ids=np.asarray(item_ids), cumulative=cumulative, data=[entry],
-                                reading=reading.to_dict())
+                                reading=reading.to_dict(), served=served_tables(model))
         version = registry.write(checkpoint)
         emit("init", f"version {version} written ({strategy}, {len(log)} interactions)",
              registry=str(registry.root), version=version, strategy=strategy, rows=len(log),
              sha256=log.sha256, source=str(history))
         return version
+
+
+def served_tables(strategy: Strategy) -> dict[str, torch.Tensor] | None:
+    """What a query needs from a strategy that serves an inner product: its user and item tables
+    and the scores of a user it has never seen (absent when it has no cold-user rule). Stored with
+    the version so that ``recommend`` and ``serve`` need not rebuild the strategy (building one
+    creates its optimiser, and torch imports its compiler for that: seconds)."""
+    tables = strategy.served_tables()
+    if tables is None:
+        return None
+    with torch.no_grad():
+        served = {"user": tables[0].detach().float().cpu().contiguous(),
+                  "item": tables[1].detach().float().cpu().contiguous()}
+        try:
+            served["cold"] = strategy.score_new_users(
+                torch.arange(strategy.n_items, device=strategy.device)[None, :])[0].float().cpu().contiguous()
+        except ConfigError:
+            pass
+    return served
 
 
 def _previous(period: Period) -> PreviousPeriod:
@@ -251,7 +270,7 @@ def _apply(registry: ModelRegistry, checkpoint: Checkpoint, batch: str | Path, f
     version = registry.write(Checkpoint(
         strategy=checkpoint.strategy, settings=checkpoint.settings, strategy_state=strategy.state_dict(),
         user_ids=user_ids, item_ids=item_ids, cumulative=grown, data=[*checkpoint.data, entry],
-        reading=reading.to_dict()))
+        reading=reading.to_dict(), served=served_tables(strategy)))
     report = UpdateReport(version=version, period=period.index, rows=len(log),
                           new_users=len(user_ids) - checkpoint.n_users,
                           new_items=len(item_ids) - checkpoint.n_items, seconds=seconds, warnings=warnings)
