@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import socket
 import statistics
@@ -288,7 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-arg", action="append", default=[], help="extra `smlrec serve` argument")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-serve.json"))
     parser.add_argument("--markdown", action="store_true", help="rewrite this script's section of BENCHMARKS.md")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="only rewrite the section from --out (no measurement)")
+    parser.add_argument("--note", help="text stored in --out and printed under the tables")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.markdown_only:
+        results = json.loads(out.read_text())
+        if args.note:
+            results["notes"] = args.note
+            out.write_text(json.dumps(results, indent=1) + "\n")
+        write_section(ROOT / "BENCHMARKS.md", markdown(results))
+        return 0
 
     registry = Path(args.registry)
     if not (registry / "LATEST").exists():
@@ -333,11 +345,12 @@ def main(argv: list[str] | None = None) -> int:
                               f"({manifest['n_users']} users, {manifest['n_items']} items, "
                               f"{manifest['settings']['mf']['dim']}-d)",
                   "load_average_start": load_start, "server_args": args.server_arg}
-    out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    if args.note:
+        results["notes"] = args.note
     results["runs"][args.label] = {"description": args.description, "conditions": conditions, "levels": levels,
                                    "batch": batch, "recommend_startup": startup,
-                                   "command": "python benchmarks/load.py " + " ".join(argv or sys.argv[1:])}
+                                   "command": shlex.join(["python", "benchmarks/load.py", *(argv or sys.argv[1:])])}
     temp = out.with_name(f".{out.name}.tmp")
     temp.write_text(json.dumps(results, indent=1) + "\n")
     temp.replace(out)

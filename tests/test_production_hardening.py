@@ -255,3 +255,24 @@ def test_two_updates_from_the_same_version_are_byte_identical_on_two_threads(tmp
     weights = [(tmp_path / name / "v000002" / "weights.safetensors").read_bytes() for name in ("a", "b")]
     assert weights[0] == weights[1]
     assert ModelRegistry(tmp_path / "a").load().settings["threads"] == 2
+
+
+# -- defect 8 (start-up): `smlrec recommend` loads only what it needs --------------------------------
+
+def test_recommend_imports_neither_the_web_stack_nor_plotting_nor_the_compiler(reg, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root, _ = reg
+    script = ("import sys\nfrom smlrec.cli import main\n"
+              f"assert main(['recommend', '--registry', {str(root)!r}, '--user', '1000', '--k', '3']) == 0\n"
+              "print(sorted(m for m in ('matplotlib', 'fastapi', 'uvicorn', 'starlette', 'torch._dynamo') "
+              "if m in sys.modules))\n")
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=src), timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "user,rank,item,score,fallback,version" and len(lines) == 5
+    assert lines[-1] == "[]"          # the served tables answer without rebuilding the strategy
