@@ -52,7 +52,7 @@ def test_version_layout_and_manifest(initialised, tmp_path):
     update_once(reg, batch)
     assert (reg.root / "LATEST").read_text() == "v000002\n"
     assert sorted(p.name for p in (reg.root / "v000002").iterdir()) == [
-        "manifest.json", "state.json", "vocab.json", "weights.safetensors"]
+        "manifest.json", "served.safetensors", "state.json", "vocab.json", "weights.safetensors"]
     manifest = reg.load().manifest
     assert manifest["version"] == 2 and manifest["strategy"] == "fine-tune"
     assert manifest["package"]["name"] == "smlrec" and manifest["settings"]["seed"] == 7
@@ -98,7 +98,7 @@ def test_a_crash_at_any_write_step_leaves_a_loadable_registry_and_a_rerun_gives_
     with monkeypatch.context() as patch:
         steps = _count_steps(patch, None)
         update_once(_copy(source, tmp_path / "count"), batch)
-    assert steps.count("_write_file") == 5 and steps.count("replace") == 2   # 4 files + LATEST
+    assert steps.count("_write_file") == 6 and steps.count("replace") == 2   # 5 files + LATEST
     commit = [i for i, s in enumerate(steps) if s == "replace"][-1]
     for crash_at in range(len(steps)):
         reg = _copy(source, tmp_path / f"crash-{crash_at}")
@@ -163,6 +163,10 @@ def test_corrupt_or_truncated_files_name_themselves_and_older_versions_still_loa
     (folder / "manifest.json").write_text('{"version": 2, "files": {')
     with pytest.raises(CheckpointError, match=r"v000002/manifest.json: corrupt or truncated JSON"):
         reg.load()
+    served = reg.root / "v000001" / "served.safetensors"
+    served.write_bytes(served.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=r"v000001/served.safetensors: corrupt or truncated"):
+        registry_module.ModelRegistry(reg.root).load_served(reg.load(1))
     vocab = reg.root / "v000001" / "vocab.json"
     vocab.write_bytes(vocab.read_bytes().replace(b"1000", b"1001", 1))   # same size, other content
     with pytest.raises(CheckpointError, match=r"v000001/vocab.json: corrupt"):

@@ -7,6 +7,10 @@ synth.py) import this module, never the package ``smlrec.cli``; the package impo
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import time
 from typing import Callable
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -122,3 +126,41 @@ def replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-report", action="store_true",
                         help="skip writing the report (tables, plots) into <out>/report")
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging of the production commands
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, event, message and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                 + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(), "logger": record.name,
+                 "event": getattr(record, "event", None), "message": record.getMessage()}
+        entry.update(getattr(record, "fields", {}) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+_HANDLER_FLAG = "_smlrec_cli_handler"
+
+
+def configure_logging(json_lines: bool = False, level: int = logging.INFO) -> logging.Handler:
+    """Print smlrec's log records (updates, swaps, fallbacks) on stderr at ``level`` and above.
+
+    Python prints only warnings by default, so without this an info record such as "now serving
+    version 7" is lost. Calling it again replaces the handler it installed (tests call main()
+    repeatedly).
+    """
+    logger = logging.getLogger("smlrec")
+    for handler in [h for h in logger.handlers if getattr(h, _HANDLER_FLAG, False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    setattr(handler, _HANDLER_FLAG, True)
+    handler.setFormatter(JsonLines() if json_lines else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return handler

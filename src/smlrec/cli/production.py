@@ -1,4 +1,13 @@
-"""Production subcommands: ``init``, ``update``, ``recommend``, ``serve`` (argument parsing only)."""
+"""Production subcommands: ``init``, ``update``, ``versions``, ``rollback``, ``recommend``, ``serve``
+(argument parsing only).
+
+Exit status of every command: 0 done (for ``update`` also: the batch is the one the latest version
+was built from, an idempotent retry), 2 refused or failed with a message on stderr and nothing
+written, 1 only for a bug (a traceback).
+
+Imports are deferred into the commands: ``smlrec recommend`` must not pay for FastAPI, uvicorn or
+matplotlib at start-up.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,20 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import add_data_arguments, add_period_arguments, command, settings_layers
+from .common import add_data_arguments, add_period_arguments, command, configure_logging, settings_layers
+
+
+def _log_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-json", action="store_true",
+                        help="log events (updates, refusals, rollbacks, swaps) as JSON lines on stderr")
+
+
+def _version_number(text: str) -> int:
+    """A version given as 7, v7 or v000007."""
+    digits = text.strip().lower().removeprefix("v")
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"expected a version such as 3 or v000003, got {text!r}")
+    return int(digits)
 
 
 def _init_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +62,12 @@ def _update_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", required=True, help="registry folder")
     parser.add_argument("--data", required=True, help="the new period's interactions (same format as the history)")
     parser.add_argument("--force", action="store_true",
-                        help="apply a batch that was already applied or whose times precede the last period")
+                        help="apply a batch that was already applied, whose times precede the last period "
+                             "or end beyond --max-future")
+    parser.add_argument("--max-future", default="1D",
+                        help="refuse a batch whose latest time is beyond now + this (default 1D; 'none' "
+                             "turns the check off)")
+    _log_json_argument(parser)
 
 
 @command("update", _update_arguments)
@@ -48,12 +75,68 @@ def run_update(args: argparse.Namespace) -> int:
     """Apply one new period to the latest version and write the next version."""
     from ..production import update_once
 
-    report = update_once(args.registry, args.data, force=args.force)
+    if args.log_json:           # the plain output below is the human log
+        configure_logging(json_lines=True)
+    report = update_once(args.registry, args.data, force=args.force, max_future=args.max_future)
+    if report.already_applied:
+        print(f"{args.registry}: already applied: version {report.version} was built from this batch "
+              "(same sha256); nothing to do")
+        return 0
     for warning in report.warnings:
         print(f"warning (forced): {warning}", file=sys.stderr)
     print(f"{args.registry}: version {report.version} written (period {report.period}, {report.rows} "
           f"interactions, {report.new_users} new users, {report.new_items} new items, "
           f"update {report.seconds:.2f} s)")
+    return 0
+
+
+def _versions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", required=True, help="registry folder")
+    parser.add_argument("--json", action="store_true", help="one JSON object per version instead of a table")
+
+
+@command("versions", _versions_arguments)
+def run_versions(args: argparse.Namespace) -> int:
+    """List the registry's versions: created, strategy, periods, data range, rows; * marks LATEST."""
+    import json
+
+    from ..production.registry import ModelRegistry, version_summary
+
+    registry = ModelRegistry(args.registry)
+    latest = registry.latest_version()
+    if latest is None:
+        raise ConfigError(f"{args.registry}: no model registry here (no LATEST file)")
+    rows = [version_summary(registry, v, latest) for v in registry.versions()]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    header = ("", "version", "created", "strategy", "periods", "data from", "data to", "rows", "batch")
+    table = [header] + [("*" if r["latest"] else "", str(r["version"]), r["created"], r["strategy"],
+                         r["periods"], r["data_from"], r["data_to"], str(r["rows"]), r["source"]) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return 0
+
+
+def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", required=True, help="registry folder")
+    parser.add_argument("--to", required=True, type=_version_number, help="version to serve again, e.g. 3 or v000003")
+    _log_json_argument(parser)
+
+
+@command("rollback", _rollback_arguments)
+def run_rollback(args: argparse.Namespace) -> int:
+    """Serve an older version again (LATEST moves atomically; no version is deleted)."""
+    from ..production.registry import ModelRegistry
+
+    if args.log_json:
+        configure_logging(json_lines=True)
+    registry = ModelRegistry(args.registry)
+    with registry.lock():
+        previous = registry.rollback(args.to)
+    print(f"{args.registry}: LATEST is version {args.to} again (was {previous}); the next update builds on it")
     return 0
 
 
@@ -63,6 +146,7 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--user", help="one raw user id")
     who.add_argument("--users", help="file with one raw user id per line (a header 'user' is skipped)")
     parser.add_argument("--k", type=int, default=20, help="items per user (default 20)")
+    parser.add_argument("--version", type=_version_number, help="serve this version instead of the latest")
     parser.add_argument("--include-seen", action="store_true", help="do not exclude items the user already has")
     parser.add_argument("--strict", action="store_true", help="fail on an unknown user instead of serving the cold-start rule")
     parser.add_argument("--out", help="CSV file to write (default: standard output)")
@@ -71,10 +155,11 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
 @command("recommend", _recommend_arguments)
 def run_recommend(args: argparse.Namespace) -> int:
     """Top-K items per user from the latest version (CSV: user,rank,item,score,fallback,version)."""
-    from ..production import recommend
+    from ..production.recommender import recommend
 
     users = [args.user] if args.user is not None else _read_users(Path(args.users))
-    frame = recommend(args.registry, users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
+    frame = recommend(args.registry, users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict,
+                      version=args.version)
     if args.out:
         out = Path(args.out)
         temp = out.with_name(f".{out.name}.tmp")
@@ -105,17 +190,26 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between checks for a new version")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for scoring (default 1: a request's product is too small to split)")
+    parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    _log_json_argument(parser)
 
 
 @command("serve", _serve_arguments)
 def run_serve(args: argparse.Namespace) -> int:
     """Serve top-K recommendations over HTTP; picks up new versions as they land."""
+    import torch
     import uvicorn
 
     from ..production.serve import create_app
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    configure_logging(json_lines=args.log_json)      # swaps and fallbacks print by default
+    torch.set_num_threads(args.threads)
     app = create_app(args.registry, poll_seconds=args.poll)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
     return 0

@@ -119,6 +119,11 @@ class ReadOptions:
     rating_col: str | None = None
     sep: str | None = None
     min_rating: float | None = None
+    # Whether ids must be whole numbers (True) or are kept as stripped text (False); None: the
+    # format's own rule (MovieLens: numbers; generic CSV: text). Production sets them from the
+    # registry so that every batch is read as the history was.
+    numeric_user_ids: bool | None = None
+    numeric_item_ids: bool | None = None
 
 
 Reader = Callable[[Path, ReadOptions], tuple[pd.DataFrame, int, bool]]
@@ -220,7 +225,9 @@ def _read_csv(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, int, bool]:
                        keep_default_na=True, skipinitialspace=True)
     if frame.empty:
         raise DataError("the file has a header but no rows", path=str(path))
-    return _select(frame, path, opts, False), 2, False
+    out = _select(frame, path, opts, False)
+    out.attrs["sep"] = sep
+    return out, 2, False
 
 
 @register_reader("movielens")
@@ -324,6 +331,28 @@ def _to_seconds(values: pd.Series, path: Path, first_line: int, column: str) -> 
     return (as_ns.astype("int64") // 10**9).to_numpy()
 
 
+TIME_UNITS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def time_unit(values: pd.Series) -> str:
+    """The unit a time column is written in: "s", "ms", "us" or "ns" for numbers (by magnitude),
+    "iso" for ISO-8601 text, "datetime" for typed timestamps (Parquet).
+
+    Unix seconds stay below 1e11 until the year 5138 and milliseconds pass 1e11 in 1973, so the
+    largest magnitude tells the units apart for any log after 1973.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "datetime"
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.isna().all():
+        return "iso"
+    largest = float(np.nanmax(np.abs(numeric.to_numpy(dtype=np.float64))))
+    for unit, limit in (("s", 1e11), ("ms", 1e14), ("us", 1e17)):
+        if largest < limit:
+            return unit
+    return "ns"
+
+
 def _check_ids(values: pd.Series, path: Path, first_line: int, column: str, numeric: bool) -> np.ndarray:
     missing = values.isna().to_numpy()
     if missing.any():
@@ -337,7 +366,7 @@ def _check_ids(values: pd.Series, path: Path, first_line: int, column: str, nume
     bad = as_number.isna().to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"non-numeric id {values.iloc[row]!r}", path=str(path),
+        raise DataError(f"non-numeric id {values.iloc[row]!r} (ids here must be whole numbers)", path=str(path),
                         line=first_line + row, column=column)
     as_float = as_number.to_numpy(dtype=np.float64)
     if not np.all(np.floor(as_float) == as_float):
@@ -368,8 +397,15 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
     if fmt not in READERS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(sorted(READERS))})", path=str(path))
     frame, first_line, numeric_ids = READERS[fmt](path, options)
+    numeric = (numeric_ids if options.numeric_user_ids is None else options.numeric_user_ids,
+               numeric_ids if options.numeric_item_ids is None else options.numeric_item_ids)
     try:
-        return _validated_log(frame, path, options, first_line, numeric_ids)
+        log = _validated_log(frame, path, options, first_line, numeric)
+        # How the file was read, so that later files can be read the same way (production).
+        log.metadata["reading"] = {"format": fmt, "sep": frame.attrs.get("sep"),
+                                   "columns": dict(frame.attrs.get("columns", {})),
+                                   "numeric_ids": list(numeric), "time_unit": time_unit(frame["time"])}
+        return log
     except DataError as err:
         if err.line is None or fmt not in TEXT_FORMATS or not path.is_file():
             raise
@@ -398,10 +434,10 @@ def _physical_line(path: Path, first_line: int, line: int) -> int:
 
 
 def _validated_log(frame: pd.DataFrame, path: Path, options: ReadOptions, first_line: int,
-                   numeric_ids: bool) -> InteractionLog:
+                   numeric_ids: tuple[bool, bool]) -> InteractionLog:
     names = frame.attrs.get("columns", {})
-    users = _check_ids(frame["user"], path, first_line, names.get("user", "user"), numeric_ids)
-    items = _check_ids(frame["item"], path, first_line, names.get("item", "item"), numeric_ids)
+    users = _check_ids(frame["user"], path, first_line, names.get("user", "user"), numeric_ids[0])
+    items = _check_ids(frame["item"], path, first_line, names.get("item", "item"), numeric_ids[1])
     times = _to_seconds(frame["time"], path, first_line, names.get("time", "time"))
     keep = np.ones(len(frame), dtype=bool)
     if options.min_rating is not None:

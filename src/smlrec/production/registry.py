@@ -11,6 +11,8 @@ Layout of a registry folder::
         weights.safetensors   every tensor/array: the strategy state and the cumulative arrays
         state.json            the JSON skeleton that puts those tensors back into nested dicts
         vocab.json            raw user and item ids; position = index in the tables
+        served.safetensors    (inner-product strategies) the served user/item tables and the cold
+                              user's scores, so queries need not rebuild the strategy
       v000002/ ...
 
 The cumulative state is what a replay would know when building the next period, without the
@@ -21,7 +23,8 @@ last applied time, and the previous period's rows (SML step 2 needs D_t when D_{
 Crash safety: a version is written into a temporary folder, every file fsynced, the folder renamed
 to ``vNNNNNN``, and only then ``LATEST`` is replaced (temp file + rename). The commit point is the
 rename of ``LATEST``: a version folder newer than ``LATEST`` is left over from an interrupted
-update and is discarded by the next one. Loading checks every file against the manifest's sha256,
+update and is discarded by the next one, unless the journal records it as committed (versions
+above ``LATEST`` after a rollback are kept: versions are never deleted). Loading checks every file against the manifest's sha256,
 so a corrupt or truncated file is a :class:`CheckpointError` naming it, and older versions stay
 loadable. Nothing is pickled and nothing goes through ``torch.load``.
 """
@@ -49,11 +52,13 @@ from safetensors.torch import save as save_safetensors
 from .. import __version__
 from ..data.pairs import PairIndex, pair_keys
 from ..errors import CheckpointError
+from .events import emit
 from .state import flatten, unflatten
 
 FORMAT = 1
 VERSION_RE = re.compile(r"^v(\d{6})$")
 FILES = ("weights.safetensors", "state.json", "vocab.json")
+SERVED = "served.safetensors"   # optional: the served tables, precomputed for queries (recommender.py)
 
 
 def version_name(version: int) -> str:
@@ -133,6 +138,8 @@ class Checkpoint:
     item_ids: np.ndarray
     cumulative: Cumulative
     data: list[dict[str, Any]]          # one entry per applied batch: sha256, source, rows, periods
+    reading: dict[str, Any] = field(default_factory=dict)   # how batches are read (ingest.Reading)
+    served: dict[str, torch.Tensor] | None = None           # what queries use (see recommender.py)
     version: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -175,13 +182,55 @@ class ModelRegistry:
                                   f"found {text[:40]!r})")
         return int(match.group(1))
 
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "journal.jsonl"
+
+    def journal(self) -> list[dict[str, Any]]:
+        """The journal's events, oldest first (a torn last line, from a crash, is skipped)."""
+        try:
+            lines = self.journal_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return events
+
+    def _journaled(self) -> set[int]:
+        """Versions the journal records as committed (including those a rollback stepped back from)."""
+        found: set[int] = set()
+        for event in self.journal():
+            if event.get("event") == "commit":
+                found.add(int(event["version"]))
+            elif event.get("event") == "rollback":
+                found.update(int(v) for v in event.get("committed", []))
+        return found
+
     def versions(self) -> list[int]:
-        """Committed versions on disk (those up to LATEST), oldest first."""
+        """Committed versions on disk (up to LATEST, and any newer ones a rollback left), oldest first."""
         latest = self.latest_version()
         if latest is None or not self.root.is_dir():
             return []
+        journaled = self._journaled()
         found = [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_RE.match(p.name))]
-        return sorted(v for v in found if v <= latest)
+        return sorted(v for v in found if v <= latest or v in journaled)
+
+    def load_served(self, checkpoint: "Checkpoint") -> dict[str, torch.Tensor] | None:
+        """The served tables of a loaded version (checked against its manifest), None if it has none."""
+        listed = checkpoint.manifest.get("files", {}).get(SERVED)
+        if listed is None:
+            return None
+        path = self.root / version_name(checkpoint.version) / SERVED
+        _verify(path, listed)
+        return _read_safetensors(path)
+
+    def manifest(self, version: int) -> dict[str, Any]:
+        """The manifest of ``version`` alone (no file checks; ``load`` verifies them)."""
+        return _read_json(self.root / version_name(version) / "manifest.json")
 
     def load(self, version: int | None = None) -> Checkpoint:
         """Load ``version`` (default: the latest), checking every file; CheckpointError names a bad one."""
@@ -208,8 +257,8 @@ class ModelRegistry:
             return Checkpoint(strategy=manifest["strategy"], settings=manifest["settings"],
                               strategy_state=state["strategy"],
                               user_ids=_id_array(vocab["users"]), item_ids=_id_array(vocab["items"]),
-                              cumulative=cumulative, data=manifest["data"], version=version,
-                              manifest=manifest)
+                              cumulative=cumulative, data=manifest["data"],
+                              reading=manifest.get("reading") or {}, version=version, manifest=manifest)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{folder}: incomplete checkpoint ({type(err).__name__}: {err})") from None
 
@@ -217,7 +266,8 @@ class ModelRegistry:
         """The newest committed version that loads, and the errors of newer ones it skipped."""
         skipped: list[str] = []
         try:
-            candidates = sorted(self.versions(), reverse=True)
+            latest = self.latest_version()
+            candidates = sorted((v for v in self.versions() if latest is None or v <= latest), reverse=True)
         except CheckpointError as err:  # LATEST itself is corrupt: scan the folders
             skipped.append(str(err))
             candidates = sorted((int(m.group(1)) for p in self.root.iterdir()
@@ -256,7 +306,8 @@ class ModelRegistry:
         """Write ``checkpoint`` as the next version and commit it; call while holding ``lock()``."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._discard_uncommitted()
-        version = (self.latest_version() or 0) + 1
+        # After a rollback the next version goes above every kept one: numbers are never reused.
+        version = max([self.latest_version() or 0, *self.versions()]) + 1
         final = self.root / version_name(version)
         temp = self.root / f".tmp-{version_name(version)}-{os.getpid()}"
         if temp.exists():
@@ -270,6 +321,8 @@ class ModelRegistry:
             "vocab.json": _json_bytes({"users": checkpoint.user_ids.tolist(),
                                        "items": checkpoint.item_ids.tolist()}),
         }
+        if checkpoint.served:
+            contents[SERVED] = save_safetensors({k: v.detach().cpu().contiguous() for k, v in checkpoint.served.items()})
         for name, payload in contents.items():
             _write_file(temp / name, payload)
         periods = [entry["period"] for entry in checkpoint.data]
@@ -280,7 +333,7 @@ class ModelRegistry:
             "periods": {"first": min(periods, default=0), "last": max(periods, default=0),
                         "rows": checkpoint.cumulative.rows, "last_time": checkpoint.cumulative.last_time},
             "n_users": checkpoint.n_users, "n_items": checkpoint.n_items,
-            "data": checkpoint.data,
+            "data": checkpoint.data, "reading": checkpoint.reading,
             "files": {name: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
                       for name, payload in contents.items()},
         }
@@ -291,19 +344,79 @@ class ModelRegistry:
         _write_file(self.root / f".LATEST.tmp-{os.getpid()}", (version_name(version) + "\n").encode())
         os.replace(self.root / f".LATEST.tmp-{os.getpid()}", self.latest_path)  # the commit point
         _fsync_dir(self.root)
+        self._journal({"event": "commit", "version": version, "created": manifest["created"]})
         checkpoint.version, checkpoint.manifest = version, manifest
         return version
 
+    def rollback(self, version: int) -> int:
+        """Serve ``version`` again: point LATEST at it (atomically); returns the version LATEST named.
+
+        Call while holding ``lock()``. The version must load (every file checked). Newer versions
+        are kept, and recorded as committed in the journal first, so no later update discards them;
+        the next update builds on ``version`` and gets a new number above all of them.
+        """
+        latest = self.latest_version()
+        if latest is None:
+            raise CheckpointError(f"{self.root}: no model registry here (no LATEST file)")
+        if version not in self.versions():
+            raise CheckpointError(f"{self.root}: no committed version {version} (versions: "
+                                  f"{', '.join(map(str, self.versions()))})")
+        self.load(version)                          # refuse to serve a corrupt version
+        committed = sorted(v for v in self.versions() if v > version)
+        self._journal({"event": "rollback", "from": latest, "to": version, "committed": committed,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        temp = self.root / f".LATEST.tmp-{os.getpid()}"
+        _write_file(temp, (version_name(version) + "\n").encode())
+        os.replace(temp, self.latest_path)
+        _fsync_dir(self.root)
+        emit("rollback", f"LATEST moved from version {latest} back to version {version}", level="warning",
+             registry=str(self.root), previous=latest, version=version, kept=committed)
+        return latest
+
+    def _journal(self, event: dict[str, Any]) -> None:
+        """Append one event line and fsync it (not through _write_file: the journal is appended)."""
+        with open(self.journal_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(event) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
     def _discard_uncommitted(self) -> None:
-        """Remove temp folders and version folders newer than LATEST (interrupted updates)."""
+        """Remove temp folders and version folders newer than LATEST that were never committed
+        (interrupted updates); versions a rollback stepped back from are kept."""
         latest = self.latest_version() or 0
+        journaled = self._journaled()
         for path in self.root.iterdir():
             match = VERSION_RE.match(path.name)
-            if path.name.startswith((".tmp-", ".LATEST.tmp-")) or (match and int(match.group(1)) > latest):
+            if path.name.startswith((".tmp-", ".LATEST.tmp-")) or (
+                    match and int(match.group(1)) > latest and int(match.group(1)) not in journaled):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
                     path.unlink()
+
+
+def version_summary(registry: ModelRegistry, version: int, latest: int | None = None) -> dict[str, Any]:
+    """One row of ``smlrec versions``, from the manifest alone (fast; files are not verified)."""
+    try:
+        manifest = registry.manifest(version)
+    except CheckpointError as err:
+        return {"version": version, "latest": version == latest, "created": "?", "strategy": "?",
+                "periods": "?", "data_from": "?", "data_to": "?", "rows": "?", "source": f"unreadable: {err}"}
+    data = manifest.get("data") or [{}]
+    periods = manifest.get("periods", {})
+    first = data[0].get("first_time")
+    last = periods.get("last_time")
+    return {"version": version, "latest": version == latest, "created": manifest.get("created", "?"),
+            "strategy": manifest.get("strategy", "?"),
+            "periods": f"{periods.get('first', '?')}..{periods.get('last', '?')}",
+            "data_from": _day(first), "data_to": _day(last), "rows": periods.get("rows", "?"),
+            "source": str(data[-1].get("source", "?")), "batch_sha256": data[-1].get("sha256")}
+
+
+def _day(seconds: Any) -> str:
+    if seconds is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(seconds)))
 
 
 # ----------------------------------------------------------------------------------------------

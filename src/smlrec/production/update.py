@@ -21,21 +21,28 @@ test periods).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..config import ReplaySettings, replay_settings, to_dict
-from ..data.loading import load_timeline
-from ..data.log import InteractionLog, ReadOptions, read_log
-from ..data.periods import Period, Plan
+from ..data.loading import load_log, period_boundaries
+from ..data.log import InteractionLog, file_sha256
+from ..data.periods import Period, Plan, build_timeline
 from ..data.pairs import PairIndex
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, SmlrecError
 from ..strategies import Strategy, StrategyContext, create_strategy
 from ..strategies.factory import configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_mf
+from .events import emit
+from .ingest import (DEFAULT_MAX_FUTURE, Reading, as_numbers, check_not_future, legacy_reading,
+                     parse_horizon, read_batch, reading_of, stamp)
 from .registry import Checkpoint, Cumulative, ModelRegistry, PreviousPeriod
 
 PRODUCTION_ROLE = "test"
@@ -50,6 +57,25 @@ class UpdateReport:
     new_items: int
     seconds: float
     warnings: list[str]
+    already_applied: bool = False     # the batch is the one the latest version was built from
+
+
+@contextlib.contextmanager
+def reproducible(settings: ReplaySettings) -> Iterator[None]:
+    """Run an init or update reproducibly: the registry's fixed thread count and torch's
+    deterministic kernels (on CPU they make the multi-threaded reductions, e.g. ``index_add_``,
+    sum in a fixed order, so a rerun from the same version and batch gives the same bytes).
+    The previous torch settings are restored afterwards."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    configure_threads(settings)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, on an op without one
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
 
 
 def init_registry(history: str | Path, registry: str | Path | ModelRegistry, strategy: str,
@@ -66,14 +92,19 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
         settings = replay_settings(settings or {})
     plan = Plan.parse(plan) if isinstance(plan, str) else plan
     data = dataclasses.replace(settings.data, path=str(history))
-    settings = dataclasses.replace(settings, data=data, plan=plan or settings.plan, strategies=(strategy,))
-    with registry.lock():
+    # The thread count is fixed in the registry so every update reduces in the same order.
+    settings = dataclasses.replace(settings, data=data, plan=plan or settings.plan, strategies=(strategy,),
+                                   threads=settings.threads or os.cpu_count() or 1)
+    with registry.lock(), reproducible(settings):
         if registry.latest_version() is not None:
             raise ConfigError(f"{registry.root}: already holds a registry (version "
                               f"{registry.latest_version()}); use `smlrec update`, or a new folder")
-        configure_threads(settings)
-        timeline = load_timeline(settings)
-        log = timeline.log
+        log = load_log(settings.data)
+        reading = reading_of(log, settings)            # refuses times in ms etc. before cutting periods
+        timeline = build_timeline(log, period_boundaries(log, settings.data), settings.plan)
+        user_ids, item_ids = as_numbers(log.user_ids), as_numbers(log.item_ids)
+        reading = dataclasses.replace(reading, user_ids="number" if user_ids.dtype.kind in "iu" else "text",
+                                      item_ids="number" if item_ids.dtype.kind in "iu" else "text")
         initial, _ = pretrain_mf(timeline.pretrain_data, log.n_users, log.n_items, settings.mf,
                                  settings.pretrain.epochs, settings.seed, settings.device)
         model = make_strategy(strategy, timeline, settings)
@@ -87,11 +118,36 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
                                 next_period=len(timeline.periods))
         cumulative.previous = _previous(last)
         entry = {"sha256": log.sha256, "source": str(history), "rows": len(log),
-                 "period": last.index, "periods": [0, last.index], "kind": "history"}
+                 "period": last.index, "periods": [0, last.index], "kind": "history",
+                 "first_time": int(log.time[0]), "last_time": int(log.time[-1])}
         checkpoint = Checkpoint(strategy=strategy, settings=to_dict(settings),
-                                strategy_state=model.state_dict(), user_ids=np.asarray(log.user_ids),
-                                item_ids=np.asarray(log.item_ids), cumulative=cumulative, data=[entry])
-        return registry.write(checkpoint)
+                                strategy_state=model.state_dict(), user_ids=np.asarray(user_ids),
+                                item_ids=np.asarray(item_ids), cumulative=cumulative, data=[entry],
+                                reading=reading.to_dict(), served=served_tables(model))
+        version = registry.write(checkpoint)
+        emit("init", f"version {version} written ({strategy}, {len(log)} interactions)",
+             registry=str(registry.root), version=version, strategy=strategy, rows=len(log),
+             sha256=log.sha256, source=str(history))
+        return version
+
+
+def served_tables(strategy: Strategy) -> dict[str, torch.Tensor] | None:
+    """What a query needs from a strategy that serves an inner product: its user and item tables
+    and the scores of a user it has never seen (absent when it has no cold-user rule). Stored with
+    the version so that ``recommend`` and ``serve`` need not rebuild the strategy (building one
+    creates its optimiser, and torch imports its compiler for that: seconds)."""
+    tables = strategy.served_tables()
+    if tables is None:
+        return None
+    with torch.no_grad():
+        served = {"user": tables[0].detach().float().cpu().contiguous(),
+                  "item": tables[1].detach().float().cpu().contiguous()}
+        try:
+            served["cold"] = strategy.score_new_users(
+                torch.arange(strategy.n_items, device=strategy.device)[None, :])[0].float().cpu().contiguous()
+        except ConfigError:
+            pass
+    return served
 
 
 def _previous(period: Period) -> PreviousPeriod:
@@ -117,11 +173,12 @@ def strategy_from(checkpoint: Checkpoint, device: str | None = None) -> Strategy
     return strategy
 
 
-def read_options(settings: ReplaySettings) -> ReadOptions:
-    data = settings.data
-    return ReadOptions(format=data.format, user_col=data.user_col, item_col=data.item_col,
-                       time_col=data.time_col, rating_col=data.rating_col, sep=data.sep,
-                       min_rating=data.min_rating)
+def reading_from(checkpoint: Checkpoint) -> Reading:
+    """How the checkpoint's registry reads its batches (derived for registries that predate it)."""
+    if checkpoint.reading:
+        return Reading.from_dict(checkpoint.reading)
+    source = checkpoint.data[0].get("source", "") if checkpoint.data else ""
+    return legacy_reading(settings_of(checkpoint), source, checkpoint.user_ids, checkpoint.item_ids)
 
 
 def extend_vocabulary(known: np.ndarray, batch_ids: np.ndarray, batch_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,60 +207,104 @@ def _comparable(known: np.ndarray, batch_ids: np.ndarray) -> np.ndarray:
     return known
 
 
-def update_once(registry: str | Path | ModelRegistry, batch: str | Path, force: bool = False) -> UpdateReport:
+def update_once(registry: str | Path | ModelRegistry, batch: str | Path, force: bool = False,
+                max_future: str | None = DEFAULT_MAX_FUTURE, now: float | None = None) -> UpdateReport:
     """Apply one new period from file ``batch`` to the latest version; write the next version.
 
-    Refuses (DataError) a batch that is empty or malformed, one whose times precede the last applied
-    period, or one already applied (same sha256); ``force`` overrides the last two only.
+    The batch is read as the registry's history was (see ingest.py). Refuses (DataError, nothing
+    written) a batch that is empty or malformed, has ids or time units that do not fit the
+    registry, ends after now + ``max_future``, precedes the last applied period, or was already
+    applied; ``force`` overrides the last three. Retrying the batch the latest version was built
+    from is not an error: the report says ``already_applied`` and nothing is written.
     """
     registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
-    with registry.lock():
-        checkpoint = registry.load()
-        settings = settings_of(checkpoint)
-        configure_threads(settings)
-        log = read_log(batch, read_options(settings))  # DataError on empty or malformed files
-        warnings = _check_batch(checkpoint, log, force)
-        strategy = strategy_from(checkpoint)
-        users, user_ids = extend_vocabulary(checkpoint.user_ids, log.user_ids, log.user_idx)
-        items, item_ids = extend_vocabulary(checkpoint.item_ids, log.item_ids, log.item_idx)
-        strategy.grow(len(user_ids), len(item_ids))
-        cumulative = checkpoint.cumulative
-        items_seen = np.maximum(cumulative.items_seen, np.maximum.accumulate(items) + 1).astype(np.int64)
-        grown = cumulative.extended(users, items, log.time, items_seen)
-        period = Period(index=cumulative.next_period, role=PRODUCTION_ROLE, start=cumulative.rows,
-                        users=users, items=items, times=log.time, items_seen=items_seen, seen=grown.seen,
-                        label=_label(log.time))
-        seconds = strategy.update(period)
-        entry = {"sha256": log.sha256, "source": str(batch), "rows": len(log), "period": period.index,
-                 "kind": "update", "forced": bool(warnings)}
-        version = registry.write(Checkpoint(
-            strategy=checkpoint.strategy, settings=checkpoint.settings, strategy_state=strategy.state_dict(),
-            user_ids=user_ids, item_ids=item_ids, cumulative=grown, data=[*checkpoint.data, entry]))
-        return UpdateReport(version=version, period=period.index, rows=len(log),
-                            new_users=len(user_ids) - checkpoint.n_users,
-                            new_items=len(item_ids) - checkpoint.n_items, seconds=seconds, warnings=warnings)
+    horizon = parse_horizon(max_future)
+    try:
+        with registry.lock():
+            checkpoint = registry.load()
+            settings = settings_of(checkpoint)
+            retry = _retry_of_latest(checkpoint, batch, force)
+            if retry is not None:
+                emit("update_already_applied", f"{batch}: already applied as version {checkpoint.version}",
+                     registry=str(registry.root), version=checkpoint.version, source=str(batch),
+                     sha256=retry)
+                return UpdateReport(version=checkpoint.version, period=int(checkpoint.data[-1]["period"]),
+                                    rows=int(checkpoint.data[-1].get("rows", 0)), new_users=0, new_items=0,
+                                    seconds=0.0, warnings=[], already_applied=True)
+            with reproducible(settings):
+                return _apply(registry, checkpoint, batch, force, horizon, now)
+    except SmlrecError as err:
+        emit("update_refused", f"{batch}: refused: {err}", level="error", registry=str(registry.root),
+             source=str(batch), error=str(err))
+        raise
 
 
-def _check_batch(checkpoint: Checkpoint, log: InteractionLog, force: bool) -> list[str]:
+def _retry_of_latest(checkpoint: Checkpoint, batch: str | Path, force: bool) -> str | None:
+    """The batch's sha256 when it is the batch the latest version was built from (an idempotent
+    retry, e.g. after the update was killed just after its commit); None otherwise."""
+    if force or not checkpoint.data or not Path(batch).is_file():
+        return None
+    digest = file_sha256(batch)
+    return digest if checkpoint.data[-1].get("sha256") == digest else None
+
+
+def _apply(registry: ModelRegistry, checkpoint: Checkpoint, batch: str | Path, force: bool,
+           horizon: float | None, now: float | None) -> UpdateReport:
+    reading = reading_from(checkpoint)
+    log = read_batch(batch, reading)                 # DataError on empty, malformed or unfit files
+    warnings = _check_batch(checkpoint, log, force, horizon, now)
+    strategy = strategy_from(checkpoint)
+    users, user_ids = extend_vocabulary(checkpoint.user_ids, log.user_ids, log.user_idx)
+    items, item_ids = extend_vocabulary(checkpoint.item_ids, log.item_ids, log.item_idx)
+    strategy.grow(len(user_ids), len(item_ids))
+    cumulative = checkpoint.cumulative
+    items_seen = np.maximum(cumulative.items_seen, np.maximum.accumulate(items) + 1).astype(np.int64)
+    grown = cumulative.extended(users, items, log.time, items_seen)
+    period = Period(index=cumulative.next_period, role=PRODUCTION_ROLE, start=cumulative.rows,
+                    users=users, items=items, times=log.time, items_seen=items_seen, seen=grown.seen,
+                    label=_label(log.time))
+    seconds = strategy.update(period)
+    entry = {"sha256": log.sha256, "source": str(batch), "rows": len(log), "period": period.index,
+             "kind": "update", "forced": bool(warnings), "first_time": int(log.time[0]),
+             "last_time": int(log.time[-1])}
+    version = registry.write(Checkpoint(
+        strategy=checkpoint.strategy, settings=checkpoint.settings, strategy_state=strategy.state_dict(),
+        user_ids=user_ids, item_ids=item_ids, cumulative=grown, data=[*checkpoint.data, entry],
+        reading=reading.to_dict(), served=served_tables(strategy)))
+    report = UpdateReport(version=version, period=period.index, rows=len(log),
+                          new_users=len(user_ids) - checkpoint.n_users,
+                          new_items=len(item_ids) - checkpoint.n_items, seconds=seconds, warnings=warnings)
+    emit("update", f"version {version} written from {batch} (period {period.index}, {len(log)} interactions)",
+         registry=str(registry.root), version=version, previous=checkpoint.version, period=period.index,
+         rows=len(log), new_users=report.new_users, new_items=report.new_items, seconds=round(seconds, 4),
+         sha256=log.sha256, source=str(batch), forced=warnings)
+    return report
+
+
+def _check_batch(checkpoint: Checkpoint, log: InteractionLog, force: bool, horizon: float | None,
+                 now: float | None) -> list[str]:
     """Refusals that ``force`` may override; returns the warnings of overridden ones."""
     problems = []
     applied = checkpoint.applied_hashes
     if log.sha256 in applied:
         problems.append(f"this batch was already applied (same sha256 {log.sha256[:12]}..., "
                         f"period {applied[log.sha256]})")
+    future = check_not_future(log, horizon, now)
+    if future:
+        problems.append(future)
     last_time = checkpoint.cumulative.last_time
     if int(log.time[0]) < last_time:
-        problems.append(f"its earliest time {_stamp(int(log.time[0]))} precedes the last applied period "
-                        f"(which ends {_stamp(last_time)})")
+        problems.append(f"its earliest time {stamp(int(log.time[0]))} precedes the last applied period "
+                        f"(which ends {stamp(last_time)})")
     if problems and not force:
         raise DataError("; ".join(problems) + "; pass --force (force=True) to apply it anyway",
                         path=log.source)
     return problems
 
 
-def _stamp(seconds: int) -> str:
-    return f"{pd.Timestamp(seconds, unit='s'):%Y-%m-%d %H:%M:%S} UTC"
-
-
 def _label(times: np.ndarray) -> str:
-    return f"{pd.Timestamp(int(times[0]), unit='s'):%Y-%m-%d %H:%M}..{pd.Timestamp(int(times[-1]), unit='s'):%Y-%m-%d %H:%M}"
+    try:
+        first, last = (pd.Timestamp(int(t), unit="s") for t in (times[0], times[-1]))
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return f"{int(times[0])}..{int(times[-1])}"
+    return f"{first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M}"
