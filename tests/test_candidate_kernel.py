@@ -1,4 +1,4 @@
-"""The compiled candidate scorer (models/mf_kernels.py) against its slow twin.
+"""The compiled candidate scorer (models/_mf_kernels_numba.py) against its slow twin.
 
 The twin gathers the candidates' rows and multiplies in float64, then rounds to float32; the
 kernel sums the same exact float64 products in another order, so the float32 scores are equal
