@@ -35,6 +35,39 @@ class MF(nn.Module):
 
     forward = score
 
+    # -- the base-model interface (models/bases.py); MF's own arithmetic, unchanged -------------
+    propagates = False
+
+    def set_graph(self, users, items) -> None:
+        """MF has no graph: the data a strategy holds does not change how it scores."""
+
+    def graph_state(self) -> dict:
+        return {}
+
+    def load_graph_state(self, state) -> None:
+        pass
+
+    def dense_parameters(self) -> dict:
+        return {}
+
+    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return user_table, item_table
+
+    def isolated(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+    def pair_scores(self, u: torch.Tensor, i: torch.Tensor, dense=None) -> torch.Tensor:
+        return (u * i).sum(-1)
+
+    def candidate_scores(self, u: torch.Tensor, item_table: torch.Tensor, candidates: torch.Tensor,
+                         dense=None) -> torch.Tensor:
+        return candidate_scores(u, item_table, candidates)
+
+    def pair_loss(self, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        from .losses import bce_pair_loss
+
+        return bce_pair_loss(positive, negative)
+
 
 def score_with_tables(users_table: torch.Tensor, items_table: torch.Tensor, users: torch.Tensor,
                       items: torch.Tensor) -> torch.Tensor:

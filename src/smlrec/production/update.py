@@ -35,7 +35,7 @@ from ..data.pairs import PairIndex
 from ..errors import CheckpointError, ConfigError, DataError
 from ..strategies import Strategy, StrategyContext, create_strategy
 from ..strategies.factory import configure_threads, make_strategy
-from ..strategies.pretrain import pretrain_mf
+from ..strategies.pretrain import pretrain_model
 from .registry import Checkpoint, Cumulative, ModelRegistry, PreviousPeriod
 
 PRODUCTION_ROLE = "test"
@@ -74,8 +74,7 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
         configure_threads(settings)
         timeline = load_timeline(settings)
         log = timeline.log
-        initial, _ = pretrain_mf(timeline.pretrain_data, log.n_users, log.n_items, settings.mf,
-                                 settings.pretrain.epochs, settings.seed, settings.device)
+        initial, _ = pretrain_model(timeline.pretrain_data, log.n_users, log.n_items, settings)
         model = make_strategy(strategy, timeline, settings)
         model.start(timeline.pretrain_data, initial)
         for period in timeline.periods[settings.plan.pretrain:]:
@@ -111,7 +110,8 @@ def strategy_from(checkpoint: Checkpoint, device: str | None = None) -> Strategy
     """The strategy of a checkpoint, with its state loaded and tables sized to its vocabularies."""
     settings = settings_of(checkpoint)
     context = StrategyContext(n_users=checkpoint.n_users, n_items=checkpoint.n_items, mf=settings.mf,
-                              seed=settings.seed, device=device or settings.device, name=checkpoint.strategy)
+                              seed=settings.seed, device=device or settings.device, name=checkpoint.strategy,
+                              base=settings.base_settings)
     strategy = create_strategy(checkpoint.strategy, context, settings.strategy.get(checkpoint.strategy, {}))
     strategy.load_state_dict(checkpoint.strategy_state)
     return strategy
