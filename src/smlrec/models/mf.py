@@ -56,6 +56,9 @@ class MF(nn.Module):
     def isolated(self, rows: torch.Tensor) -> torch.Tensor:
         return rows
 
+    def batch_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user(users), self.item(items)
+
     def pair_scores(self, u: torch.Tensor, i: torch.Tensor, dense=None) -> torch.Tensor:
         return (u * i).sum(-1)
 
