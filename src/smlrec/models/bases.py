@@ -62,7 +62,12 @@ class _Base(nn.Module):
     def isolated(self, rows: torch.Tensor) -> torch.Tensor:
         return rows
 
-    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def graph_for(self, users: np.ndarray, items: np.ndarray) -> Any:
+        """A graph of other data than the held one, for ``encode(..., graph)`` (None: no graph)."""
+        return None
+
+    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor, graph: Any = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         return user_table, item_table
 
     def dense_parameters(self) -> dict[str, nn.Parameter]:
@@ -124,6 +129,21 @@ def propagate(user_table: torch.Tensor, item_table: torch.Tensor, forward: torch
     return user_sum / (layers + 1), item_sum / (layers + 1)
 
 
+class Graph:
+    """The edges of a training set and, built on first use for the tables' sizes, R̃ and R̃ᵀ."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray) -> None:
+        self.users = np.asarray(users, np.int64).copy()
+        self.items = np.asarray(items, np.int64).copy()
+        self._adjacency: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def adjacency(self, n_users: int, n_items: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (n_users, n_items, str(device))   # rebuilt when the tables grow
+        if self._adjacency is None or self._adjacency[0] != key:
+            self._adjacency = (key, normalized_adjacency(self.users, self.items, n_users, n_items, device))
+        return self._adjacency[1]
+
+
 class LightGCN(_Base):
     """He et al., SIGIR 2020: MF tables propagated over the symmetric-normalised user-item graph.
 
@@ -146,30 +166,24 @@ class LightGCN(_Base):
             self.item.weight.normal_(0.0, init_std)
         self.layers = layers
         self.loss = loss
-        self.graph_users = np.zeros(0, np.int64)
-        self.graph_items = np.zeros(0, np.int64)
-        self._adjacency: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.graph = Graph(np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def set_graph(self, users: np.ndarray, items: np.ndarray) -> None:
-        self.graph_users = np.asarray(users, np.int64).copy()
-        self.graph_items = np.asarray(items, np.int64).copy()
-        self._adjacency = None
+        self.graph = Graph(users, items)
+
+    def graph_for(self, users: np.ndarray, items: np.ndarray) -> Graph:
+        return Graph(users, items)
 
     def graph_state(self) -> dict[str, Any]:
-        return {"graph_users": self.graph_users.copy(), "graph_items": self.graph_items.copy()}
+        return {"graph_users": self.graph.users.copy(), "graph_items": self.graph.items.copy()}
 
     def load_graph_state(self, state: Mapping[str, Any]) -> None:
         self.set_graph(np.asarray(state["graph_users"]), np.asarray(state["graph_items"]))
 
-    def adjacency(self, n_users: int, n_items: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (n_users, n_items, str(device))   # rebuilt when the tables grow or the graph changes
-        if self._adjacency is None or self._adjacency[0] != key:
-            self._adjacency = (key, normalized_adjacency(self.graph_users, self.graph_items, n_users,
-                                                         n_items, device))
-        return self._adjacency[1]
-
-    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        forward, backward = self.adjacency(len(user_table), len(item_table), user_table.device)
+    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor, graph: Graph | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        graph = graph or self.graph
+        forward, backward = graph.adjacency(len(user_table), len(item_table), user_table.device)
         return propagate(user_table, item_table, forward, backward, self.layers)
 
     def isolated(self, rows: torch.Tensor) -> torch.Tensor:

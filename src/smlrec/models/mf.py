@@ -50,7 +50,11 @@ class MF(nn.Module):
     def dense_parameters(self) -> dict:
         return {}
 
-    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def graph_for(self, users, items) -> None:
+        return None
+
+    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor, graph=None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         return user_table, item_table
 
     def isolated(self, rows: torch.Tensor) -> torch.Tensor:

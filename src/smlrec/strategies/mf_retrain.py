@@ -119,16 +119,17 @@ class MFRetrain(Strategy):
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
         user_final, item_final = self.encoded_tables()
-        return score_encoded(self.model, user_final, item_final, users, candidates)
+        return score_encoded(self.model, user_final, item_final, users, candidates, self._served_dense())
 
     def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
         item_final = self.encoded_tables()[1]
-        vector = cold_row(self.model.user.weight.detach(), self.user_rows, self.settings.cold_users)
+        vector = cold_row(self._raw_tables()[0], self.user_rows, self.settings.cold_users)
         if vector is None:   # "init": an id never seen has no row at all; its fresh row is random
             raise ConfigError(f"{self.name}: cold_users = 'init' has no row for an unknown user")
         with torch.no_grad():  # an unknown id has no edges: LightGCN serves its row / (K+1)
             vector = self.model.isolated(vector)
-            return self.model.candidate_scores(vector.expand(len(candidates), -1), item_final, candidates)
+            return self.model.candidate_scores(vector.expand(len(candidates), -1), item_final, candidates,
+                                               self._served_dense())
 
     def encoded_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings of the served tables (LightGCN: propagated over the held graph)."""
@@ -141,10 +142,18 @@ class MFRetrain(Strategy):
         """The trained layer-0 tables with every untrained row replaced by its cold-start rule's row."""
         if self._served is None:
             with torch.no_grad():
-                self._served = (
-                    with_cold_rows(self.model.user.weight.detach(), self.user_rows, self.settings.cold_users),
-                    with_cold_rows(self.model.item.weight.detach(), self.item_rows, self.settings.cold_items))
+                user_table, item_table = self._raw_tables()
+                self._served = (with_cold_rows(user_table, self.user_rows, self.settings.cold_users),
+                                with_cold_rows(item_table, self.item_rows, self.settings.cold_items))
         return self._served
+
+    def _raw_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer-0 tables the strategy serves, before cold rules (ASMG: generated ones)."""
+        return self.model.user.weight.detach(), self.model.item.weight.detach()
+
+    def _served_dense(self) -> dict[str, torch.Tensor] | None:
+        """Dense weights that replace the model's own when serving (None: the model's own)."""
+        return None
 
     def _state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.trainer.state_dict(),
