@@ -223,12 +223,14 @@ class NCF(_Base):
         widths = [2 * dim, *hidden, 1]
         self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         with torch.no_grad():
-            self.user.weight.normal_(0.0, init_std, generator=generator)
-            self.item.weight.normal_(0.0, init_std, generator=generator)
+            # The MLP first: its initial weights must not depend on the tables' sizes (a
+            # production registry has fewer rows than a replay over the whole log).
             for layer in self.mlp:   # PyTorch's default bound 1/sqrt(fan_in), from a seeded stream
                 bound = 1.0 / math.sqrt(layer.in_features)
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.uniform_(-bound, bound, generator=generator)
+            self.user.weight.normal_(0.0, init_std, generator=generator)
+            self.item.weight.normal_(0.0, init_std, generator=generator)
         self.loss = loss
         self.sparse = sparse
 
