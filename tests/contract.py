@@ -28,6 +28,7 @@ FAST_OVERRIDES: dict[str, dict] = {
     "fine-tune": {"epochs": 1},
     "sml": {"rounds": 2, "hidden": 16, "conv_channels": 2, "conv2_channels": 2},
     "spmf": {"epochs": 1},
+    "asmg": {"epochs": 1},
     "gru4rec": {"start_epochs": 1, "epochs": 1, "dim": 8, "hidden": 8, "batch_size": 64},
     "caser": {"start_epochs": 1, "epochs": 1, "dim": 8, "n_h": 2, "n_v": 2, "batch_size": 64},
 }

@@ -158,7 +158,7 @@ def graph():
 def test_the_graph_sees_the_known_imports(graph):
     """A check on the reader: known imports of each kind appear as edges."""
     edges = {(m, t) for m, targets in graph.items() for t, _ in targets}
-    assert ("smlrec.strategies.sml", "smlrec.models.mf") in edges                 # from ..models.mf
+    assert ("smlrec.strategies.sml", "smlrec.models.bases") in edges              # from ..models.bases
     assert ("smlrec.data", "smlrec.data.formats") in edges                        # from . import formats
     assert ("smlrec.experiment.results", "smlrec") in edges                       # from .. import __version__
     assert ("smlrec.models.fused_mf", "smlrec.models.losses") in edges            # inside a function

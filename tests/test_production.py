@@ -14,7 +14,7 @@ from smlrec.models.growth import init_rows
 from smlrec.production import Recommender, init_registry, recommend, update_once
 from smlrec.production.registry import ModelRegistry
 from smlrec.strategies.factory import make_strategy
-from smlrec.strategies.pretrain import pretrain_mf
+from smlrec.strategies.pretrain import pretrain_model
 
 N_PERIODS, HISTORY = 6, 4        # init on periods 0..3, update with 4 (and 5)
 
@@ -37,8 +37,7 @@ def _replay_strategy(name: str, full_log, settings: dict, tmp_path):
     replay = replay_settings(settings, {"data": {"path": str(full_log), "periods": N_PERIODS}, "plan": plan,
                                         "n_negatives": 20, "cache_dir": str(tmp_path / "cache")})
     timeline = load_timeline(replay)
-    initial, _ = pretrain_mf(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, replay.mf,
-                             replay.pretrain.epochs, replay.seed)
+    initial, _ = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, replay)
     held = {}
 
     def factory(name):
@@ -53,11 +52,26 @@ def _replay_strategy(name: str, full_log, settings: dict, tmp_path):
 @pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("strategy", PRODUCTION_STRATEGIES)
 def test_init_then_update_serves_the_replay_model(tmp_path, strategy, sparse):
+    check_production_equals_replay(tmp_path, strategy, tiny_settings(strategy, HISTORY, sparse=sparse))
+
+
+# Every base can grow its tables (new rows as a replay holds them for ids not seen yet), so
+# production works for every (strategy, base) pair that grows; ASMG grows its window too.
+BASE_PAIRS = [("asmg", "mf")] + [(strategy, base) for base in ("lightgcn", "ncf")
+                                 for strategy in ("full-retrain", "fine-tune", "spmf", "sml", "asmg")]
+
+
+@pytest.mark.parametrize(("strategy", "base"), BASE_PAIRS)
+def test_init_then_update_serves_the_replay_model_on_other_bases(tmp_path, strategy, base):
+    settings = dict(tiny_settings(strategy, HISTORY), base=base)
+    check_production_equals_replay(tmp_path, strategy, settings)
+
+
+def check_production_equals_replay(tmp_path, strategy: str, settings: dict) -> None:
     frame = synthetic_log(N_PERIODS)
     full_log = tmp_path / "full.csv"
     frame.to_csv(full_log, index=False)
     history, batches = write_periods(frame, tmp_path / "data", HISTORY)
-    settings = tiny_settings(strategy, HISTORY, sparse=sparse)
     init_registry(history, tmp_path / "reg", strategy, settings)
     report = update_once(tmp_path / "reg", batches[0])          # period 4: the replay's last update
     assert report.version == 2 and report.period == 4 and report.new_users > 0 and report.new_items > 0

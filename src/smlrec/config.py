@@ -12,6 +12,9 @@ TOML layout::
     [plan]        # pretrain, offline, validation, test
     [mf]          # dim, lr, batch_size, init_std, sparse, kernel
     [pretrain]    # epochs
+    base = "mf"   # the base model: mf | lightgcn | ncf (models/bases.py)
+    [lightgcn]    # layers, loss
+    [ncf]         # hidden
     [strategy.sml]  # settings of one strategy, by its name
     rounds = 10
 """
@@ -81,6 +84,48 @@ class MFSettings:
         require(self.init_std >= 0, "init_std", ">= 0", self.init_std)
 
 
+BASE_KINDS = ("mf", "lightgcn", "ncf")
+BASE_LOSSES = ("bce", "bpr")
+
+
+@dataclass(frozen=True)
+class LightGCNSettings:
+    """LightGCN (He et al., SIGIR 2020) over the user-item graph of a strategy's training data."""
+
+    layers: int = 3                  # K propagation layers; final embedding = mean of layers 0..K
+    loss: str = "bce"                # bce (one negative, as every other base) | bpr
+
+    def __post_init__(self) -> None:
+        require(self.layers >= 0, "layers", ">= 0", self.layers)
+        require(self.loss in BASE_LOSSES, "loss", f"one of {', '.join(BASE_LOSSES)}", self.loss)
+
+
+@dataclass(frozen=True)
+class NCFSettings:
+    """NeuMF's MLP tower: concat(p_u, q_i) -> ReLU layers of these widths -> one logit."""
+
+    hidden: tuple[int, ...] = (64, 32, 16)
+    loss: str = "bce"                # bce | bpr
+
+    def __post_init__(self) -> None:
+        require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
+                "one or more widths >= 1", self.hidden)
+        require(self.loss in BASE_LOSSES, "loss", f"one of {', '.join(BASE_LOSSES)}", self.loss)
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    """Which base model the strategies train and score, with its own settings (not a TOML table:
+    ``ReplaySettings.base_settings`` assembles it from ``base``, ``[lightgcn]`` and ``[ncf]``)."""
+
+    kind: str = "mf"
+    lightgcn: LightGCNSettings = field(default_factory=LightGCNSettings)
+    ncf: NCFSettings = field(default_factory=NCFSettings)
+
+    def __post_init__(self) -> None:
+        require(self.kind in BASE_KINDS, "base", f"one of {', '.join(BASE_KINDS)}", self.kind)
+
+
 @dataclass(frozen=True)
 class PretrainSettings:
     """MF pretraining on the pretrain periods; every strategy starts from this model."""
@@ -97,6 +142,9 @@ class ReplaySettings:
     plan: Plan = field(default_factory=Plan)
     mf: MFSettings = field(default_factory=MFSettings)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    base: str = "mf"                 # the base model: mf | lightgcn | ncf (models/bases.py)
+    lightgcn: LightGCNSettings = field(default_factory=LightGCNSettings)
+    ncf: NCFSettings = field(default_factory=NCFSettings)
     strategies: tuple[str, ...] = ()  # empty: every registered strategy
     strategy: dict = field(default_factory=dict)  # per-strategy overrides: {name: {key: value}}
     seed: int = 2020
@@ -110,6 +158,11 @@ class ReplaySettings:
         require(self.threads is None or self.threads >= 1, "threads", ">= 1", self.threads)
         require(self.n_negatives >= 1, "n_negatives", ">= 1", self.n_negatives)
         require(self.eval_batch_size >= 1, "eval_batch_size", ">= 1", self.eval_batch_size)
+        require(self.base in BASE_KINDS, "base", f"one of {', '.join(BASE_KINDS)}", self.base)
+
+    @property
+    def base_settings(self) -> BaseSettings:
+        return BaseSettings(self.base, self.lightgcn, self.ncf)
 
 
 # ----------------------------------------------------------------------------------------------

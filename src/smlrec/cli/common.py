@@ -95,7 +95,7 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
         plan = Plan.parse(args.plan)
         flags["plan"] = {"pretrain": plan.pretrain, "offline": plan.offline,
                          "validation": plan.validation, "test": plan.test}
-    for key in ("seed", "device", "threads", "cache_dir"):
+    for key in ("seed", "device", "threads", "cache_dir", "base"):
         if getattr(args, key, None) is not None:
             flags[key] = getattr(args, key)
     if getattr(args, "strategies", None):
@@ -114,6 +114,9 @@ def replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
                                              "paper's comparison without the ablations); see `smlrec strategies`")
     parser.add_argument("--seed", type=int, help="random seed (default 2020)")
+    parser.add_argument("--base", choices=["mf", "lightgcn", "ncf"],
+                        help="base model every strategy trains and scores (default mf; settings in "
+                             "[lightgcn] / [ncf], e.g. --set lightgcn.layers=2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--pretrain-epochs", type=int, help="MF pretraining epochs (default 20)")

@@ -38,6 +38,7 @@ def _init_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", required=True, help="registry folder to create")
     parser.add_argument("--strategy", default="sml", help="strategy name (default sml); see `smlrec strategies`")
     parser.add_argument("--seed", type=int, help="random seed (default 2020)")
+    parser.add_argument("--base", choices=["mf", "lightgcn", "ncf"], help="base model (default mf)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--pretrain-epochs", type=int, help="MF pretraining epochs (default 20)")

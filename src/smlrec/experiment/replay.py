@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..evaluation.metrics import metrics_from_ranks, rank_candidates
 from ..strategies import STRATEGIES, Strategy, default_strategies
 from ..strategies.factory import configure_threads, make_strategy
-from ..strategies.pretrain import pretrain_mf
+from ..strategies.pretrain import pretrain_model
 
 GROUPS = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
 """The paper's breakdown: "new" = first seen in a test period."""
@@ -138,8 +138,8 @@ def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline |
     timeline = timeline or load_timeline(settings)
     names = resolve_strategies(settings)
     t0 = time.perf_counter()
-    initial, losses = pretrain_mf(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items,
-                                  settings.mf, settings.pretrain.epochs, settings.seed, settings.device)
+    initial, losses = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items,
+                                     settings)
     pretrain_seconds = time.perf_counter() - t0
     candidates = CandidateStore(timeline, settings.seed, settings.n_negatives, settings.cache_dir)
     records = list(iter_replay(timeline, settings, names, initial, candidates, progress))

@@ -38,6 +38,47 @@ class MF(nn.Module):
 
     forward = score
 
+    # -- the base-model interface (models/bases.py); MF's own arithmetic, unchanged -------------
+    propagates = False
+    inner_product = True
+
+    def set_graph(self, users, items) -> None:
+        """MF has no graph: the data a strategy holds does not change how it scores."""
+
+    def graph_state(self) -> dict:
+        return {}
+
+    def load_graph_state(self, state) -> None:
+        pass
+
+    def dense_parameters(self) -> dict:
+        return {}
+
+    def graph_for(self, users, items) -> None:
+        return None
+
+    def encode(self, user_table: torch.Tensor, item_table: torch.Tensor, graph=None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        return user_table, item_table
+
+    def isolated(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+    def batch_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user(users), self.item(items)
+
+    def pair_scores(self, u: torch.Tensor, i: torch.Tensor, dense=None) -> torch.Tensor:
+        return (u * i).sum(-1)
+
+    def candidate_scores(self, u: torch.Tensor, item_table: torch.Tensor, candidates: torch.Tensor,
+                         dense=None) -> torch.Tensor:
+        return candidate_scores(u, item_table, candidates)
+
+    def pair_loss(self, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        from .losses import bce_pair_loss
+
+        return bce_pair_loss(positive, negative)
+
 
 def score_with_tables(users_table: torch.Tensor, items_table: torch.Tensor, users: torch.Tensor,
                       items: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from ..data.pairs import PairIndex
 from ..errors import CheckpointError, ConfigError, DataError, SmlrecError
 from ..strategies import Strategy, StrategyContext, create_strategy
 from ..strategies.factory import configure_threads, make_strategy
-from ..strategies.pretrain import pretrain_mf
+from ..strategies.pretrain import pretrain_model
 from .events import emit
 from .ingest import (DEFAULT_MAX_FUTURE, Reading, as_numbers, check_not_future, legacy_reading,
                      parse_horizon, read_batch, reading_of, stamp)
@@ -105,8 +105,7 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
         user_ids, item_ids = as_numbers(log.user_ids), as_numbers(log.item_ids)
         reading = dataclasses.replace(reading, user_ids="number" if user_ids.dtype.kind in "iu" else "text",
                                       item_ids="number" if item_ids.dtype.kind in "iu" else "text")
-        initial, _ = pretrain_mf(timeline.pretrain_data, log.n_users, log.n_items, settings.mf,
-                                 settings.pretrain.epochs, settings.seed, settings.device)
+        initial, _ = pretrain_model(timeline.pretrain_data, log.n_users, log.n_items, settings)
         model = make_strategy(strategy, timeline, settings)
         model.start(timeline.pretrain_data, initial)
         for period in timeline.periods[settings.plan.pretrain:]:
@@ -167,7 +166,8 @@ def strategy_from(checkpoint: Checkpoint, device: str | None = None) -> Strategy
     """The strategy of a checkpoint, with its state loaded and tables sized to its vocabularies."""
     settings = settings_of(checkpoint)
     context = StrategyContext(n_users=checkpoint.n_users, n_items=checkpoint.n_items, mf=settings.mf,
-                              seed=settings.seed, device=device or settings.device, name=checkpoint.strategy)
+                              seed=settings.seed, device=device or settings.device, name=checkpoint.strategy,
+                              base=settings.base_settings)
     strategy = create_strategy(checkpoint.strategy, context, settings.strategy.get(checkpoint.strategy, {}))
     strategy.load_state_dict(checkpoint.strategy_state)
     return strategy

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import build, merge
 from ..errors import ConfigError
+from .asmg import ASMG, ASMGSettings
 from .base import Strategy, StrategyContext
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
 from .popularity import Popularity, PopularitySettings
@@ -70,6 +71,9 @@ register("fine-tune", FineTune, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on the new period only")
 register("spmf", SPMF, SPMFSettings, {},
          "warm-started MF on reservoir + new period, rank-weighted sampling (Wang et al. 2018)")
+register("asmg", ASMG, ASMGSettings, {"epochs": 5},
+         "GRU meta-generator over the last 3 fine-tuned models generates the next (Peng et al. 2021)",
+         in_default=False)
 register("gru4rec", SequentialStrategy, SequentialSettings, {"model": "gru4rec"},
          "GRU over each user's item sequence, warm-started each period (Hidasi et al. 2016)")
 register("caser", SequentialStrategy, SequentialSettings,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import copy
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..config import MFSettings
+from ..config import BaseSettings, MFSettings
 from ..data.periods import Period
 from ..errors import CheckpointError, ConfigError, DataError
 from ..random import make_rng, rng_state, set_rng_state
@@ -37,6 +37,7 @@ class StrategyContext:
     device: str = "cpu"
     name: str = ""
     pretrain_periods: int = 1         # how many periods the pretrain data spans (mean period size)
+    base: BaseSettings = field(default_factory=BaseSettings)   # the base model (models/bases.py)
 
 
 class Strategy(ABC):
@@ -57,7 +58,8 @@ class Strategy(ABC):
 
     # -- public API ------------------------------------------------------------------------
     def start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
-        """Begin from the shared pretrained MF weights (``user``, ``item``) and its data."""
+        """Begin from the shared pretrained base weights (``user``, ``item``, any dense weights by
+        name: models/bases.py ``base_state``) and its data."""
         self._start(pretrain, initial_state)
 
     def update(self, period: Period) -> float:

@@ -10,6 +10,11 @@ Cold start (strategies/cold.py): a user the model has never trained on is served
 user rows trained in the latest period (``cold_users = "recent"``), an untrained item the mean of
 every trained item row (``cold_items = "mean"``), never its random initial row. Both rules were
 chosen on validation periods; ``"init"`` restores the untrained rows for comparison.
+
+Base models (models/bases.py): the strategies train whichever base the context names, with every
+weight of it (NCF's MLP too) trained on the window; the cold rules apply to the layer-0 tables.
+LightGCN's graph is the window the strategy trains on (all data so far for Full-retrain, D_t for
+Fine-tune, reservoir ∪ D_t for SPMF), and the model it serves propagates over that same graph.
 """
 
 from __future__ import annotations
@@ -23,10 +28,9 @@ import torch
 from ..config import require
 from ..data.periods import Period
 from ..data.sampling import SetNegativeSampler
-from ..models.fused_mf import make_mf_trainer
-from ..models.growth import grow_embedding, init_rows
 from ..errors import ConfigError
-from ..models.mf import MF, candidate_scores, score_with_tables
+from ..models.bases import load_base_state, make_base, make_trainer, score_encoded
+from ..models.growth import grow_embedding, init_rows
 from ..models.train_loop import run_trainer_epochs
 from ..random import make_rng
 from .base import Strategy, StrategyContext, to_tensor
@@ -70,29 +74,30 @@ class MFRetrain(Strategy):
     def __init__(self, settings: RetrainSettings, context: StrategyContext) -> None:
         super().__init__(settings, context)
         mf = context.mf
-        self.model = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
-        self.trainer = make_mf_trainer(self.model, settings.lr or mf.lr, mf.sparse, mf.kernel)
+        self.model = make_base(context.base, context.n_users, context.n_items, mf, context.seed, self.device)
+        self.trainer = make_trainer(self.model, settings.lr or mf.lr, mf.sparse, mf.kernel)
         self.user_rows = TrainedRows(context.n_users)
         self.item_rows = TrainedRows(context.n_items)
         self._served: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._encoded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.model.user.weight.copy_(initial_state["user"])
-            self.model.item.weight.copy_(initial_state["item"])
+        load_base_state(self.model, initial_state)
+        self.model.set_graph(pretrain.users, pretrain.items)
         self._mark_trained(pretrain.users, pretrain.items)
 
     def _mark_trained(self, users: np.ndarray, items: np.ndarray) -> None:
         """The rows of one period's training data (the latest period for the ``recent`` rule)."""
         self.user_rows.mark(users)
         self.item_rows.mark(items)
-        self._served = None
+        self._served = self._encoded = None
 
     def _training_rows(self, period: Period) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _update(self, period: Period) -> None:
         user_rows, item_rows = self._training_rows(period)
+        self.model.set_graph(user_rows, item_rows)
         if self.settings.converge:
             result = train_to_convergence(
                 self.model, self.trainer, user_rows, item_rows, self.settings.holdout,
@@ -124,39 +129,63 @@ class MFRetrain(Strategy):
         self.trainer.grow(n_users, n_items)
         self.user_rows.grow(n_users)
         self.item_rows.grow(n_items)
-        self._served = None
+        self._served = self._encoded = None
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
-        user_table, item_table = self.served_tables()
-        return score_with_tables(user_table, item_table, users, candidates)
+        user_final, item_final = self.encoded_tables()
+        return score_encoded(self.model, user_final, item_final, users, candidates, self._served_dense())
 
     def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
-        user_table, item_table = self.served_tables()
-        vector = cold_row(self.model.user.weight.detach(), self.user_rows, self.settings.cold_users)
+        item_final = self.encoded_tables()[1]
+        vector = cold_row(self._raw_tables()[0], self.user_rows, self.settings.cold_users)
         if vector is None:   # "init": an id never seen has no row at all; its fresh row is random
             raise ConfigError(f"{self.name}: cold_users = 'init' has no row for an unknown user")
-        return candidate_scores(vector.expand(len(candidates), -1), item_table, candidates)
+        with torch.no_grad():  # an unknown id has no edges: LightGCN serves its row / (K+1)
+            vector = self.model.isolated(vector)
+            return self.model.candidate_scores(vector.expand(len(candidates), -1), item_final, candidates,
+                                               self._served_dense())
 
-    def served_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The trained tables with every untrained row replaced by its cold-start rule's row."""
+    def encoded_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final embeddings of the served tables (LightGCN: propagated over the held graph)."""
+        if self._encoded is None:
+            with torch.no_grad():
+                self._encoded = self.model.encode(*self.layer0_tables())
+        return self._encoded
+
+    def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The final tables whose inner products are the scores (None for a base such as NCF
+        that scores with an MLP); production serves them directly."""
+        return self.encoded_tables() if self.model.inner_product else None
+
+    def layer0_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained layer-0 tables with every untrained row replaced by its cold-start rule's row."""
         if self._served is None:
             with torch.no_grad():
-                self._served = (
-                    with_cold_rows(self.model.user.weight.detach(), self.user_rows, self.settings.cold_users),
-                    with_cold_rows(self.model.item.weight.detach(), self.item_rows, self.settings.cold_items))
+                user_table, item_table = self._raw_tables()
+                self._served = (with_cold_rows(user_table, self.user_rows, self.settings.cold_users),
+                                with_cold_rows(item_table, self.item_rows, self.settings.cold_items))
         return self._served
+
+    def _raw_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer-0 tables the strategy serves, before cold rules (ASMG: generated ones)."""
+        return self.model.user.weight.detach(), self.model.item.weight.detach()
+
+    def _served_dense(self) -> dict[str, torch.Tensor] | None:
+        """Dense weights that replace the model's own when serving (None: the model's own)."""
+        return None
 
     def _state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.trainer.state_dict(),
-                "user_rows": self.user_rows.state(), "item_rows": self.item_rows.state()}
+                "user_rows": self.user_rows.state(), "item_rows": self.item_rows.state(), **self.model.graph_state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.trainer.load_state_dict(state["optimizer"])
         self.user_rows.load(state["user_rows"])
         self.item_rows.load(state["item_rows"])
-        self._served = None
+        self.model.load_graph_state(state)
+        self._served = self._encoded = None
 
 
 class FullRetrain(MFRetrain):

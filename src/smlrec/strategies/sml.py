@@ -35,6 +35,16 @@ ids equals the replay step exactly, and an unknown user is served the cold row. 
 ``transfer`` for both tables, has the best mean validation Recall@20 over the bundled data and two
 synthetic logs (mostly warm, mostly cold); ``learned`` is better on the bundled data alone but
 collapses on the mostly-cold log (README, "Cold start", has the numbers).
+
+Base models (models/bases.py): SML transfers the layer-0 user and item tables of any base; the
+cold rules act on those tables. The base's other weights (NCF's MLP) are not transferred: step 1
+fits them on D_t together with Ŵ (they are part of the new model fitted on the new period, as a
+fine-tuned model's would be) and they are carried as fitted; Θ (step 2) is the transfers only, as
+in the paper. LightGCN's graph is D_t, the one period SML holds: step 1 and step 2 of period t
+and the model served for t+1 all propagate the transferred layer-0 tables over D_t's graph (step 2
+trains Θ for the model that is served, and a graph of D_t+1 would not be known when serving). A
+propagated row reads its neighbours' rows, so with LightGCN each batch transfers every node of the
+graph (not only the batch's rows) before propagating: slower, but the exact gradient.
 """
 
 from __future__ import annotations
@@ -48,10 +58,9 @@ import torch
 from ..data.periods import Period
 from ..data.sampling import PrefixNegativeSampler, SetNegativeSampler
 from ..errors import ConfigError
-from ..models.losses import bce_pair_loss
+from ..models.bases import dense_parameters, make_base, score_encoded
 from ..models.growth import grow_embedding, init_rows
-from ..models.mf import MF, candidate_scores, score_with_tables
-from ..models.train_loop import make_optimizer, train_epochs
+from ..models.train_loop import train_epochs
 from ..models.transfer import TRANSFER_KINDS, Transfer
 from ..random import make_torch_generator
 from .base import Strategy, StrategyContext, to_tensor
@@ -135,8 +144,15 @@ class SML(Strategy):
                                           s.hidden, s.eps).to(self.device)
             self.item_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
                                           s.hidden, s.eps).to(self.device)
-        self.hat = MF(context.n_users, context.n_items, mf.dim, mf.init_std, mf.sparse).to(self.device)
-        self.hat_optimizer = make_optimizer(self.hat, s.step1_lr, mf.sparse)
+        # Ŵ: the layer-0 tables of the base model (and its dense weights, fitted in step 1).
+        self.hat = make_base(context.base, context.n_users, context.n_items, mf, context.seed, self.device)
+        tables = [self.hat.user.weight, self.hat.item.weight]
+        self.hat_optimizer = (torch.optim.SparseAdam(tables, lr=s.step1_lr) if self.hat.user.sparse
+                              else torch.optim.Adam(tables, lr=s.step1_lr))
+        dense = list(dense_parameters(self.hat).values())
+        self.dense_optimizer = torch.optim.Adam(dense, lr=s.step1_lr) if dense else None
+        self._graph_nodes: tuple[torch.Tensor, torch.Tensor] | None = None   # LightGCN: D_t's ids
+        self._encoded: tuple | None = None   # (user_served, item_served, their final embeddings)
         # The cold rows of the "transfer" and "learned" rules (module doc); only "learned" ones
         # receive gradients, so Adam leaves the others alone.
         self.user_cold = torch.nn.Parameter(torch.zeros(mf.dim, device=self.device))
@@ -165,6 +181,9 @@ class SML(Strategy):
             self.item_prev.copy_(initial_state["item"])
             self.user_served.copy_(initial_state["user"])
             self.item_served.copy_(initial_state["item"])
+            for name, parameter in dense_parameters(self.hat).items():
+                parameter.copy_(initial_state[name])
+        self._set_graph(pretrain.users, pretrain.items)
         self.pending = None
         self._note_seen(pretrain)
         with torch.no_grad():
@@ -221,23 +240,44 @@ class SML(Strategy):
         self.offline_history = []
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
-        return score_with_tables(self.user_served, self.item_served, users, candidates)
+        user_final, item_final = self.encoded_tables()
+        return score_encoded(self.hat, user_final, item_final, users, candidates)
 
     def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             cold = self._cold_output("user")
-        if cold is None:
-            raise ConfigError(f"{self.name}: cold_users = {self.settings.cold_users!r} has no row for "
-                              "an unknown user (use 'transfer' or 'learned')")
-        return candidate_scores(cold.detach().expand(len(candidates), -1), self.item_served,
-                                candidates.to(self.device))
+            if cold is None:
+                raise ConfigError(f"{self.name}: cold_users = {self.settings.cold_users!r} has no row for "
+                                  "an unknown user (use 'transfer' or 'learned')")
+            vector = self.hat.isolated(cold.detach())   # an unknown id has no edges (LightGCN)
+            return self.hat.candidate_scores(vector.expand(len(candidates), -1), self.encoded_tables()[1],
+                                             candidates.to(self.device))
 
-    def served_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_served, self.item_served
+    def encoded_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final embeddings of the served tables (LightGCN: propagated over D_t's graph)."""
+        cached = self._encoded
+        if cached is None or cached[0] is not self.user_served or cached[1] is not self.item_served:
+            with torch.no_grad():
+                cached = (self.user_served, self.item_served, self.hat.encode(self.user_served, self.item_served))
+            self._encoded = cached
+        return cached[2]
+
+    def _set_graph(self, users: np.ndarray, items: np.ndarray) -> None:
+        """The data SML holds (D_t) as the base's graph; a no-op for bases without one."""
+        self.hat.set_graph(users, items)
+        self._encoded = None
+        if self.hat.propagates:
+            self._graph_nodes = (to_tensor(np.unique(users), self.device), to_tensor(np.unique(items), self.device))
+
+    def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Final tables whose inner products are the scores (None when the base is not an inner
+        product, e.g. NCF)."""
+        return self.encoded_tables() if self.hat.inner_product else None
 
     # -- the schedule ----------------------------------------------------------------------
     def _begin_period(self, rows: _PeriodRows, period: Period, frozen: bool) -> None:
         """Round 0's step 1 on the new period, from Ŵ = W_prev; serve f_Θ(W_prev, Ŵ)."""
+        self._set_graph(rows.users, rows.items)
         with torch.no_grad():
             self.hat.user.weight.copy_(self.user_prev)
             self.hat.item.weight.copy_(self.item_prev)
@@ -250,6 +290,7 @@ class SML(Strategy):
                        frozen: bool) -> None:
         """Rounds of period t (whose round-0 step 1 is done) now that D_{t+1} is known; carry W_t."""
         s = self.settings
+        self._set_graph(rows.users, rows.items)
         if frozen:
             carried = (self.user_served, self.item_served)
         else:
@@ -288,6 +329,26 @@ class SML(Strategy):
             out.append(vectors[inverse])
         return out[0], out[1]
 
+    def _batch_vectors(self, users: torch.Tensor, items: torch.Tensor, user_hat, item_hat
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item vectors of a batch through the transfer.
+
+        Bases without propagation: the transferred rows themselves. LightGCN: a row's final
+        embedding reads its graph neighbours, so every node of D_t's graph (and the batch's ids)
+        is transferred, the layer-0 tables are propagated, and the batch's rows are read.
+        """
+        if not self.hat.propagates:
+            return self._transferred_rows(users, items, user_hat, item_hat)
+        graph_users, graph_items = self._graph_nodes
+        user_nodes = torch.unique(torch.cat([graph_users, users]))
+        item_nodes = torch.unique(torch.cat([graph_items, items]))
+        user_rows, item_rows = self._transferred_rows(user_nodes, item_nodes, user_hat, item_hat)
+        # Rows outside the graph and the batch are read by nobody: zeros keep the product cheap.
+        user_table = user_rows.new_zeros(self.n_users, user_rows.shape[1]).index_put((user_nodes,), user_rows)
+        item_table = item_rows.new_zeros(self.n_items, item_rows.shape[1]).index_put((item_nodes,), item_rows)
+        user_final, item_final = self.hat.encode(user_table, item_table)
+        return user_final[users], item_final[items]
+
     def _step1(self, rows: _PeriodRows, period: Period, epochs: int) -> None:
         """Fit Ŵ on D_t (negatives: items seen so far minus the user's history so far)."""
         s = self.settings
@@ -302,18 +363,19 @@ class SML(Strategy):
             u = users[batch]
             both = torch.cat([items[batch], negatives])
             if through:
-                u_vec, i_vec = self._transferred_rows(u, both, hat.user, hat.item)
+                u_vec, i_vec = self._batch_vectors(u, both, hat.user, hat.item)
             else:
-                u_vec, i_vec = hat.user(u), hat.item(both)
+                u_vec, i_vec = hat.batch_vectors(u, both)
             n = len(batch)
-            scores = (u_vec.repeat(2, 1) * i_vec).sum(-1)
-            loss = bce_pair_loss(scores[:n], scores[n:])
+            scores = hat.pair_scores(u_vec.repeat(2, 1), i_vec)
+            loss = hat.pair_loss(scores[:n], scores[n:])
             if s.l2_hat:
                 l2 = hat.user(u).pow(2).sum() + hat.item(both).pow(2).sum()
                 loss = loss + s.l2_hat * 0.5 * l2
             return loss
 
-        self.step1_losses += train_epochs(batch_loss, [self.hat_optimizer], len(users), sampler, epochs,
+        optimizers = [self.hat_optimizer] + ([self.dense_optimizer] if self.dense_optimizer else [])
+        self.step1_losses += train_epochs(batch_loss, optimizers, len(users), sampler, epochs,
                                           s.step1_batch_size, self.rng, self.device)
         self._set_transfer_trainable(True)
 
@@ -324,18 +386,24 @@ class SML(Strategy):
         items = to_tensor(rows.items, self.device)
         user_hat = self.hat.user.weight.detach()
         item_hat = self.hat.item.weight.detach()
+        hat = self.hat
+        dense = list(dense_parameters(hat).values())   # fixed in step 2 (fitted in step 1)
+        for parameter in dense:
+            parameter.requires_grad_(False)
 
         def batch_loss(batch: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
             u = users[batch]
             both = torch.cat([items[batch], negatives])
-            u_vec, i_vec = self._transferred_rows(u, both, user_hat.__getitem__, item_hat.__getitem__)
+            u_vec, i_vec = self._batch_vectors(u, both, user_hat.__getitem__, item_hat.__getitem__)
             n = len(batch)
-            scores = (u_vec.repeat(2, 1) * i_vec).sum(-1)
-            return bce_pair_loss(scores[:n], scores[n:])
+            scores = hat.pair_scores(u_vec.repeat(2, 1), i_vec)
+            return hat.pair_loss(scores[:n], scores[n:])
 
         self.step2_losses += train_epochs(batch_loss, [self.transfer_optimizer], len(users),
                                           SetNegativeSampler(rows.users, rows.items), s.step2_epochs,
                                           s.step2_batch_size, self.rng, self.device)
+        for parameter in dense:
+            parameter.requires_grad_(True)
 
     def _transformed_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule."""
@@ -402,7 +470,9 @@ class SML(Strategy):
                 "transfer_optimizer": self.transfer_optimizer.state_dict(), "pending": pending,
                 "n_users_seen": self.n_users_seen, "n_items_seen": self.n_items_seen,
                 "user_cold": self.user_cold.detach().clone(), "item_cold": self.item_cold.detach().clone(),
-                "offline_history": [_rows_state(r) for r in self.offline_history]}
+                "offline_history": [_rows_state(r) for r in self.offline_history],
+                **({"dense_optimizer": self.dense_optimizer.state_dict()} if self.dense_optimizer else {}),
+                **self.hat.graph_state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.user_prev = state["user_prev"].clone().to(self.device)
@@ -416,6 +486,10 @@ class SML(Strategy):
         self.user_transfer.load_state_dict(state["user_transfer"])
         self.item_transfer.load_state_dict(state["item_transfer"])
         self.hat_optimizer.load_state_dict(state["hat_optimizer"])
+        if self.dense_optimizer is not None:
+            self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        if self.hat.propagates:
+            self._set_graph(np.asarray(state["graph_users"]), np.asarray(state["graph_items"]))
         self.transfer_optimizer.load_state_dict(state["transfer_optimizer"])
         self.n_users_seen = int(state["n_users_seen"])
         self.n_items_seen = int(state["n_items_seen"])

@@ -96,6 +96,7 @@ class SPMF(MFRetrain):
         users = to_tensor(train_users, self.device)
         items = to_tensor(train_items, self.device)
         negatives_of = SetNegativeSampler(train_users, train_items)
+        self.model.set_graph(train_users, train_items)   # LightGCN: the data SPMF trains on
         model, trainer = self.model, self.trainer
         n = len(train_users)
         losses = []

@@ -1,0 +1,251 @@
+"""Base models (LightGCN, NCF) against slow references, ASMG's generator, and the strategy contract
+for every (strategy, base) pair."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from smlrec.config import BaseSettings, ReplaySettings, replay_settings
+from smlrec.data.periods import SCORED_ROLES
+from smlrec.errors import ConfigError
+from smlrec.models.bases import NCF, LightGCN, ncf_reference_score
+from smlrec.models.meta_generator import CoordinateGRU, gru_reference
+from smlrec.strategies import StrategyContext, create_strategy
+from smlrec.strategies.pretrain import pretrain_mf
+
+from contract import CONTRACT_SEED, ContractWorld, assert_same, fast_overrides, plain_leaves
+from helpers import TINY_MF
+
+BASE_STRATEGIES = ["full-retrain", "fine-tune", "spmf", "sml", "sml-s", "asmg"]
+BASES = ["lightgcn", "ncf"]   # mf: tests/test_strategy_contract.py
+
+
+# ----------------------------------------------------------------------------------------------
+# LightGCN
+
+def dense_lightgcn(users, items, user_table, item_table, layers):
+    """Reference: the whole (n_u + n_i) square adjacency, D^-1/2 A D^-1/2, powers, mean."""
+    n_u, n_i = len(user_table), len(item_table)
+    A = torch.zeros(n_u + n_i, n_u + n_i, dtype=torch.float64)
+    for u, i in zip(users, items):
+        A[u, n_u + i] = A[n_u + i, u] = 1.0          # binary: a repeated pair is one edge
+    degree = A.sum(1)
+    scale = torch.where(degree > 0, degree.rsqrt(), torch.zeros_like(degree))
+    norm = scale[:, None] * A * scale[None, :]
+    E = torch.cat([user_table, item_table]).double()
+    total, layer = E.clone(), E
+    for _ in range(layers):
+        layer = norm @ layer
+        total += layer
+    final = total / (layers + 1)
+    return final[:n_u].float(), final[n_u:].float()
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_lightgcn_propagation_matches_the_dense_matrix_reference(layers):
+    torch.manual_seed(0)
+    model = LightGCN(n_users=4, n_items=5, dim=3, layers=layers)
+    users = np.array([0, 0, 1, 2, 2, 0])               # user 3 and item 4 have no edges
+    items = np.array([0, 1, 1, 2, 3, 0])               # (0, 0) twice
+    model.set_graph(users, items)
+    U0, I0 = model.user.weight.detach(), model.item.weight.detach()
+    got_u, got_i = model.encode(U0, I0)
+    want_u, want_i = dense_lightgcn(users, items, U0, I0, layers)
+    torch.testing.assert_close(got_u, want_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_i, want_i, rtol=1e-5, atol=1e-6)
+    # an id without edges keeps its layer-0 row / (K+1): what the cold rules act on
+    torch.testing.assert_close(got_u[3], U0[3] / (layers + 1))
+    torch.testing.assert_close(model.isolated(U0[3]), U0[3] / (layers + 1))
+    torch.testing.assert_close(got_i[4], I0[4] / (layers + 1))
+
+
+def test_lightgcn_gradients_reach_neighbours_only_through_edges():
+    torch.manual_seed(1)
+    model = LightGCN(n_users=3, n_items=3, dim=2, layers=2)
+    model.set_graph(np.array([0, 1]), np.array([0, 0]))
+    loss = model.train_loss(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    loss.backward()
+    grad = model.user.weight.grad
+    assert grad[1].abs().sum() > 0          # user 1 shares item 0 with user 0
+    assert grad[2].abs().sum() == 0         # user 2 has no edges
+
+
+# ----------------------------------------------------------------------------------------------
+# NCF
+
+def test_ncf_forward_matches_a_hand_computed_example():
+    model = NCF(n_users=1, n_items=2, dim=2, hidden=(2,))
+    with torch.no_grad():
+        model.user.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model.item.weight.copy_(torch.tensor([[3.0, -1.0], [0.0, 4.0]]))
+        model.mlp[0].weight.copy_(torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, -1.0]]))
+        model.mlp[0].bias.copy_(torch.tensor([0.0, -5.0]))
+        model.mlp[1].weight.copy_(torch.tensor([[2.0, 7.0]]))
+        model.mlp[1].bias.copy_(torch.tensor([0.5]))
+    # item 0: h = relu([1+3, 2-(-1)-5]) = [4, 0];  s = 2*4 + 7*0 + 0.5 = 8.5
+    # item 1: h = relu([1+0, 2-4-5])    = [1, 0];  s = 2*1 + 0.5       = 2.5
+    users = torch.tensor([0])
+    with torch.no_grad():
+        assert model.score(users, torch.tensor([0])).tolist() == [8.5]
+        assert model.score(users, torch.tensor([[0, 1, 0]])).tolist() == [[8.5, 2.5, 8.5]]
+        weights = [(layer.weight, layer.bias) for layer in model.mlp]
+        assert float(ncf_reference_score(model.user.weight[0], model.item.weight[1], weights)) == 2.5
+
+
+def test_ncf_candidate_blocks_agree_with_the_slow_twin_across_chunks(monkeypatch):
+    torch.manual_seed(2)
+    model = NCF(n_users=5, n_items=9, dim=4, hidden=(6, 3))
+    monkeypatch.setattr(NCF, "CHUNK_FLOATS", 20)         # forces one row per chunk
+    candidates = torch.randint(0, 9, (5, 7))
+    with torch.no_grad():
+        fast = model.score(torch.arange(5), candidates)
+        weights = [(layer.weight, layer.bias) for layer in model.mlp]
+        slow = torch.tensor([[float(ncf_reference_score(model.user.weight[u], model.item.weight[c], weights))
+                              for c in candidates[u].tolist()] for u in range(5)])
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+
+def test_base_is_a_setting_and_unknown_bases_are_refused():
+    assert ReplaySettings().base_settings == BaseSettings()
+    settings = replay_settings({"base": "lightgcn", "lightgcn": {"layers": 2}})
+    assert settings.base_settings.kind == "lightgcn" and settings.base_settings.lightgcn.layers == 2
+    with pytest.raises(ConfigError, match="base"):
+        replay_settings({"base": "transformer"})
+    with pytest.raises(ConfigError, match="loss"):
+        replay_settings({"ncf": {"loss": "hinge"}})
+
+
+# ----------------------------------------------------------------------------------------------
+# ASMG's generator
+
+def test_coordinate_gru_matches_torch_gru_cells_per_coordinate():
+    gru = CoordinateGRU(n_coords=3, hidden=4, generator=torch.Generator().manual_seed(5))
+    xs = [torch.randn(2, 3) for _ in range(3)]
+    h0 = torch.randn(2, 3, 4)
+    h, fast = h0, []
+    with torch.no_grad():
+        for x in xs:
+            h = gru.cell(x, h)
+            fast.append(gru.output(h))
+        slow, last = gru_reference(gru, xs, h0)
+    assert h.shape == (2, 3, 4) and fast[0].shape == (2, 3)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, last, rtol=1e-5, atol=1e-6)
+
+
+class BaseWorld(ContractWorld):
+    """The contract's tiny timeline with a base model other than MF."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.base = BaseSettings(kind)
+        log = self.timeline.log
+        self.initial, _ = pretrain_mf(self.timeline.pretrain_data, log.n_users, log.n_items, TINY_MF,
+                                      epochs=1, seed=CONTRACT_SEED, base=self.base)
+
+    def context(self, name: str, seed: int = CONTRACT_SEED) -> StrategyContext:
+        return replace(super().context(name, seed), base=self.base)
+
+
+@pytest.fixture(scope="module", params=BASES)
+def world(request) -> BaseWorld:
+    return BaseWorld(request.param)
+
+
+def test_asmg_generator_shapes_follow_the_base(world):
+    asmg = world.fresh("asmg")
+    dim = TINY_MF.dim
+    assert asmg.generator["user"].n_coords == dim and asmg.generator["item"].n_coords == dim
+    assert asmg.h0["user"].shape == (world.timeline.log.n_users, dim, 4)
+    dense = {name: p for name, p in asmg.model.named_parameters() if not name.startswith(("user", "item"))}
+    assert set(asmg.names) == {"user", "item", *dense}         # NCF: every MLP tensor is generated
+    for name, parameter in dense.items():
+        assert asmg.generator[name.replace(".", "__")].n_coords == parameter.numel()
+        assert asmg._served_dense()[name].shape == parameter.shape
+
+
+def test_asmg_trains_its_generator_on_the_periods_after_its_models(world):
+    periods = world.replayed
+    asmg = world.fresh("asmg")
+    for period in periods[:3]:
+        asmg.update(period)
+    assert len(asmg.window) == 3     # the pretrained model and two fine-tuned ones
+    window = [m.index for m in asmg.window]
+    incoming = periods[3]
+    before = copy.deepcopy(asmg.generator.state_dict())
+    twin = world.fresh("asmg")
+    twin.load_state_dict(asmg.state_dict())
+    asmg.update(incoming)
+    # multi-step targets: the period after each window model, the incoming one last, weights 1:2:3
+    assert asmg.generator_targets == [(window[1], 1 / 6), (window[2], 2 / 6), (incoming.index, 3 / 6)]
+    assert any(not torch.equal(before[k], v) for k, v in asmg.generator.state_dict().items())
+    # the incoming period is what the last step learns from: other rows give another generator
+    shuffled = replace(incoming, items=np.roll(incoming.items, 7))
+    twin.update(shuffled)
+    assert any(not torch.equal(a, b) for a, b in zip(asmg.generator.state_dict().values(),
+                                                      twin.generator.state_dict().values()))
+
+
+def test_asmg_carries_a_truncated_hidden_state(world):
+    asmg = world.fresh("asmg")
+    assert not asmg.h0["user"].any()
+    for period in world.replayed[:4]:
+        asmg.update(period)
+    assert len(asmg.window) == 3 and asmg.h0["user"].any()
+    assert not asmg.h0["user"].requires_grad
+    untrained = ~asmg.window[0].user_rows.trained   # rows untrained in the dropped model restart at 0
+    if untrained.any():
+        assert not asmg.h0["user"][torch.from_numpy(untrained)].any()
+
+
+# ----------------------------------------------------------------------------------------------
+# The contract for every (strategy, base) pair
+
+@pytest.mark.parametrize("name", BASE_STRATEGIES)
+def test_contract_scores_determinism_and_state_round_trip(world, name):
+    strategy = world.fresh(name)
+    scores = world.walk(strategy, world.replayed)
+    scored = [p for p in world.replayed if p.role in SCORED_ROLES]
+    assert sorted(scores) == [p.index for p in scored]
+    for period in scored:
+        assert scores[period.index].shape == (len(period), world.candidates[period.index].shape[1])
+        assert torch.isfinite(scores[period.index]).all()
+    assert_same(scores, world.walk(world.fresh(name), world.replayed))     # deterministic for a seed
+
+    periods = world.replayed
+    original = world.fresh(name)
+    world.walk(original, periods[:2], is_last=False)
+    state = original.state_dict()
+    assert plain_leaves(state) == []
+    restored = world.fresh(name)
+    restored.load_state_dict(copy.deepcopy(state))
+    nxt, after = periods[2], periods[3]
+    assert_same({nxt.index: world.score(original, nxt)}, {nxt.index: world.score(restored, nxt)})
+    original.update(nxt)
+    restored.update(nxt)
+    assert_same({after.index: world.score(original, after)}, {after.index: world.score(restored, after)})
+
+
+@pytest.mark.parametrize("name", BASE_STRATEGIES)
+def test_unknown_users_get_the_cold_rule_through_the_base(world, name):
+    strategy = world.fresh(name)
+    world.walk(strategy, world.replayed[:2], is_last=False)
+    candidates = torch.arange(world.timeline.log.n_items)[None, :]
+    with torch.no_grad():
+        cold = strategy.score_new_users(candidates)
+    assert cold.shape == candidates.shape and torch.isfinite(cold).all()
+
+
+def test_fast_overrides_cover_the_base_strategies():
+    for name in BASE_STRATEGIES:
+        create_strategy(name, StrategyContext(n_users=3, n_items=3, mf=TINY_MF, seed=0, name=name,
+                                              base=BaseSettings("ncf")), fast_overrides(name))
