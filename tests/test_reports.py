@@ -235,7 +235,7 @@ def test_write_report_writes_every_file(tmp_path):
     page = (out / "report.md").read_text()
     assert "ab" * 32 in page and "![" in page and "| **0.3500** |" in page
     html_page = (out / "report.html").read_text()
-    assert html_page.count("data:image/png;base64,") == 2 and "<table>" in html_page
+    assert html_page.count("data:image/png;base64,") == 3 and "<table>" in html_page  # + cost/accuracy
     csv = pd.read_csv(out / "table1.csv").set_index("strategy")
     assert csv.loc["full-retrain", "ri"] == pytest.approx(0.75)
     assert report.files == sorted(p.name for p in out.iterdir())
