@@ -1,16 +1,19 @@
 """The results directory: a stable contract other tools (and ``smlrec report``) read.
 
-* ``periods.csv``: one row per (strategy, protocol, scored period): strategy, protocol, period,
-  role, label, interactions, recall@5, recall@10, recall@20, ndcg@5, ndcg@10, ndcg@20, auc,
-  logloss (the protocol's metrics are filled, the others empty: Recall/NDCG under ``sampled``
-  and ``full``, AUC/LogLoss under ``auc``), update_seconds, scoring_seconds (that protocol's
-  scoring of the period), then warm_interactions, cold_interactions and the metrics over the warm
-  users' rows (``recall@20_warm`` ...) and over the cold users' rows (``recall@20_cold`` ...). A
-  user is warm in a period when it had an interaction in an earlier period.
-* ``summary.csv``: one row per (strategy, protocol): the metrics micro-averaged over ALL test
-  periods, test_interactions, update_seconds (mean over test periods), scoring_seconds (sum over
-  test periods), the same for warm and cold users, then ``{metric}_lo`` / ``{metric}_hi``: the
-  95% bootstrap interval (evaluation/uncertainty.py; empty when ``bootstrap_resamples = 0``).
+* ``periods.csv``: one row per (strategy, protocol, scored period): strategy, period, role,
+  label, interactions, recall@5, recall@10, recall@20, ndcg@5, ndcg@10, ndcg@20, update_seconds,
+  then warm_interactions, cold_interactions and the six metrics over the warm users' rows
+  (``recall@20_warm`` ...) and over the cold users' rows (``recall@20_cold`` ...); then protocol,
+  auc, logloss, scoring_seconds (that protocol's scoring of the period), auc_warm, logloss_warm,
+  auc_cold, logloss_cold. A protocol fills its own metrics and leaves the others empty:
+  Recall/NDCG under ``sampled`` and ``full``, AUC/LogLoss under ``auc``. A user is warm in a
+  period when it had an interaction in an earlier period. (Columns added later come last, so
+  older columns keep their positions.)
+* ``summary.csv``: one row per (strategy, protocol), protocol by protocol: the metrics
+  micro-averaged over ALL test periods, test_interactions, update_seconds (mean over test
+  periods), the same for warm and cold users, protocol, auc, logloss, scoring_seconds (sum over
+  test periods), then ``{metric}_lo`` / ``{metric}_hi``: the 95% bootstrap interval
+  (evaluation/uncertainty.py; empty when ``bootstrap_resamples = 0``).
 * ``significance.csv``: per (protocol, metric), the best strategy against each other one: the
   difference and its paired bootstrap p-value.
 * ``breakdown.csv``: per (strategy, protocol, scored period, user_group, item_group):
@@ -39,21 +42,26 @@ from .. import __version__
 from ..atomic import atomic_directory
 from ..config import to_dict
 from ..evaluation.metrics import METRIC_NAMES, micro_average
-from ..evaluation.protocols import ALL_METRICS, row_logloss
+from ..evaluation.protocols import ALL_METRICS, AUC_METRICS, row_logloss
 from ..evaluation.uncertainty import RowOutcomes, bootstrap, rank_values
 from ..random import make_rng
 
 DEFAULT_PROTOCOL = "sampled"
 SEGMENTS = ("warm", "cold")
-SEGMENT_METRICS = [f"{m}_{segment}" for segment in SEGMENTS for m in ALL_METRICS]
+SEGMENT_METRICS = [f"{m}_{segment}" for segment in SEGMENTS for m in METRIC_NAMES]
 SEGMENT_COUNTS = [f"{segment}_interactions" for segment in SEGMENTS]
+AUC_SEGMENT_METRICS = [f"{m}_{segment}" for segment in SEGMENTS for m in AUC_METRICS]
 BASE_PERIOD_COLUMNS = ["strategy", "period", "role", "label", "interactions", *METRIC_NAMES, "update_seconds"]
 """The columns every periods.csv has had (runs written before the protocols and warm/cold split)."""
-PERIOD_COLUMNS = ["strategy", "protocol", "period", "role", "label", "interactions", *ALL_METRICS,
-                  "update_seconds", "scoring_seconds", *SEGMENT_COUNTS, *SEGMENT_METRICS]
+# Columns added later go at the end, so every older column keeps its position.
+PROTOCOL_COLUMNS = ["protocol", *AUC_METRICS, "scoring_seconds"]
+PERIOD_COLUMNS = [*BASE_PERIOD_COLUMNS, *SEGMENT_COUNTS, *SEGMENT_METRICS, *PROTOCOL_COLUMNS,
+                  *AUC_SEGMENT_METRICS]
 INTERVAL_COLUMNS = [f"{m}_{end}" for m in ALL_METRICS for end in ("lo", "hi")]
-SUMMARY_COLUMNS = ["strategy", "protocol", *ALL_METRICS, "test_interactions", "update_seconds",
-                   "scoring_seconds", *SEGMENT_COUNTS, *SEGMENT_METRICS, *INTERVAL_COLUMNS]
+SUMMARY_COLUMNS = ["strategy", *METRIC_NAMES, "test_interactions", "update_seconds", *SEGMENT_COUNTS,
+                   *SEGMENT_METRICS, *PROTOCOL_COLUMNS, *AUC_SEGMENT_METRICS, *INTERVAL_COLUMNS]
+BREAKDOWN_COLUMNS = ["strategy", "period", "role", "user_group", "item_group", "interactions",
+                     *METRIC_NAMES, "protocol", *AUC_METRICS]
 SIGNIFICANCE_COLUMNS = ["protocol", "metric", "best", "strategy", "difference", "p_value"]
 
 
@@ -75,7 +83,7 @@ def with_protocol(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with a ``protocol`` column; rows of runs written before it are ``sampled``."""
     frame = frame.copy()
     if "protocol" not in frame:
-        frame.insert(1, "protocol", DEFAULT_PROTOCOL)
+        frame["protocol"] = DEFAULT_PROTOCOL
     frame["protocol"] = frame["protocol"].astype(object).where(frame["protocol"].notna(),
                                                                DEFAULT_PROTOCOL).astype(str)
     return frame
@@ -181,8 +189,7 @@ def breakdown_frame(records, field: str = "breakdown") -> pd.DataFrame:
     rows = [{"strategy": r.strategy, "protocol": getattr(r, "protocol", DEFAULT_PROTOCOL),
              "period": r.period, "role": r.role, **group}
             for r in records for group in getattr(r, field)]
-    return pd.DataFrame(rows, columns=["strategy", "protocol", "period", "role", "user_group", "item_group",
-                                       "interactions", *ALL_METRICS])
+    return pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)
 
 
 def default_out_dir() -> Path:
