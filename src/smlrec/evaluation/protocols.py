@@ -204,7 +204,8 @@ def auc_reference(scores: np.ndarray) -> float:
 def row_logloss(scores: np.ndarray) -> np.ndarray:
     """Each row's share of the period's LogLoss: (softplus(-s_pos) + softplus(s_neg)) / 2, so that
     the mean over rows is the mean over the 2n examples."""
-    return 0.5 * (np.logaddexp(0.0, -scores[:, 0]) + np.logaddexp(0.0, scores[:, 1]))
+    with np.errstate(invalid="ignore"):    # a NaN score gives a NaN loss, without a warning
+        return 0.5 * (np.logaddexp(0.0, -scores[:, 0]) + np.logaddexp(0.0, scores[:, 1]))
 
 
 def metrics_from_pairs(scores: np.ndarray, calibrated: bool = True) -> dict[str, float]:
