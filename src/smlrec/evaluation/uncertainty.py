@@ -129,7 +129,7 @@ class Bootstrap:
             sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
             best = int(np.nanargmax(sign * point))
             for s, name in enumerate(self.strategies):
-                if s == best:
+                if s == best or not np.isfinite(point[s]):   # e.g. no LogLoss: nothing to compare
                     continue
                 difference = point[best] - point[s]
                 samples = self.samples[metric][best] - self.samples[metric][s]

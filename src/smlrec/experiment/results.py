@@ -20,8 +20,8 @@
   interactions and the metrics; "new" = first seen in a test period (the paper's analysis).
 * ``warm_cold.csv``: the same columns, groups warm/cold: "cold" = no interaction in an earlier
   period (the model has never trained on that user or item).
-* ``config.json``: every effective setting, the data file's sha256, the package version, and the
-  seconds each protocol's scoring took in all.
+* ``config.json``: every effective setting, the data file's sha256, the package version, the
+  seconds each protocol's scoring took in all (``scoring_seconds``) and the bootstrap's seconds.
 
 Runs written before the protocols have no ``protocol`` column: their rows are ``sampled``.
 
@@ -204,9 +204,11 @@ def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
         periods.to_csv(tmp / "periods.csv", index=False)
         settings = result.settings
         protocols = list(getattr(settings, "protocols", (DEFAULT_PROTOCOL,)))
+        began = time.perf_counter()
         intervals, significance = interval_frames(
             result.records, result.timeline, protocols, getattr(settings, "bootstrap_resamples", 0),
             settings.seed, getattr(settings, "bootstrap_unit", "user"))
+        bootstrap_seconds = time.perf_counter() - began
         summary = with_intervals(summary_frame(periods), intervals)
         summary.to_csv(tmp / "summary.csv", index=False)
         significance.to_csv(tmp / "significance.csv", index=False)
@@ -227,6 +229,7 @@ def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
             "wall_seconds": result.wall_seconds,
             "scoring_seconds": {p: float(periods.loc[periods["protocol"] == p, "scoring_seconds"].sum())
                                 for p in protocols},
+            "bootstrap_seconds": bootstrap_seconds,
             **(extra_config or {}),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
