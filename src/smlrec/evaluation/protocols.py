@@ -104,13 +104,22 @@ def full_ranks(score: ScoreFn, period: Period, block_elements: int = FULL_BLOCK_
             scores = score(rows, candidates).float()
         positive_items = torch.from_numpy(np.asarray(period.items[rows], dtype=np.int64)).to(device)
         positive = scores.gather(1, positive_items[:, None])
-        beats = (scores >= positive) | torch.isnan(scores) | torch.isnan(positive)
+        # "s_j >= s_p or either is NaN" is exactly "not (s_j < s_p)": one comparison pass, and a
+        # rank is the columns that are not lower, minus those outside the row's pool.
+        lower = scores < positive
+        # (summing bools as uint8 into int32 is ~2x faster on CPU than the default int64 sum)
+        beats = width - lower.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
         prefix = torch.from_numpy(items_seen[rows]).to(device)
-        beats &= torch.arange(width, device=device)[None, :] < prefix[:, None]
+        first = int(items_seen[lo])    # columns before the block's first prefix are in every pool
+        if first < width:
+            columns = torch.arange(first, width, device=device)[None, :]
+            beats -= (~lower[:, first:] & (columns >= prefix[:, None])).sum(dim=1)
+        # The user's items so far (the positive among them) are not in the pool.
         row_idx, item_idx = history_pairs(period.users[rows], positions[rows], period.seen)
-        beats[torch.from_numpy(row_idx).to(device), torch.from_numpy(item_idx).to(device)] = False
-        beats[torch.arange(b, device=device), positive_items] = False   # the positive is in its history anyway
-        ranks[rows] = beats.sum(dim=1).cpu().numpy()
+        row_t = torch.from_numpy(row_idx).to(device)
+        history_beats = ~lower[row_t, torch.from_numpy(item_idx).to(device)]
+        beats -= torch.zeros(b, dtype=beats.dtype, device=device).index_add_(0, row_t, history_beats.to(beats.dtype))
+        ranks[rows] = beats.cpu().numpy()
         lo = hi
     return ranks
 
