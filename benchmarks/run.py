@@ -218,6 +218,25 @@ def measure_evaluation_torch(strategy, periods, candidates, batch_size: int, dev
     return {"interactions": rows, "seconds": seconds, "interactions_per_s": rows / seconds}
 
 
+def measure_full_ranking(strategy, period, device: str, rows: int = 4096) -> dict:
+    """Full-ranking evaluation (protocol ``full``: every item seen so far, blocks of rows) of the
+    first ``rows`` rows of ``period``: interactions per second and the catalogue size."""
+    from dataclasses import replace
+
+    from smlrec.evaluation.protocols import full_ranks
+
+    n = min(rows, len(period))
+    head = replace(period, users=period.users[:n], items=period.items[:n], times=period.times[:n],
+                   items_seen=period.items_seen[:n])
+    _sync(device)
+    began = time.perf_counter()
+    full_ranks(lambda r, c: strategy.score(head, r, c), head, device=device)
+    _sync(device)
+    seconds = time.perf_counter() - began
+    return {"interactions": n, "items": int(head.items_seen[-1]), "seconds": seconds,
+            "interactions_per_s": n / seconds}
+
+
 def count_update_flops(strategy, period) -> float:
     """Matrix-product FLOPs of one more update of ``strategy`` on ``period`` (FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -348,6 +367,8 @@ def replay_phase(config: dict) -> dict:
         out["evaluation"] = measure_evaluation(kept[names[0]], test_periods, candidates,
                                                settings.eval_batch_size, settings.device)
         out["evaluation"]["strategy"] = names[0]
+        out["full_ranking"] = {**measure_full_ranking(kept[names[0]], test_periods[-1], settings.device),
+                               "strategy": names[0]}
     out["counted_flops"] = {}
     for name in names:
         if name not in MF_ANALYTIC:
@@ -528,6 +549,10 @@ def render_markdown(result: dict) -> str:
                 lines.append(f"- the same evaluation with torch scoring and ranking (slow twins, "
                              f"{et['interactions']:,} interactions, run right after): "
                              f"{et['interactions_per_s']:,.0f} interactions/s")
+        if "full_ranking" in p:
+            fr = p["full_ranking"]
+            lines.append(f"- full-ranking evaluation ({fr['strategy']}, {fr['interactions']:,} test interactions "
+                         f"x {fr['items']:,} items): **{fr['interactions_per_s']:,.0f} interactions/s**")
         lines.append(f"- peak resident memory of the replay process: **{p['peak_rss_bytes'] / 1e9:.2f} GB**"
                      + (f"; peak CUDA memory {p['peak_cuda_bytes'] / 1e9:.2f} GB" if "peak_cuda_bytes" in p else ""))
         lines += ["", "### Work against the machine's limits", "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,3 +169,59 @@ def test_unknown_strategy_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
         replay(_settings(tmp_path, strategies=["nope"]), progress=False)
+
+
+def test_protocols_share_one_training_and_sampled_stays_identical(tmp_path):
+    """One replay scores every protocol; the strategies are updated once per period, and the
+    sampled records are exactly those of a sampled-only replay."""
+    names = ["pop", "fine-tune"]
+    alone = replay(_settings(tmp_path, strategies=names), progress=False)
+    both = replay(_settings(tmp_path, strategies=names, protocols=["sampled", "full", "auc"]),
+                  progress=False)
+    sampled = [r for r in both.records if r.protocol == "sampled"]
+    assert [(r.strategy, r.period) for r in sampled] == [(r.strategy, r.period) for r in alone.records]
+    for a, b in zip(alone.records, sampled):
+        np.testing.assert_array_equal(a.ranks, b.ranks)
+        assert a.metrics == b.metrics
+    by_key = {(r.strategy, r.period, r.protocol): r for r in both.records}
+    for strategy in names:
+        for period in (4, 5, 6):
+            full, sample = by_key[(strategy, period, "full")], by_key[(strategy, period, "sampled")]
+            # the sampled negatives are part of the full pool: a full rank is never better
+            assert (full.ranks >= sample.ranks).all()
+            assert full.metrics["recall@20"] <= sample.metrics["recall@20"]
+            auc = by_key[(strategy, period, "auc")]
+            assert auc.pair_scores.shape == (auc.interactions, 2) and auc.ranks is None
+            assert 0.0 <= auc.metrics["auc"] <= 1.0
+            assert np.isnan(auc.metrics["logloss"]) == (strategy == "pop")
+            assert all(np.isfinite(r.scoring_seconds) for r in (full, sample, auc))
+
+
+def test_results_directory_with_protocols_and_intervals(tmp_path):
+    from smlrec.experiment.results import write_results
+    import pandas as pd
+
+    result = replay(_settings(tmp_path, strategies=["pop", "fine-tune"], protocols=["sampled", "auc"],
+                              bootstrap_resamples=50), progress=False)
+    out = write_results(tmp_path / "run", result)
+    periods = pd.read_csv(out / "periods.csv")
+    assert list(dict.fromkeys(periods["protocol"])) == ["sampled", "auc"]
+    assert periods.loc[periods["protocol"] == "auc", "recall@20"].isna().all()
+    assert periods.loc[periods["protocol"] == "sampled", "auc"].isna().all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(zip(summary["protocol"], summary["strategy"])) == [
+        ("sampled", "pop"), ("sampled", "fine-tune"), ("auc", "pop"), ("auc", "fine-tune")]
+    sampled = summary[summary["protocol"] == "sampled"]
+    assert (sampled["recall@20_lo"] <= sampled["recall@20"]).all()
+    assert (sampled["recall@20"] <= sampled["recall@20_hi"]).all()
+    auc = summary[summary["protocol"] == "auc"].set_index("strategy")
+    assert auc.loc["fine-tune", "auc_lo"] <= auc.loc["fine-tune", "auc"] <= auc.loc["fine-tune", "auc_hi"]
+    assert np.isnan(auc.loc["pop", "logloss"]) and np.isnan(auc.loc["pop", "logloss_lo"])
+    significance = pd.read_csv(out / "significance.csv")
+    assert set(significance["protocol"]) == {"sampled", "auc"}
+    assert significance["p_value"].dropna().between(0, 1).all()
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["scoring_seconds"]) == {"sampled", "auc"}
+    # the same seed gives the same intervals
+    again = write_results(tmp_path / "again", result)
+    pd.testing.assert_frame_equal(pd.read_csv(again / "summary.csv"), summary)

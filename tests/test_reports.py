@@ -235,7 +235,7 @@ def test_write_report_writes_every_file(tmp_path):
     page = (out / "report.md").read_text()
     assert "ab" * 32 in page and "![" in page and "| **0.3500** |" in page
     html_page = (out / "report.html").read_text()
-    assert html_page.count("data:image/png;base64,") == 2 and "<table>" in html_page
+    assert html_page.count("data:image/png;base64,") == 3 and "<table>" in html_page  # + cost/accuracy
     csv = pd.read_csv(out / "table1.csv").set_index("strategy")
     assert csv.loc["full-retrain", "ri"] == pytest.approx(0.75)
     assert report.files == sorted(p.name for p in out.iterdir())
@@ -306,3 +306,66 @@ def test_a_failing_report_keeps_the_replay_results(tmp_path, monkeypatch, capsys
                  "--out", str(out)]) == 0
     assert (out / "summary.csv").exists() and not (out / "report").exists()
     assert "warning: the report was not written (RuntimeError: no fonts)" in capsys.readouterr().err
+
+
+def protocol_run(tmp_path: Path, name: str = "multi") -> Path:
+    """A two-protocol results directory (sampled, auc) with intervals and p-values, by hand."""
+    out = make_run(tmp_path, name, {"a": [0.3, 0.3, 0.5, 0.1], "b": [0.2, 0.2, 0.2, 0.4],
+                                    "pop": [0.1, 0.1, 0.1, 0.1]})
+    periods = pd.read_csv(out / "periods.csv")
+    periods["protocol"] = "sampled"
+    auc = periods.copy()
+    auc["protocol"] = "auc"
+    auc[list(METRIC_NAMES)] = np.nan
+    auc["auc"] = auc["strategy"].map({"a": 0.7, "b": 0.8, "pop": 0.75})
+    auc["logloss"] = auc["strategy"].map({"a": 0.6, "b": 0.5, "pop": np.nan})
+    periods = pd.concat([periods, auc], ignore_index=True)
+    periods.to_csv(out / "periods.csv", index=False)
+    summary = summary_frame(periods)
+    summary["recall@20_lo"] = summary["recall@20"] - 0.01
+    summary["recall@20_hi"] = summary["recall@20"] + 0.03
+    summary.to_csv(out / "summary.csv", index=False)
+    pd.DataFrame([{"protocol": "sampled", "metric": "recall@20", "best": "b", "strategy": "a",
+                   "difference": 0.15, "p_value": 0.2},
+                  {"protocol": "sampled", "metric": "recall@20", "best": "b", "strategy": "pop",
+                   "difference": 0.25, "p_value": 0.001}]).to_csv(out / "significance.csv", index=False)
+    return out
+
+
+def test_one_table1_per_protocol_with_intervals_marks_and_order(tmp_path):
+    out = tmp_path / "report"
+    report = write_report([protocol_run(tmp_path)], out)
+    assert set(report.tables1) == {"sampled", "auc"}
+    sampled = report.tables1["sampled"]
+    assert sampled.loc["b", "recall@20"] == pytest.approx(0.35)
+    assert sampled.loc["b", "recall@20_lo"] == pytest.approx(0.34)
+    lines = (out / "table1.md").read_text().splitlines()
+    a_line = next(line for line in lines if line.startswith("| a "))
+    pop_line = next(line for line in lines if line.startswith("| pop "))
+    assert "0.2000 ± 0.0200 ≈" in a_line          # not significantly below b (p = 0.2)
+    assert "0.1000 ± 0.0200 |" in pop_line and "≈" not in pop_line   # p = 0.001
+    auc = (out / "table1_auc.md").read_text()
+    assert "| AUC | LogLoss |" in auc and "**0.8000**" in auc and "**0.5000**" in auc  # lower LogLoss is better
+    order = report.order
+    assert list(order["sampled place"]) == [2, 1, 3] and list(order["auc place"]) == [3, 1, 2]
+    assert order.attrs["kendall"][("sampled", "auc")] == pytest.approx(1 / 3)
+    for name in ("protocol_order.md", "cost_accuracy_sampled.png", "cost_accuracy_auc.png"):
+        assert (out / name).exists()
+    assert (out / "cost_accuracy_auc.png").read_bytes().startswith(PNG_MAGIC)
+    page = (out / "report.html").read_text()
+    assert "protocol auc" in page and "Kendall" in page
+
+
+def test_runs_written_before_protocols_are_read_as_sampled(tmp_path):
+    run = two_strategy_run(tmp_path)
+    for name in ("periods.csv", "summary.csv", "breakdown.csv"):
+        frame = pd.read_csv(run / name)
+        frame.drop(columns=[c for c in frame.columns if c in ("protocol", "auc", "logloss", "scoring_seconds")
+                            or c.startswith(("auc_", "logloss_")) or c.endswith(("_lo", "_hi"))]).to_csv(
+            run / name, index=False)
+    assert "protocol" not in pd.read_csv(run / "periods.csv")
+    combined = load_runs([run])
+    assert combined.protocols == ["sampled"]
+    report = write_report([run], tmp_path / "out")
+    assert report.table1.loc["fine-tune", "recall@20"] == pytest.approx(0.35)
+    assert report.order is None and "±" not in (tmp_path / "out" / "table1.md").read_text()

@@ -33,6 +33,10 @@ from .data.periods import Plan
 from .errors import ConfigError
 
 
+PROTOCOL_NAMES = ("sampled", "full", "auc")
+"""Evaluation protocols (evaluation/protocols.py): 999 sampled negatives, full ranking, AUC/LogLoss."""
+
+
 def require(ok: bool, name: str, rule: str, value: Any) -> None:
     """Range check of setting ``name``: a ConfigError unless ``ok`` (``build`` adds the table prefix)."""
     if not ok:
@@ -153,9 +157,19 @@ class ReplaySettings:
     n_negatives: int = 999
     eval_batch_size: int = 2048
     cache_dir: str | None = None
+    protocols: tuple[str, ...] = ("sampled",)   # sampled | full | auc; each scores every strategy
+    bootstrap_resamples: int = 1000  # resamples for 95% intervals and p-values (0: none)
+    bootstrap_unit: str = "user"     # user (a user's rows move together) | interaction
 
     def __post_init__(self) -> None:
         require(self.threads is None or self.threads >= 1, "threads", ">= 1", self.threads)
+        require(len(self.protocols) > 0 and set(self.protocols) <= set(PROTOCOL_NAMES), "protocols",
+                f"a non-empty list of {', '.join(PROTOCOL_NAMES)}", self.protocols)
+        require(len(set(self.protocols)) == len(self.protocols), "protocols", "without repeats",
+                self.protocols)
+        require(self.bootstrap_resamples >= 0, "bootstrap_resamples", ">= 0", self.bootstrap_resamples)
+        require(self.bootstrap_unit in ("user", "interaction"), "bootstrap_unit", "user or interaction",
+                self.bootstrap_unit)
         require(self.n_negatives >= 1, "n_negatives", ">= 1", self.n_negatives)
         require(self.eval_batch_size >= 1, "eval_batch_size", ">= 1", self.eval_batch_size)
         require(self.base in BASE_KINDS, "base", f"one of {', '.join(BASE_KINDS)}", self.base)

@@ -100,6 +100,12 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
             flags[key] = getattr(args, key)
     if getattr(args, "strategies", None):
         flags["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if getattr(args, "protocol", None):
+        flags["protocols"] = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    if getattr(args, "bootstrap", None) is not None:
+        flags["bootstrap_resamples"] = args.bootstrap
+    if getattr(args, "bootstrap_unit", None):
+        flags["bootstrap_unit"] = args.bootstrap_unit
     if getattr(args, "pretrain_epochs", None) is not None:
         flags["pretrain"] = {"epochs": args.pretrain_epochs}
     layers.append(flags)
@@ -113,6 +119,14 @@ def replay_arguments(parser: argparse.ArgumentParser) -> None:
     add_period_arguments(parser)
     parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
                                              "paper's comparison without the ablations); see `smlrec strategies`")
+    parser.add_argument("--protocol", help="evaluation protocol(s), comma-separated: sampled (1 positive + "
+                                           "999 sampled negatives, the default), full (every item seen "
+                                           "so far), auc (AUC and LogLoss, one negative per positive); "
+                                           "a list scores each one, the strategies trained once")
+    parser.add_argument("--bootstrap", type=int, metavar="N",
+                        help="bootstrap resamples for 95%% intervals and p-values (default 1000; 0: none)")
+    parser.add_argument("--bootstrap-unit", choices=["user", "interaction"],
+                        help="what a bootstrap resample draws: whole users (default) or interactions")
     parser.add_argument("--seed", type=int, help="random seed (default 2020)")
     parser.add_argument("--base", choices=["mf", "lightgcn", "ncf"],
                         help="base model every strategy trains and scores (default mf; settings in "

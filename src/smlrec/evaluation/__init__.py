@@ -1,1 +1,2 @@
-"""Scoring a served model: ranks of the positive among sampled candidates, and metrics over them."""
+"""Scoring a served model: ranks and metrics per protocol (sampled candidates, full ranking,
+AUC/LogLoss), and their uncertainty (bootstrap intervals, paired p-values)."""

@@ -3,10 +3,13 @@
 For each strategy, starting from the shared pretrained model::
 
     for t in P .. N-1:
-        if period t is scored (validation or test): rank its candidates with the served model
+        if period t is scored (validation or test):
+            for each protocol (sampled, full, auc): score D_t with the served model
         if t < N-1: strategy.update(D_t)     # timed; the model it serves is scored on D_{t+1}
 
-Only the update is timed, never the evaluation. The loop never branches on the strategy's type.
+The update is timed as ``update_seconds``; each protocol's scoring separately as
+``scoring_seconds`` (never part of the update's cost). The strategies are trained once whatever
+the number of protocols. The loop never branches on the strategy's type.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..data.loading import load_timeline
 from ..data.periods import SCORED_ROLES, Timeline
 from ..errors import ConfigError
 from ..evaluation.metrics import metrics_from_ranks, rank_candidates
+from ..evaluation.protocols import auc_negatives, full_ranks, outcome_metrics, pair_scores
 from ..strategies import STRATEGIES, Strategy, default_strategies
 from ..strategies.factory import configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
@@ -50,7 +54,16 @@ class PeriodRecord:
     breakdown: list[dict] = field(default_factory=list)
     warm_cold: list[dict] = field(default_factory=list)       # warm/cold user x item groups
     segments: dict[str, dict] = field(default_factory=dict)   # "warm"/"cold" users: interactions, metrics
-    ranks: np.ndarray | None = field(default=None, repr=False)
+    ranks: np.ndarray | None = field(default=None, repr=False)   # sampled / full: rank of each row
+    protocol: str = "sampled"
+    scoring_seconds: float = float("nan")
+    pair_scores: np.ndarray | None = field(default=None, repr=False)  # auc: [n, 2] pos/neg scores
+    calibrated: bool = True          # the strategy's scores are logits (LogLoss is defined)
+
+    @property
+    def outcome(self) -> np.ndarray:
+        """What the protocol's metrics are computed from: ranks, or ``[n, 2]`` pair scores."""
+        return self.pair_scores if self.protocol == "auc" else self.ranks
 
 
 def resolve_strategies(settings: ReplaySettings) -> list[str]:
@@ -74,6 +87,7 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
     first_test = plan.pretrain + plan.offline + plan.validation
     user_first, item_first = timeline.first_seen_period()
     factory = factory or (lambda name: make_strategy(name, timeline, settings))
+    negatives: dict[int, np.ndarray] = {}     # auc: drawn once per period, shared by all strategies
     for name in strategies:
         strategy = factory(name)
         strategy.start(pretrain, {k: v.clone() for k, v in initial_state.items()})
@@ -83,40 +97,71 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
         for period in bar:
             bar.set_postfix_str(f"period {period.index} ({period.role})")
             if period.role in SCORED_ROLES:
-                ranks = rank_candidates(
-                    lambda rows, cands, p=period: strategy.score(p, rows, cands),
-                    candidates.get(period), settings.eval_batch_size, settings.device)
                 new_user = user_first[period.users] >= first_test
                 new_item = item_first[period.items] >= first_test
                 cold_user = user_first[period.users] >= period.index
                 cold_item = item_first[period.items] >= period.index
-                yield PeriodRecord(strategy=name, period=period.index, role=period.role,
-                                   label=period.label, interactions=len(period),
-                                   metrics=metrics_from_ranks(ranks), update_seconds=last_update,
-                                   breakdown=breakdown(ranks, new_user, new_item),
-                                   warm_cold=breakdown(ranks, cold_user, cold_item, WARM_COLD_GROUPS),
-                                   segments=user_segments(ranks, cold_user), ranks=ranks)
+                calibrated = bool(strategy.calibrated_scores)
+                for protocol in settings.protocols:
+                    began = time.perf_counter()
+                    outcome = score_period(protocol, strategy, period, candidates, negatives, settings)
+                    seconds = time.perf_counter() - began
+
+                    def metrics_of(subset: np.ndarray, protocol: str = protocol) -> dict[str, float]:
+                        return outcome_metrics(protocol, subset, calibrated)
+
+                    yield PeriodRecord(
+                        strategy=name, period=period.index, role=period.role, label=period.label,
+                        interactions=len(period), metrics=metrics_of(outcome), update_seconds=last_update,
+                        breakdown=breakdown(outcome, new_user, new_item, metrics_of=metrics_of),
+                        warm_cold=breakdown(outcome, cold_user, cold_item, WARM_COLD_GROUPS, metrics_of),
+                        segments=user_segments(outcome, cold_user, metrics_of),
+                        ranks=None if protocol == "auc" else outcome, protocol=protocol,
+                        scoring_seconds=seconds, calibrated=calibrated,
+                        pair_scores=outcome if protocol == "auc" else None)
             if period.index < timeline.periods[-1].index:
                 last_update = strategy.update(period)
         bar.close()
 
 
-def user_segments(ranks: np.ndarray, cold_user: np.ndarray) -> dict[str, dict]:
+def score_period(protocol: str, strategy: Strategy, period, candidates: CandidateStore,
+                 negatives: dict[int, np.ndarray], settings: ReplaySettings) -> np.ndarray:
+    """One period scored under ``protocol``: ranks (sampled, full) or ``[n, 2]`` scores (auc)."""
+    def score(rows, cands):
+        return strategy.score(period, rows, cands)
+
+    if protocol == "sampled":
+        return rank_candidates(score, candidates.get(period), settings.eval_batch_size, settings.device)
+    if protocol == "full":
+        return full_ranks(score, period, device=settings.device)
+    if period.index not in negatives:
+        negatives[period.index] = auc_negatives(period, settings.seed)
+    return pair_scores(score, period.items, negatives[period.index], settings.eval_batch_size,
+                       settings.device)
+
+
+Metrics = Callable[[np.ndarray], dict]
+
+
+def user_segments(outcome: np.ndarray, cold_user: np.ndarray,
+                  metrics_of: Metrics = metrics_from_ranks) -> dict[str, dict]:
     """Interactions and metrics of the warm users' rows and of the cold users' rows."""
-    return {segment: {"interactions": int(mask.sum()), **metrics_from_ranks(ranks[mask])}
+    return {segment: {"interactions": int(mask.sum()), **metrics_of(outcome[mask])}
             for segment, mask in (("warm", ~cold_user), ("cold", cold_user))}
 
 
-def breakdown(ranks: np.ndarray, new_user: np.ndarray, new_item: np.ndarray,
-              groups: tuple[tuple[str, str], ...] = GROUPS) -> list[dict]:
+def breakdown(outcome: np.ndarray, new_user: np.ndarray, new_item: np.ndarray,
+              groups: tuple[tuple[str, str], ...] = GROUPS,
+              metrics_of: Metrics = metrics_from_ranks) -> list[dict]:
     """Metrics per (user group, item group); the second name of each pair ("new" or "cold") is
-    the one whose mask is true. Empty groups are listed with 0 rows."""
+    the one whose mask is true. Empty groups are listed with 0 rows. ``outcome`` holds one entry
+    per row (ranks, or pair scores under the auc protocol)."""
     rows = []
     user_names, item_names = groups[-1]
     for user_group, item_group in groups:
         mask = (new_user == (user_group == user_names)) & (new_item == (item_group == item_names))
         rows.append({"user_group": user_group, "item_group": item_group,
-                     "interactions": int(mask.sum()), **metrics_from_ranks(ranks[mask])})
+                     "interactions": int(mask.sum()), **metrics_of(outcome[mask])})
     return rows
 
 

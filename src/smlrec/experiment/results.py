@@ -1,18 +1,29 @@
 """The results directory: a stable contract other tools (and ``smlrec report``) read.
 
-* ``periods.csv``: one row per (strategy, scored period): strategy, period, role, label,
-  interactions, recall@5, recall@10, recall@20, ndcg@5, ndcg@10, ndcg@20, update_seconds, then
-  warm_interactions, cold_interactions and the six metrics over the warm users' rows
-  (``recall@20_warm`` ...) and over the cold users' rows (``recall@20_cold`` ...). A user is warm
-  in a period when it had an interaction in an earlier period.
-* ``summary.csv``: one row per strategy: the six metrics micro-averaged over ALL test periods,
-  test_interactions, update_seconds (mean over test periods), then the same for warm and cold
-  users (micro-averaged over their rows).
-* ``breakdown.csv``: per (strategy, scored period, user_group, item_group): interactions and the
-  six metrics; "new" = first seen in a test period (the paper's analysis).
+* ``periods.csv``: one row per (strategy, protocol, scored period): strategy, period, role,
+  label, interactions, recall@5, recall@10, recall@20, ndcg@5, ndcg@10, ndcg@20, update_seconds,
+  then warm_interactions, cold_interactions and the six metrics over the warm users' rows
+  (``recall@20_warm`` ...) and over the cold users' rows (``recall@20_cold`` ...); then protocol,
+  auc, logloss, scoring_seconds (that protocol's scoring of the period), auc_warm, logloss_warm,
+  auc_cold, logloss_cold. A protocol fills its own metrics and leaves the others empty:
+  Recall/NDCG under ``sampled`` and ``full``, AUC/LogLoss under ``auc``. A user is warm in a
+  period when it had an interaction in an earlier period. (Columns added later come last, so
+  older columns keep their positions.)
+* ``summary.csv``: one row per (strategy, protocol), protocol by protocol: the metrics
+  micro-averaged over ALL test periods, test_interactions, update_seconds (mean over test
+  periods), the same for warm and cold users, protocol, auc, logloss, scoring_seconds (sum over
+  test periods), then ``{metric}_lo`` / ``{metric}_hi``: the 95% bootstrap interval
+  (evaluation/uncertainty.py; empty when ``bootstrap_resamples = 0``).
+* ``significance.csv``: per (protocol, metric), the best strategy against each other one: the
+  difference and its paired bootstrap p-value.
+* ``breakdown.csv``: per (strategy, protocol, scored period, user_group, item_group):
+  interactions and the metrics; "new" = first seen in a test period (the paper's analysis).
 * ``warm_cold.csv``: the same columns, groups warm/cold: "cold" = no interaction in an earlier
   period (the model has never trained on that user or item).
-* ``config.json``: every effective setting, the data file's sha256, the package version.
+* ``config.json``: every effective setting, the data file's sha256, the package version, the
+  seconds each protocol's scoring took in all (``scoring_seconds``) and the bootstrap's seconds.
+
+Runs written before the protocols have no ``protocol`` column: their rows are ``sampled``.
 
 The directory is written under a temporary name and renamed into place when complete.
 """
@@ -31,26 +42,56 @@ from .. import __version__
 from ..atomic import atomic_directory
 from ..config import to_dict
 from ..evaluation.metrics import METRIC_NAMES, micro_average
+from ..evaluation.protocols import ALL_METRICS, AUC_METRICS, row_logloss
+from ..evaluation.uncertainty import RowOutcomes, bootstrap, rank_values
+from ..random import make_rng
 
+DEFAULT_PROTOCOL = "sampled"
 SEGMENTS = ("warm", "cold")
 SEGMENT_METRICS = [f"{m}_{segment}" for segment in SEGMENTS for m in METRIC_NAMES]
 SEGMENT_COUNTS = [f"{segment}_interactions" for segment in SEGMENTS]
+AUC_SEGMENT_METRICS = [f"{m}_{segment}" for segment in SEGMENTS for m in AUC_METRICS]
 BASE_PERIOD_COLUMNS = ["strategy", "period", "role", "label", "interactions", *METRIC_NAMES, "update_seconds"]
-PERIOD_COLUMNS = [*BASE_PERIOD_COLUMNS, *SEGMENT_COUNTS, *SEGMENT_METRICS]
+"""The columns every periods.csv has had (runs written before the protocols and warm/cold split)."""
+# Columns added later go at the end, so every older column keeps its position.
+PROTOCOL_COLUMNS = ["protocol", *AUC_METRICS, "scoring_seconds"]
+PERIOD_COLUMNS = [*BASE_PERIOD_COLUMNS, *SEGMENT_COUNTS, *SEGMENT_METRICS, *PROTOCOL_COLUMNS,
+                  *AUC_SEGMENT_METRICS]
+INTERVAL_COLUMNS = [f"{m}_{end}" for m in ALL_METRICS for end in ("lo", "hi")]
 SUMMARY_COLUMNS = ["strategy", *METRIC_NAMES, "test_interactions", "update_seconds", *SEGMENT_COUNTS,
-                   *SEGMENT_METRICS]
+                   *SEGMENT_METRICS, *PROTOCOL_COLUMNS, *AUC_SEGMENT_METRICS, *INTERVAL_COLUMNS]
+BREAKDOWN_COLUMNS = ["strategy", "period", "role", "user_group", "item_group", "interactions",
+                     *METRIC_NAMES, "protocol", *AUC_METRICS]
+SIGNIFICANCE_COLUMNS = ["protocol", "metric", "best", "strategy", "difference", "p_value"]
 
 
 def periods_frame(records) -> pd.DataFrame:
     rows = []
     for r in records:
-        row = {"strategy": r.strategy, "period": r.period, "role": r.role, "label": r.label,
-               "interactions": r.interactions, **r.metrics, "update_seconds": r.update_seconds}
+        row = {"strategy": r.strategy, "protocol": getattr(r, "protocol", DEFAULT_PROTOCOL),
+               "period": r.period, "role": r.role, "label": r.label,
+               "interactions": r.interactions, **r.metrics, "update_seconds": r.update_seconds,
+               "scoring_seconds": getattr(r, "scoring_seconds", float("nan"))}
         for segment, values in r.segments.items():
             row[f"{segment}_interactions"] = values["interactions"]
-            row.update({f"{m}_{segment}": values[m] for m in METRIC_NAMES})
+            row.update({f"{m}_{segment}": values[m] for m in ALL_METRICS if m in values})
         rows.append(row)
     return pd.DataFrame(rows, columns=PERIOD_COLUMNS)
+
+
+def with_protocol(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``protocol`` column; rows of runs written before it are ``sampled``."""
+    frame = frame.copy()
+    if "protocol" not in frame:
+        frame["protocol"] = DEFAULT_PROTOCOL
+    frame["protocol"] = frame["protocol"].astype(object).where(frame["protocol"].notna(),
+                                                               DEFAULT_PROTOCOL).astype(str)
+    return frame
+
+
+def protocols_of(frame: pd.DataFrame) -> list[str]:
+    """The protocols of a frame in order of first appearance (``sampled`` for old runs)."""
+    return list(dict.fromkeys(with_protocol(frame)["protocol"]))
 
 
 def _segment_average(scored: pd.DataFrame, segment: str, metric: str) -> float:
@@ -62,30 +103,93 @@ def _segment_average(scored: pd.DataFrame, segment: str, metric: str) -> float:
 
 
 def summary_frame(periods: pd.DataFrame, role: str = "test") -> pd.DataFrame:
-    """Micro-averaged metrics over every period of ``role``, one row per strategy."""
+    """Micro-averaged metrics over every period of ``role``, one row per (strategy, protocol),
+    protocol by protocol. Interval columns stay empty (see :func:`interval_frames`)."""
+    periods = with_protocol(periods)
     rows = []
-    for strategy, group in periods.groupby("strategy", sort=False):
-        scored = group[group["role"] == role]
-        if scored.empty:
-            continue
-        weights = scored["interactions"].to_numpy()
-        row = {"strategy": strategy,
-               **{m: micro_average(scored[m].to_numpy(), weights) for m in METRIC_NAMES},
-               "test_interactions": int(weights.sum()),
-               "update_seconds": float(scored["update_seconds"].mean())}
-        if scored[SEGMENT_COUNTS].notna().all().all():    # absent in runs written before the split
-            for segment in SEGMENTS:
-                row[f"{segment}_interactions"] = int(scored[f"{segment}_interactions"].sum())
-                row.update({f"{m}_{segment}": _segment_average(scored, segment, m) for m in METRIC_NAMES})
-        rows.append(row)
+    for protocol in protocols_of(periods):
+        mine = periods[periods["protocol"] == protocol]
+        for strategy, group in mine.groupby("strategy", sort=False):
+            scored = group[group["role"] == role]
+            if scored.empty:
+                continue
+            weights = scored["interactions"].to_numpy()
+            row = {"strategy": strategy, "protocol": protocol,
+                   **{m: micro_average(scored[m].to_numpy(), weights) for m in ALL_METRICS if m in scored},
+                   "test_interactions": int(weights.sum()),
+                   "update_seconds": float(scored["update_seconds"].mean()),
+                   "scoring_seconds": (float(scored["scoring_seconds"].sum(min_count=1))
+                                       if "scoring_seconds" in scored else float("nan"))}
+            if all(c in scored for c in SEGMENT_COUNTS) and scored[SEGMENT_COUNTS].notna().all().all():
+                for segment in SEGMENTS:   # absent in runs written before the warm/cold split
+                    row[f"{segment}_interactions"] = int(scored[f"{segment}_interactions"].sum())
+                    row.update({f"{m}_{segment}": _segment_average(scored, segment, m)
+                                for m in ALL_METRICS if f"{m}_{segment}" in scored})
+            rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+def row_outcomes(records, timeline, protocol: str, role: str = "test") -> RowOutcomes | None:
+    """The per-row outcomes of ``protocol`` over the periods of ``role``, strategies aligned
+    (the bootstrap's input); the unit of a row is its user. None when nothing was scored."""
+    chosen = [r for r in records if r.protocol == protocol and r.role == role and r.outcome is not None]
+    if not chosen:
+        return None
+    strategies = list(dict.fromkeys(r.strategy for r in chosen))
+    periods = sorted({r.period for r in chosen})
+    by_key = {(r.strategy, r.period): r for r in chosen}
+    strategies = [s for s in strategies if all((s, p) in by_key for p in periods)]
+    by_index = {p.index: p for p in timeline.periods}
+    units = np.concatenate([by_index[p].users for p in periods])
+    period_ids = np.concatenate([np.full(len(by_index[p]), p) for p in periods])
+
+    def stacked(strategy: str):
+        return np.concatenate([by_key[(strategy, p)].outcome for p in periods])
+
+    if protocol == "auc":
+        pairs = np.stack([stacked(s) for s in strategies])
+        calibrated = [by_key[(s, periods[0])].calibrated for s in strategies]
+        logloss = np.stack([row_logloss(pairs[i]) if calibrated[i] else np.full(len(units), np.nan)
+                            for i in range(len(strategies))])
+        return RowOutcomes(strategies, units, period_ids, {"logloss": logloss}, pairs)
+    per_strategy = [rank_values(stacked(s)) for s in strategies]
+    values = {m: np.stack([v[m] for v in per_strategy]) for m in METRIC_NAMES}
+    return RowOutcomes(strategies, units, period_ids, values)
+
+
+def interval_frames(records, timeline, protocols: list[str], n_resamples: int, seed: int,
+                    unit: str = "user") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """95% intervals (strategy, protocol, ``_lo``/``_hi`` columns) and the best-vs-other p-values
+    over the test periods, one seeded bootstrap per protocol (never re-scoring)."""
+    intervals, significance = [], []
+    for protocol in protocols:
+        outcomes = row_outcomes(records, timeline, protocol)
+        if outcomes is None or n_resamples <= 0:
+            continue
+        result = bootstrap(outcomes, n_resamples, make_rng(seed, "bootstrap", protocol), unit)
+        intervals.append(result.intervals().assign(protocol=protocol))
+        significance.append(result.significance().assign(protocol=protocol))
+    interval = (pd.concat(intervals, ignore_index=True) if intervals
+                else pd.DataFrame(columns=["strategy", "protocol"]))
+    tests = (pd.concat(significance, ignore_index=True)[SIGNIFICANCE_COLUMNS] if significance
+             else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS))
+    return interval, tests
+
+
+def with_intervals(summary: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with its ``_lo``/``_hi`` columns filled from ``intervals``."""
+    if intervals.empty:
+        return summary
+    merged = summary.drop(columns=[c for c in INTERVAL_COLUMNS if c in intervals]).merge(
+        intervals, on=["strategy", "protocol"], how="left")
+    return merged.reindex(columns=SUMMARY_COLUMNS)
+
+
 def breakdown_frame(records, field: str = "breakdown") -> pd.DataFrame:
-    rows = [{"strategy": r.strategy, "period": r.period, "role": r.role, **group}
+    rows = [{"strategy": r.strategy, "protocol": getattr(r, "protocol", DEFAULT_PROTOCOL),
+             "period": r.period, "role": r.role, **group}
             for r in records for group in getattr(r, field)]
-    return pd.DataFrame(rows, columns=["strategy", "period", "role", "user_group", "item_group",
-                                       "interactions", *METRIC_NAMES])
+    return pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)
 
 
 def default_out_dir() -> Path:
@@ -98,8 +202,16 @@ def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
     with atomic_directory(out) as tmp:
         periods = periods_frame(result.records)
         periods.to_csv(tmp / "periods.csv", index=False)
-        summary = summary_frame(periods)
+        settings = result.settings
+        protocols = list(getattr(settings, "protocols", (DEFAULT_PROTOCOL,)))
+        began = time.perf_counter()
+        intervals, significance = interval_frames(
+            result.records, result.timeline, protocols, getattr(settings, "bootstrap_resamples", 0),
+            settings.seed, getattr(settings, "bootstrap_unit", "user"))
+        bootstrap_seconds = time.perf_counter() - began
+        summary = with_intervals(summary_frame(periods), intervals)
         summary.to_csv(tmp / "summary.csv", index=False)
+        significance.to_csv(tmp / "significance.csv", index=False)
         breakdown_frame(result.records).to_csv(tmp / "breakdown.csv", index=False)
         breakdown_frame(result.records, "warm_cold").to_csv(tmp / "warm_cold.csv", index=False)
         timeline = result.timeline
@@ -115,6 +227,9 @@ def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
             "pretrain": {"epochs": result.settings.pretrain.epochs,
                          "losses": result.pretrain_losses, "seconds": result.pretrain_seconds},
             "wall_seconds": result.wall_seconds,
+            "scoring_seconds": {p: float(periods.loc[periods["protocol"] == p, "scoring_seconds"].sum())
+                                for p in protocols},
+            "bootstrap_seconds": bootstrap_seconds,
             **(extra_config or {}),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
@@ -134,13 +249,24 @@ def _json_default(value: Any) -> Any:
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """A plain-text table of the summary, for the terminal."""
+    """A plain-text table of the summary for the terminal, one block per protocol."""
     if summary.empty:
         return "(no test periods scored)"
-    columns = ["strategy", *METRIC_NAMES, *[c for c in ("recall@20_warm", "recall@20_cold") if c in summary],
-               "test_interactions", "update_seconds"]
-    shown = summary[columns].copy()
-    for column in columns[1:-2]:
-        shown[column] = shown[column].map(lambda v: f"{v:.4f}")
-    shown["update_seconds"] = shown["update_seconds"].map(lambda v: f"{v:.2f}")
-    return shown.rename(columns={"recall@20_warm": "R@20 warm", "recall@20_cold": "R@20 cold"}).to_string(index=False)
+    summary = with_protocol(summary)
+    protocols = protocols_of(summary)
+    blocks = []
+    for protocol in protocols:
+        mine = summary[summary["protocol"] == protocol]
+        metrics = ["auc", "logloss"] if protocol == "auc" else list(METRIC_NAMES)
+        segments = [f"{metrics[0] if protocol == 'auc' else 'recall@20'}_{s}" for s in SEGMENTS]
+        columns = ["strategy", *metrics, *[c for c in segments if c in mine and mine[c].notna().any()],
+                   "test_interactions", "update_seconds"]
+        shown = mine[columns].copy()
+        for column in columns[1:-2]:
+            shown[column] = shown[column].map(lambda v: f"{v:.4f}")
+        shown["update_seconds"] = shown["update_seconds"].map(lambda v: f"{v:.2f}")
+        names = {c: c.replace("recall@20", "R@20").replace("auc", "AUC").replace("_", " ")
+                 for c in segments}
+        text = shown.rename(columns=names).to_string(index=False)
+        blocks.append(text if len(protocols) == 1 else f"protocol {protocol}:\n{text}")
+    return "\n\n".join(blocks)

@@ -4,9 +4,14 @@ What :func:`write_report` writes into the report directory:
 
 * ``table1.md`` / ``table1.csv`` / ``table1.tex``: the paper's Table 1 layout: one row per
   strategy, Recall and NDCG at 5/10/20 micro-averaged over the test periods (the numbers of
-  ``summary.csv``), the best of each column in bold, and ``RI``: the relative improvement of the
-  reference strategy over each other one, ``(ref - m) / m`` averaged over the six metric columns
-  (sml-method.md section 5);
+  ``summary.csv``) with ± the half-width of the 95% bootstrap interval, the best of each column in
+  bold, ≈ on a value not significantly different (5%) from the column's best, and ``RI``: the
+  relative improvement of the reference strategy over each other one, ``(ref - m) / m`` averaged
+  over the six metric columns (sml-method.md section 5). Under the first ranking protocol
+  (``sampled`` when scored); ``table1_<protocol>.*`` for each other protocol (AUC and LogLoss
+  under ``auc``), and ``protocol_order.md`` / ``.csv``: each strategy's place under each protocol;
+* ``cost_accuracy_<protocol>.png``: mean update seconds (log) against R@20 (AUC under ``auc``)
+  with 95% intervals, one point per strategy;
 * ``per_period.png``: Recall@20 and NDCG@20 per test period, one line per strategy;
 * ``table2_update_seconds.md`` / ``.csv``: update seconds per test period and strategy with the
   mean and the ratio of each mean to the fastest one (the paper's Table 2);
@@ -32,11 +37,22 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from ..atomic import atomic_directory
-from .figures import plot_breakdown, plot_per_period
+from .figures import plot_breakdown, plot_cost_accuracy, plot_per_period
 from .runs import Combined, Run, load_runs
-from .tables import (BELOW_FLOOR, KEY_METRICS, WARM_COLD_ORDER, TextTable, breakdown_table, breakdown_text,
-                     cost_table, cost_text, segment_table, segment_text,
-                     metric_label, table1, table1_text)
+from .tables import (BELOW_FLOOR, NOT_SIGNIFICANT, WARM_COLD_ORDER, TextTable, breakdown_table,
+                     breakdown_text, cost_table, cost_text, key_metrics, metric_label, order_metric,
+                     order_table, order_text, segment_table, segment_text, table1, table1_text)
+
+PROTOCOL_TEXT = {
+    "sampled": "each test interaction's item ranked among 1 positive + 999 negatives sampled from "
+               "the items seen so far minus the user's items (the paper's protocol)",
+    "full": "each test interaction's item ranked among every item seen so far minus the user's "
+            "items so far (full ranking)",
+    "auc": "each test interaction's item and one negative sampled from the same pool, scored as a "
+           "binary task: AUC (ties 1/2) and LogLoss of sigmoid(score), per period (as ASMG); LogLoss "
+           "is empty for strategies whose scores are not logits (popularity counts, sequential "
+           "models serving cold users by counts)",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,56 +162,95 @@ class Report:
     costs: pd.DataFrame
     breakdown: pd.DataFrame
     files: list[str]
+    tables1: dict[str, pd.DataFrame] = field(default_factory=dict)   # protocol -> Table 1
+    order: pd.DataFrame | None = None                                # places under each protocol
 
 
 def build_report(combined: Combined, out: Path, reference: str | None = None) -> Report:
     """Write every report file into the existing directory ``out`` (see the module docstring)."""
     out = Path(out)
-    t1 = table1(combined, reference)
-    t1_text = table1_text(t1)
-    t1.to_csv(out / "table1.csv", index_label="strategy")
-    (out / "table1.md").write_text(t1_text.markdown())
-    (out / "table1.tex").write_text(t1_text.latex())
+    protocols = combined.protocols or ["sampled"]
+    # Every table but Table 1 is drawn under one protocol: the first ranking one scored.
+    primary = next((p for p in protocols if p != "auc"), protocols[0])
+    everything, combined = combined, combined.for_protocol(primary)
+    keys = key_metrics(primary)
+    tables1 = {p: table1(everything.for_protocol(p), reference) for p in protocols}
+    t1 = tables1[primary]
+    t1_texts = {p: table1_text(t) for p, t in tables1.items()}
+    for protocol, table in tables1.items():
+        stem = "table1" if protocol == primary else f"table1_{protocol}"
+        table.to_csv(out / f"{stem}.csv", index_label="strategy")
+        (out / f"{stem}.md").write_text(t1_texts[protocol].markdown())
+        (out / f"{stem}.tex").write_text(t1_texts[protocol].latex())
+    order = order_table(everything) if len(protocols) > 1 else None
+    if order is not None:
+        order.to_csv(out / "protocol_order.csv")
+        (out / "protocol_order.md").write_text(order_text(order).markdown())
 
-    segments = segment_table(combined)
-    segments_text = segment_text(segments)
+    segments = segment_table(combined, keys)
+    segments_text = segment_text(segments, keys)
     segments.to_csv(out / "table1_warm_cold.csv")
     (out / "table1_warm_cold.md").write_text(segments_text.markdown())
 
-    plot_per_period(combined.periods, combined.strategies, out / "per_period.png")
+    plot_per_period(combined.periods, combined.strategies, out / "per_period.png", keys)
 
     costs = cost_table(combined)
     costs_text = cost_text(costs)
     costs.to_csv(out / "table2_update_seconds.csv")
     (out / "table2_update_seconds.md").write_text(costs_text.markdown())
+    for protocol, table in tables1.items():
+        metric = order_metric(protocol)
+        plot_cost_accuracy(table, costs["mean"], metric, out / f"cost_accuracy_{protocol}.png",
+                           f"Cost and accuracy, protocol {protocol}: {metric_label(metric)}")
 
-    groups = breakdown_table(combined)
+    groups = breakdown_table(combined, metrics=keys)
     groups.to_csv(out / "breakdown.csv", index=False)
-    group_texts = {m: breakdown_text(groups, m) for m in KEY_METRICS}
+    group_texts = {m: breakdown_text(groups, m) for m in keys}
     (out / "breakdown.md").write_text("\n".join(f"{metric_label(m)}\n\n{t.markdown()}"
                                                 for m, t in group_texts.items()))
-    plot_breakdown(groups, out / "breakdown.png")
+    plot_breakdown(groups, out / "breakdown.png", keys)
     warm_cold_texts = {}
     if not combined.warm_cold.empty:
-        warm_cold = breakdown_table(combined, WARM_COLD_ORDER)
+        warm_cold = breakdown_table(combined, WARM_COLD_ORDER, metrics=keys)
         warm_cold.to_csv(out / "breakdown_warm_cold.csv", index=False)
-        warm_cold_texts = {m: breakdown_text(warm_cold, m, WARM_COLD_ORDER) for m in KEY_METRICS}
+        warm_cold_texts = {m: breakdown_text(warm_cold, m, WARM_COLD_ORDER) for m in keys}
 
     title = "smlrec replay report: " + ", ".join(run.name for run in combined.runs)
     page = _Page()
     page.heading(title, 1)
     scored = combined.scored_periods
     test = scored[scored["role"] == "test"]
-    reference_name = t1.attrs["reference"]
     page.text(f"{len(combined.strategies)} strategies, {len(test)} test periods "
-              f"({int(test['interactions'].sum())} test interactions). Each test interaction is ranked "
-              "among 1 positive + 999 sampled negatives; metrics are micro-averaged over the test "
-              "periods (weighted by interactions).")
-    page.heading("Table 1: accuracy over the test periods")
-    page.text(f"Best of each column in bold. RI = relative improvement of {reference_name} (the "
-              "strategy best on most columns) over each row, (ref - m) / m averaged over the six "
-              "columns. Also as `table1.csv` and `table1.tex`.")
-    page.table(t1_text)
+              f"({int(test['interactions'].sum())} test interactions); metrics are micro-averaged "
+              "over the test periods (weighted by interactions). Protocols scored:\n"
+              + "\n".join(f"- {p}: {PROTOCOL_TEXT.get(p, p)}" for p in protocols))
+    for protocol, text in t1_texts.items():
+        table = tables1[protocol]
+        stem = "table1" if protocol == primary else f"table1_{protocol}"
+        page.heading(f"Table 1: accuracy over the test periods, protocol {protocol}")
+        intervals = any(table[f"{m}_lo"].notna().any() for m in table.attrs["metrics"])
+        page.text("Best of each column in bold"
+                  + ("; ± half-width of the 95% bootstrap interval (test interactions resampled by "
+                     f"user, seeded); {NOT_SIGNIFICANT} = not significantly different from the "
+                     "column's best at 5% (paired bootstrap on the same resamples)" if intervals else "")
+                  + f". RI = relative improvement of {table.attrs['reference']} (the strategy best on "
+                    "most columns) over each row, (ref - m) / m averaged over the columns where "
+                    f"higher is better. Also as `{stem}.csv` and `{stem}.tex`.")
+        page.table(text)
+    if order is not None:
+        page.heading("Does the order survive a change of protocol?")
+        taus = "; ".join(f"{a} vs {b}: {tau:+.2f}" for (a, b), tau in order.attrs["kendall"].items())
+        page.text("Each strategy's place (1 = best) by R@20 under sampled and full ranking and by "
+                  f"AUC under auc. Kendall's tau between the orders (1 = same order): {taus}. "
+                  "Also as `protocol_order.csv`.")
+        page.table(order_text(order))
+    page.heading("Cost against accuracy")
+    page.text("Mean update seconds per test period (log scale) against the protocol's main metric, "
+              "with its 95% interval; one point per strategy.")
+    for protocol in tables1:
+        page.image(out / f"cost_accuracy_{protocol}.png", f"update seconds against accuracy, {protocol}")
+    if len(protocols) > 1:
+        page.text(f"The tables and figures below are under the {primary} protocol.")
     page.heading("Warm and cold users, against the popularity floor")
     page.text("A user is warm in a period when it had an interaction in an earlier period, cold "
               "otherwise (the model has never trained on it and serves its cold-start rule). "
@@ -204,7 +259,7 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
               "Also as `table1_warm_cold.csv`.")
     page.table(segments_text)
     page.heading("Per test period")
-    page.image(out / "per_period.png", "Recall@20 and NDCG@20 per test period")
+    page.image(out / "per_period.png", f"{metric_label(keys[0])} and {metric_label(keys[1])} per test period")
     page.heading("Table 2: update cost")
     page.text("Seconds of the update whose model is scored on each test period (the update on the "
               "period before it); the fastest mean in bold; × fastest = mean / fastest mean.")
@@ -215,7 +270,7 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
     for metric, text in group_texts.items():
         page.text(metric_label(metric))
         page.table(text)
-    page.image(out / "breakdown.png", "Recall@20 and NDCG@20 by old/new user and item")
+    page.image(out / "breakdown.png", f"{metric_label(keys[0])} and {metric_label(keys[1])} by old/new user and item")
     if warm_cold_texts:
         page.text("The same split by warm/cold (an interaction in an earlier period or not), for "
                   "users and items (`breakdown_warm_cold.csv`):")
@@ -240,7 +295,7 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
     (out / "report.md").write_text(page.markdown())
     (out / "report.html").write_text(page.html(title))
     files = sorted(p.name for p in out.iterdir())
-    return Report(combined, t1, costs, groups, files)
+    return Report(everything, t1, costs, groups, files, tables1, order)
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, reference: str | None = None,

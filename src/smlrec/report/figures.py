@@ -1,4 +1,5 @@
-"""The report's figures: metrics per test period, and the old/new user x item breakdown as bars.
+"""The report's figures: metrics per test period, the old/new user x item breakdown as bars, and
+cost against accuracy per protocol.
 
 Drawn with matplotlib's object API on the Agg canvas: no pyplot, no global backend switch.
 """
@@ -124,5 +125,35 @@ def plot_breakdown(table: pd.DataFrame, path: Path, metrics: Sequence[str] = KEY
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center",
                   ncols=legend_columns(strategies, width), frameon=False, fontsize=9)
+    figure.savefig(path)
+    return path
+
+
+def plot_cost_accuracy(table: pd.DataFrame, seconds: pd.Series, metric: str, path: Path,
+                       title: str | None = None) -> Path:
+    """One point per strategy: mean update seconds (log x) against ``metric`` with its 95%
+    interval as a vertical bar (``table`` is a Table 1 with ``{metric}_lo``/``_hi`` columns)."""
+    strategies = list(table.index)
+    styles = strategy_styles(strategies)
+    figure = new_figure(7.5, 5.0)
+    ax = figure.subplots()
+    # A popularity count updates in microseconds; keep it on a log axis instead of at 0.
+    x = np.maximum(seconds.reindex(strategies).to_numpy(dtype=float), 1e-4)
+    y = table[metric].to_numpy(dtype=float)
+    lo = table.get(f"{metric}_lo", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
+    hi = table.get(f"{metric}_hi", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
+    for i, strategy in enumerate(strategies):
+        if not (np.isfinite(x[i]) and np.isfinite(y[i])):
+            continue
+        style = styles[strategy]
+        error = ([[y[i] - lo[i]], [hi[i] - y[i]]] if np.isfinite(lo[i]) and np.isfinite(hi[i]) else None)
+        ax.errorbar([x[i]], [y[i]], yerr=error, fmt=style["marker"], color=style["color"],
+                    markersize=7, markerfacecolor="white", markeredgewidth=1.5, capsize=3, label=strategy)
+        ax.annotate(strategy, (x[i], y[i]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean update seconds per test period (log scale; floored at 1e-4 s)")
+    ax.set_ylabel(f"{metric_label(metric)} (test, 95% interval)")
+    ax.set_title(title or f"Cost and accuracy: {metric_label(metric)}")
+    ax.grid(True, which="both", alpha=0.3)
     figure.savefig(path)
     return path

@@ -21,7 +21,8 @@ import pandas as pd
 
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import METRIC_NAMES
-from ..experiment.results import BASE_PERIOD_COLUMNS, PERIOD_COLUMNS
+from ..experiment.results import (BASE_PERIOD_COLUMNS, PERIOD_COLUMNS, SIGNIFICANCE_COLUMNS, protocols_of,
+                                  with_protocol)
 
 BREAKDOWN_COLUMNS = ["strategy", "period", "role", "user_group", "item_group", "interactions",
                      *METRIC_NAMES]
@@ -42,6 +43,7 @@ class Run:
     summary: pd.DataFrame
     config: dict
     shown_path: str = ""             # where to say the run is (its final place while being written)
+    significance: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SIGNIFICANCE_COLUMNS))
 
     @property
     def strategies(self) -> list[str]:
@@ -53,14 +55,16 @@ def load_run(path: str | Path, name: str | None = None, shown_path: str | Path |
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: no such results directory")
-    periods = _read_csv(path / "periods.csv", BASE_PERIOD_COLUMNS)
-    for column in PERIOD_COLUMNS:     # runs written before the warm/cold split lack these
+    periods = with_protocol(_read_csv(path / "periods.csv", BASE_PERIOD_COLUMNS))
+    for column in PERIOD_COLUMNS:     # runs written before the warm/cold split or protocols lack these
         if column not in periods:
             periods[column] = np.nan
-    breakdown = _read_csv(path / "breakdown.csv", BREAKDOWN_COLUMNS)
-    warm_cold = (_read_csv(path / "warm_cold.csv", BREAKDOWN_COLUMNS) if (path / "warm_cold.csv").exists()
-                 else pd.DataFrame(columns=BREAKDOWN_COLUMNS))
-    summary = _read_csv(path / "summary.csv", ["strategy", *METRIC_NAMES])
+    breakdown = with_protocol(_read_csv(path / "breakdown.csv", BREAKDOWN_COLUMNS))
+    warm_cold = with_protocol(_read_csv(path / "warm_cold.csv", BREAKDOWN_COLUMNS)
+                              if (path / "warm_cold.csv").exists() else pd.DataFrame(columns=BREAKDOWN_COLUMNS))
+    summary = with_protocol(_read_csv(path / "summary.csv", ["strategy", *METRIC_NAMES]))
+    significance = (_read_csv(path / "significance.csv", SIGNIFICANCE_COLUMNS)
+                    if (path / "significance.csv").exists() else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS))
     config_path = path / "config.json"
     config: dict = {}
     if config_path.exists():
@@ -68,15 +72,15 @@ def load_run(path: str | Path, name: str | None = None, shown_path: str | Path |
             config = json.loads(config_path.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"not valid JSON ({err.msg})", path=str(config_path), line=err.lineno) from None
-    duplicated = periods.duplicated(["strategy", "period"])
+    duplicated = periods.duplicated(["strategy", "protocol", "period"])
     if duplicated.any():
         row = periods[duplicated].iloc[0]
         raise DataError(f"strategy {row['strategy']!r} is listed twice for period {row['period']}",
                         path=str(path / "periods.csv"), line=int(np.flatnonzero(duplicated)[0]) + 2)
     periods["label"] = periods["label"].fillna("").astype(str)
     return Run(name=name or path.resolve().name, path=path, periods=periods, breakdown=breakdown,
-               warm_cold=warm_cold,
-               summary=summary, config=config, shown_path=str(shown_path or path))
+               warm_cold=warm_cold, summary=summary, config=config, shown_path=str(shown_path or path),
+               significance=significance)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
@@ -105,14 +109,35 @@ class Combined:
     strategies: list[str]            # display names, in run order then strategy order
     warm_cold: pd.DataFrame = field(default_factory=pd.DataFrame)
     origin: dict[str, str] = field(default_factory=dict)  # display name -> run name
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)       # summary.csv rows, renamed
+    significance: pd.DataFrame = field(default_factory=pd.DataFrame)  # significance.csv rows, renamed
 
     @property
     def scored_periods(self) -> pd.DataFrame:
         """One row per scored period: period, role, label, interactions."""
         return period_signature(self.runs[0].periods)
 
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols scored, in order of first appearance (``sampled`` for old runs)."""
+        return protocols_of(self.periods)
+
+    def for_protocol(self, protocol: str) -> "Combined":
+        """The same runs restricted to one protocol's rows (what every table of one protocol reads)."""
+        def keep(frame: pd.DataFrame) -> pd.DataFrame:
+            if frame.empty or "protocol" not in frame:
+                return frame
+            return frame[frame["protocol"] == protocol].reset_index(drop=True)
+
+        return Combined(runs=self.runs, periods=keep(self.periods), breakdown=keep(self.breakdown),
+                        strategies=[s for s in self.strategies
+                                    if (self.periods[self.periods["protocol"] == protocol]["strategy"] == s).any()],
+                        warm_cold=keep(self.warm_cold), origin=self.origin, summary=keep(self.summary),
+                        significance=keep(self.significance))
+
 
 def period_signature(periods: pd.DataFrame) -> pd.DataFrame:
+    """The scored periods (of one protocol: every protocol scores the same periods)."""
     return (periods[["period", "role", "label", "interactions"]].drop_duplicates()
             .sort_values("period").reset_index(drop=True))
 
@@ -141,18 +166,24 @@ def combine_runs(runs: Sequence[Run]) -> Combined:
     for run in runs:
         for strategy in run.strategies:
             counts[strategy] = counts.get(strategy, 0) + 1
-    periods, breakdowns, warm_colds, strategies, origin = [], [], [], [], {}
+    periods, breakdowns, warm_colds, summaries, tests, strategies, origin = [], [], [], [], [], [], {}
     for run in runs:
         rename = {s: (f"{s} ({run.name})" if counts[s] > 1 else s) for s in run.strategies}
         periods.append(run.periods.assign(strategy=run.periods["strategy"].map(rename)))
         breakdowns.append(run.breakdown.assign(strategy=run.breakdown["strategy"].map(rename)))
         warm_colds.append(run.warm_cold.assign(strategy=run.warm_cold["strategy"].map(rename)))
+        summaries.append(run.summary.assign(strategy=run.summary["strategy"].map(rename)))
+        # p-values compare strategies of one run (paired on its resamples): renamed with it.
+        tests.append(run.significance.assign(best=run.significance["best"].map(rename),
+                                             strategy=run.significance["strategy"].map(rename)))
         for display in rename.values():
             strategies.append(display)
             origin[display] = run.name
     return Combined(runs=runs, periods=pd.concat(periods, ignore_index=True),
                     breakdown=pd.concat(breakdowns, ignore_index=True), strategies=strategies,
-                    origin=origin, warm_cold=pd.concat(warm_colds, ignore_index=True))
+                    origin=origin, warm_cold=pd.concat(warm_colds, ignore_index=True),
+                    summary=pd.concat(summaries, ignore_index=True),
+                    significance=pd.concat(tests, ignore_index=True))
 
 
 def _check_aligned(first: Run, other: Run) -> None:

@@ -16,10 +16,24 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..evaluation.metrics import METRIC_NAMES, micro_average
+from ..evaluation.protocols import LOWER_IS_BETTER, protocol_metric_names
 from ..experiment.results import summary_frame
 from .runs import Combined
 
 KEY_METRICS = ("recall@20", "ndcg@20")
+NOT_SIGNIFICANT = "≈"
+"""Marks a value whose difference from the column's best is not significant at 5% (paired bootstrap)."""
+SIGNIFICANCE_LEVEL = 0.05
+
+
+def key_metrics(protocol: str) -> tuple[str, str]:
+    """The two metrics figures and secondary tables show under a protocol."""
+    return ("auc", "logloss") if protocol == "auc" else KEY_METRICS
+
+
+def order_metric(protocol: str) -> str:
+    """The metric that orders the strategies under a protocol."""
+    return "auc" if protocol == "auc" else "recall@20"
 GROUP_ORDER = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
 WARM_COLD_ORDER = (("warm", "warm"), ("warm", "cold"), ("cold", "warm"), ("cold", "cold"))
 SEGMENT_SUFFIXES = (("all", ""), ("warm users", "_warm"), ("cold users", "_cold"))
@@ -28,9 +42,22 @@ BELOW_FLOOR = "▼"
 
 
 def metric_label(metric: str) -> str:
-    """``recall@20`` -> ``Recall@20``."""
+    """``recall@20`` -> ``Recall@20``; ``auc`` -> ``AUC``."""
+    if "@" not in metric:
+        return {"auc": "AUC", "logloss": "LogLoss"}.get(metric, metric)
     name, k = metric.split("@")
     return {"recall": "Recall", "ndcg": "NDCG"}.get(name, name) + f"@{k}"
+
+
+def short_label(metric: str) -> str:
+    """``recall@20`` -> ``R@20``, ``ndcg@5`` -> ``N@5``, ``auc`` -> ``AUC``."""
+    return metric_label(metric).replace("Recall", "R").replace("NDCG", "N")
+
+
+def single_protocol(combined: Combined) -> tuple[Combined, str]:
+    """``combined`` restricted to its first protocol (tables of one protocol), and that protocol."""
+    protocols = combined.protocols or ["sampled"]
+    return (combined.for_protocol(protocols[0]) if len(protocols) > 1 else combined), protocols[0]
 
 
 
@@ -104,9 +131,10 @@ def _fmt_percent(value: float) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value * 100:+.1f}%"
 
 
-def _best_rows(values: pd.Series) -> list[int]:
-    """Positions of the maximum of a column (all of them on ties); none when all are missing."""
-    array = values.to_numpy(dtype=float)
+def _best_rows(values: pd.Series, lower_is_better: bool = False) -> list[int]:
+    """Positions of the best of a column, the maximum unless ``lower_is_better`` (all of them on
+    ties); none when all are missing."""
+    array = values.to_numpy(dtype=float) * (-1.0 if lower_is_better else 1.0)
     if not np.isfinite(array).any():
         return []
     return [int(i) for i in np.flatnonzero(array == np.nanmax(array))]
@@ -116,7 +144,9 @@ def _best_rows(values: pd.Series) -> list[int]:
 # (a) Table 1: strategies x metrics over the test periods, with RI
 
 def test_summary(combined: Combined) -> pd.DataFrame:
-    """Metrics micro-averaged over all test periods, one row per strategy (as ``summary.csv``)."""
+    """Metrics micro-averaged over all test periods, one row per strategy (as ``summary.csv``),
+    under the first protocol of ``combined`` (restrict it with ``for_protocol`` for another)."""
+    combined, _ = single_protocol(combined)
     summary = summary_frame(combined.periods, role="test").set_index("strategy")
     missing = [s for s in combined.strategies if s not in summary.index]
     if missing:
@@ -125,11 +155,11 @@ def test_summary(combined: Combined) -> pd.DataFrame:
     return summary.loc[combined.strategies]
 
 
-def reference_strategy(summary: pd.DataFrame) -> str:
+def reference_strategy(summary: pd.DataFrame, columns: Sequence[str] = METRIC_NAMES) -> str:
     """The best strategy: most metric columns won; ties go to the higher mean column-relative score."""
-    metrics = summary[list(METRIC_NAMES)].astype(float)
+    metrics = summary[list(columns)].astype(float)
     wins = pd.Series(0, index=metrics.index)
-    for column in METRIC_NAMES:
+    for column in columns:
         for position in _best_rows(metrics[column]):
             wins.iloc[position] += 1
     maxima = metrics.max(axis=0).replace(0.0, np.nan)
@@ -149,39 +179,125 @@ def relative_improvement(reference: pd.Series, other: pd.Series,
 
 
 def table1(combined: Combined, reference: str | None = None) -> pd.DataFrame:
-    """Table 1 as numbers: metrics, test interactions, RI of the reference over each strategy."""
+    """Table 1 as numbers, under the first protocol of ``combined``: the protocol's metrics with
+    their 95% intervals (``_lo``/``_hi``, from summary.csv; NaN when not computed), test
+    interactions, RI of the reference over each strategy, and ``{metric}_p``: the p-value of the
+    difference from that column's best (NaN for the best itself or when not computed).
+
+    RI averages the metrics where higher is better (all six under sampled/full; AUC under auc).
+    """
+    combined, protocol = single_protocol(combined)
+    metrics = list(protocol_metric_names(protocol))
+    ri_metrics = [m for m in metrics if m not in LOWER_IS_BETTER]
     summary = test_summary(combined)
     if reference is None:
-        reference = reference_strategy(summary)
+        reference = reference_strategy(summary, ri_metrics)
     elif reference not in summary.index:
         raise ConfigError(f"reference strategy {reference!r} is not in the report "
                           f"(strategies: {', '.join(summary.index)})")
-    table = summary[[*METRIC_NAMES, "test_interactions"]].copy()
+    table = summary[[*metrics, "test_interactions"]].copy()
     table["ri"] = [float("nan") if name == reference else
-                   relative_improvement(summary.loc[reference], summary.loc[name])
+                   relative_improvement(summary.loc[reference], summary.loc[name], ri_metrics)
                    for name in summary.index]
+    saved = combined.summary.set_index("strategy") if not combined.summary.empty else pd.DataFrame()
+    for metric in metrics:
+        for end in ("lo", "hi"):
+            column = f"{metric}_{end}"
+            table[column] = (saved[column].reindex(table.index).to_numpy(dtype=float)
+                             if column in saved else np.nan)
+        table[f"{metric}_p"] = _p_values(combined.significance, metric, table[metric],
+                                         metric in LOWER_IS_BETTER)
     table.attrs["reference"] = reference
+    table.attrs["protocol"] = protocol
+    table.attrs["metrics"] = metrics
     return table
+
+
+def _p_values(tests: pd.DataFrame, metric: str, values: pd.Series, lower_is_better: bool) -> np.ndarray:
+    """Per strategy, the p-value of its difference from the column's best, when that best is the
+    one the test was run against (tests are within one run; combining runs can change the best)."""
+    out = np.full(len(values), np.nan)
+    best_rows = _best_rows(values, lower_is_better)
+    if tests.empty or not best_rows:
+        return out
+    best = values.index[best_rows[0]]
+    mine = tests[(tests["metric"] == metric) & (tests["best"] == best)].set_index("strategy")["p_value"]
+    for i, name in enumerate(values.index):
+        if name in mine.index:
+            out[i] = float(mine.loc[name])
+    return out
 
 
 def table1_text(table: pd.DataFrame) -> TextTable:
     reference = table.attrs["reference"]
-    header = ["Strategy", *[metric_label(m).replace("Recall", "R").replace("NDCG", "N")
-                            for m in METRIC_NAMES], f"RI of {reference}"]
-    rows = [[name, *[_fmt(row[m]) for m in METRIC_NAMES],
+    metrics = table.attrs.get("metrics", list(METRIC_NAMES))
+    header = ["Strategy", *[short_label(m) for m in metrics], f"RI of {reference}"]
+
+    def cell(row: pd.Series, metric: str) -> str:
+        text = _fmt(row[metric])
+        lo, hi = row.get(f"{metric}_lo", np.nan), row.get(f"{metric}_hi", np.nan)
+        if np.isfinite(lo) and np.isfinite(hi):
+            text += f" ± {(hi - lo) / 2:.4f}"
+        p = row.get(f"{metric}_p", np.nan)
+        if np.isfinite(p) and p >= SIGNIFICANCE_LEVEL:
+            text += f" {NOT_SIGNIFICANT}"
+        return text
+
+    rows = [[name, *[cell(row, m) for m in metrics],
              "—" if name == reference else _fmt_percent(row["ri"])]
             for name, row in table.iterrows()]
-    bold = {(r, c + 1) for c, m in enumerate(METRIC_NAMES) for r in _best_rows(table[m])}
+    bold = {(r, c + 1) for c, m in enumerate(metrics)
+            for r in _best_rows(table[m], m in LOWER_IS_BETTER)}
+    return TextTable(header, rows, bold)
+
+
+# ----------------------------------------------------------------------------------------------
+# (a') how the strategies' order changes between protocols
+
+def order_table(combined: Combined) -> pd.DataFrame:
+    """Per strategy, its place (1 = best) under each protocol, by R@20 (sampled, full) or AUC,
+    with the metric's value; ``attrs["kendall"]``: Kendall's tau between each pair of protocols."""
+    table = pd.DataFrame(index=pd.Index(combined.strategies, name="strategy"))
+    for protocol in combined.protocols:
+        summary = test_summary(combined.for_protocol(protocol))
+        metric = order_metric(protocol)
+        values = summary[metric].reindex(table.index)
+        table[f"{protocol} {short_label(metric)}"] = values
+        table[f"{protocol} place"] = values.rank(ascending=False, method="min")
+    places = [c for c in table.columns if c.endswith(" place")]
+    table.attrs["kendall"] = {(a.removesuffix(" place"), b.removesuffix(" place")):
+                              kendall_tau(table[a].to_numpy(), table[b].to_numpy())
+                              for i, a in enumerate(places) for b in places[i + 1:]}
+    return table
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-a between two orderings (pairs with a NaN skipped): 1 same order, -1 reversed."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = np.asarray(a)[keep], np.asarray(b)[keep]
+    if len(a) < 2:
+        return float("nan")
+    upper = np.triu_indices(len(a), 1)
+    sign = np.sign(a[:, None] - a[None, :])[upper] * np.sign(b[:, None] - b[None, :])[upper]
+    return float(sign.sum() / len(sign))
+
+
+def order_text(table: pd.DataFrame) -> TextTable:
+    header = ["Strategy", *table.columns]
+    rows = [[name, *[(_fmt(v, 0) if c.endswith(" place") else _fmt(v)) for c, v in row.items()]]
+            for name, row in table.iterrows()]
+    bold = {(r, c + 1) for c, column in enumerate(table.columns) if column.endswith(" place")
+            for r in _best_rows(-table[column])}
     return TextTable(header, rows, bold)
 
 
 # ----------------------------------------------------------------------------------------------
 # (b) warm and cold users side by side, against the popularity floor
 
-def segment_table(combined: Combined) -> pd.DataFrame:
-    """R@20 and N@20 over all, warm-user and cold-user test rows, one row per strategy."""
+def segment_table(combined: Combined, metrics: Sequence[str] = KEY_METRICS) -> pd.DataFrame:
+    """R@20 and N@20 (or ``metrics``) over all, warm-user and cold-user test rows, per strategy."""
     summary = test_summary(combined)
-    columns = [f"{m}{suffix}" for _, suffix in SEGMENT_SUFFIXES for m in KEY_METRICS]
+    columns = [f"{m}{suffix}" for _, suffix in SEGMENT_SUFFIXES for m in metrics]
     table = summary.reindex(columns=[*columns, "warm_interactions", "cold_interactions"])
     table.index.name = "strategy"
     return table
@@ -193,14 +309,14 @@ def popularity_floor(table: pd.DataFrame) -> pd.Series | None:
     return table.loc[floors].max(axis=0) if floors else None
 
 
-def segment_text(table: pd.DataFrame) -> TextTable:
+def segment_text(table: pd.DataFrame, metrics: Sequence[str] = KEY_METRICS) -> TextTable:
     first = table.iloc[0]
     counts = {"all": "", "warm users": f" (n={_fmt_count(first['warm_interactions'])})",
               "cold users": f" (n={_fmt_count(first['cold_interactions'])})"}
     header = ["Strategy"]
     for name, _ in SEGMENT_SUFFIXES:
-        header += [f"R@20 {name}{counts[name]}", f"N@20 {name}"]
-    columns = [f"{m}{suffix}" for _, suffix in SEGMENT_SUFFIXES for m in KEY_METRICS]
+        header += [f"{short_label(metrics[0])} {name}{counts[name]}", f"{short_label(metrics[1])} {name}"]
+    columns = [f"{m}{suffix}" for _, suffix in SEGMENT_SUFFIXES for m in metrics]
     floor = popularity_floor(table)
     rows = []
     for strategy, row in table.iterrows():
@@ -223,6 +339,7 @@ def _fmt_count(value: float) -> str:
 
 def cost_table(combined: Combined) -> pd.DataFrame:
     """Update seconds per strategy (rows) and test period (columns), the mean and ratio to the fastest."""
+    combined, _ = single_protocol(combined)
     test = combined.periods[combined.periods["role"] == "test"]
     wide = test.pivot(index="strategy", columns="period", values="update_seconds")
     wide = wide.reindex(combined.strategies)
@@ -247,9 +364,11 @@ def cost_text(table: pd.DataFrame) -> TextTable:
 # (d) old/new user x old/new item breakdown
 
 def breakdown_table(combined: Combined,
-                    groups: tuple[tuple[str, str], ...] = GROUP_ORDER) -> pd.DataFrame:
+                    groups: tuple[tuple[str, str], ...] = GROUP_ORDER,
+                    metrics: Sequence[str] = METRIC_NAMES) -> pd.DataFrame:
     """Per strategy and group: test interactions, their share, and micro-averaged metrics
     (old/new groups from ``breakdown.csv``, warm/cold groups from ``warm_cold.csv``)."""
+    combined, _ = single_protocol(combined)
     frame = combined.breakdown if groups == GROUP_ORDER else combined.warm_cold
     totals = frame[frame["role"] == "test"]
     test = totals[totals["interactions"] > 0]
@@ -264,9 +383,9 @@ def breakdown_table(combined: Combined,
             rows.append({"strategy": strategy, "user_group": user_group, "item_group": item_group,
                          "interactions": n, "share": n / total if total else float("nan"),
                          **{m: micro_average(group[m].to_numpy(), weights) if n else float("nan")
-                            for m in METRIC_NAMES}})
+                            for m in dict.fromkeys([*METRIC_NAMES, *metrics]) if m in group}})
     return pd.DataFrame(rows, columns=["strategy", "user_group", "item_group", "interactions",
-                                       "share", *METRIC_NAMES])
+                                       "share", *dict.fromkeys([*METRIC_NAMES, *metrics])])
 
 
 def _group_title(user_group: str, item_group: str) -> str:

@@ -48,6 +48,9 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str] = "strategy"
+    calibrated_scores: ClassVar[bool] = True
+    """Whether ``score`` returns logits (sigma(score) is a probability: trained with BCE), so the
+    ``auc`` protocol's LogLoss means something; False reports AUC only (LogLoss NaN)."""
 
     def __init__(self, settings: Any, context: StrategyContext) -> None:
         self.settings = settings

@@ -41,6 +41,7 @@ class Popularity(Strategy):
     """Scores an item by its (decayed) interaction count; the same ranking for every user."""
 
     name = "pop"
+    calibrated_scores = False     # counts, not logits
 
     def __init__(self, settings: PopularitySettings, context: StrategyContext) -> None:
         super().__init__(settings, context)

@@ -153,6 +153,8 @@ class SequentialStrategy(Strategy):
 
     def __init__(self, settings: SequentialSettings, context: StrategyContext) -> None:
         super().__init__(settings, context)
+        # Logits only when trained with BCE and no row is scored by item counts (cold_users "pop").
+        self.calibrated_scores = settings.loss == "bce" and settings.cold_users == "init"  # type: ignore[misc]
         generator = make_torch_generator(context.seed, "strategy", context.name or self.name, "init")
         if settings.model == "gru4rec":
             self.model = GRU4Rec(context.n_items, settings.dim, settings.hidden, settings.dropout,
