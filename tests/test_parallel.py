@@ -79,6 +79,10 @@ def test_worker_threads_share_the_cores():
 
 def test_run_in_pool_keeps_item_order_and_raises_a_workers_error():
     assert run_in_pool(abs, [-3, 2, -1], jobs=2, threads=1) == [3, 2, 1]
+    finished: list[int] = []
+    assert run_in_pool(abs, [-3, 2, -1], jobs=1, threads=1, start_order=[2, 0, 1],
+                       on_done=lambda index, result: finished.append(index)) == [3, 2, 1]
+    assert finished == [2, 0, 1]
     with pytest.raises(TypeError):
         run_in_pool(abs, ["x"], jobs=2, threads=1)
 
