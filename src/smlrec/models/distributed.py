@@ -78,8 +78,9 @@ def gather_rows(indices: torch.Tensor, grads: torch.Tensor, n_rows: int) -> tupl
             torch.cat([part[:, :length] for part, length in zip(all_grads, lengths)], dim=1))
 
 
-def sum_over_ranks(value: float) -> float:
-    """The sum of ``value`` over the ranks (the loss of a batch split across them)."""
-    total = torch.tensor([value], dtype=torch.float64)
+def sum_over_ranks(value: float, device: str | torch.device = "cpu") -> float:
+    """The sum of ``value`` over the ranks (the loss of a batch split across them); ``device``:
+    where the group's tensors live (NCCL needs them on the GPU)."""
+    total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total.item())

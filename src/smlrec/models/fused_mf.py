@@ -110,7 +110,7 @@ class FusedMFTrainer:
             indices, grads = distributed.gather_rows(
                 torch.stack([users[mine], positives[mine], negatives[mine]]), torch.stack(grads), n)
             self._apply(*indices, *grads)
-            losses.append(distributed.sum_over_ranks(float(loss_sum)) / n)
+            losses.append(distributed.sum_over_ranks(float(loss_sum), users.device) / n)
         return losses
 
     def train_epoch(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
