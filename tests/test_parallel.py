@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -77,12 +78,17 @@ def test_worker_threads_share_the_cores():
     assert worker_threads(replay_settings({"threads": 3}), 2, cores=8) == 3   # --threads wins
 
 
+def _stamp(_item: int) -> int:
+    return time.monotonic_ns()   # CLOCK_MONOTONIC: one clock for every process on Linux
+
+
 def test_run_in_pool_keeps_item_order_and_raises_a_workers_error():
     assert run_in_pool(abs, [-3, 2, -1], jobs=2, threads=1) == [3, 2, 1]
     finished: list[int] = []
-    assert run_in_pool(abs, [-3, 2, -1], jobs=1, threads=1, start_order=[2, 0, 1],
-                       on_done=lambda index, result: finished.append(index)) == [3, 2, 1]
-    assert finished == [2, 0, 1]
+    stamps = run_in_pool(_stamp, [0, 1, 2], jobs=1, threads=1, start_order=[2, 0, 1],
+                         on_done=lambda index, result: finished.append(index))
+    assert sorted(finished) == [0, 1, 2]
+    assert stamps[2] < stamps[0] < stamps[1]          # one worker ran them in the start order
     with pytest.raises(TypeError):
         run_in_pool(abs, ["x"], jobs=2, threads=1)
 

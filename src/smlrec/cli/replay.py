@@ -15,7 +15,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from ..config import replay_settings
     from ..data.loading import load_timeline
     from ..errors import ConfigError
-    from ..models.distributed import init_from_environment, is_leader
+    from ..models.distributed import barrier, init_from_environment, is_leader, leave
     from ..experiment.replay import replay
     from ..experiment.results import (default_out_dir, format_summary, periods_frame, summary_frame,
                                       write_results)
@@ -30,13 +30,18 @@ def run_replay(args: argparse.Namespace) -> int:
         raise ConfigError("--jobs runs strategies in worker processes; under torchrun give --jobs 1")
     leader = is_leader()
     check_out_dir(out)
+    barrier()  # every rank has checked --out before rank 0 can write it
     timeline = load_timeline(settings)  # fails on bad data before any work or any file
     runner = None
     if args.jobs > 1:
         from ..experiment.parallel import pool_runner
 
         runner = pool_runner(args.jobs)
-    result = replay(settings, progress=not args.no_progress and leader, timeline=timeline, runner=runner)
+    try:
+        result = replay(settings, progress=not args.no_progress and leader, timeline=timeline,
+                        runner=runner)
+    finally:
+        leave()
     if not leader:
         return 0
     write_results(out, result, extra_files=_report_writers(args, out))

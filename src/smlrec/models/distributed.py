@@ -40,8 +40,27 @@ def init_from_environment(device: str = "cpu") -> bool:
         return dist.get_world_size() > 1
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    global _joined_here
     dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    _joined_here = True
     return True
+
+
+_joined_here = False
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def leave() -> None:
+    """Leave the process group ``init_from_environment`` joined (one a caller made is left alone)."""
+    global _joined_here
+    if _joined_here and dist.is_initialized():
+        dist.destroy_process_group()
+    _joined_here = False
 
 
 def local_ranks() -> int:
