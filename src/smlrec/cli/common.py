@@ -132,7 +132,11 @@ def replay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base model every strategy trains and scores (default mf; settings in "
                              "[lightgcn] / [ncf], e.g. --set lightgcn.layers=2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores; with "
+                                                    "--jobs K, per worker: cores // K)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="K",
+                        help="run independent strategies (replay) or grid points (sweep) in K "
+                             "worker processes; the results are the same as with 1 (default 1)")
     parser.add_argument("--pretrain-epochs", type=int, help="MF pretraining epochs (default 20)")
     parser.add_argument("--cache-dir", help="where shared test candidates are cached "
                                             "(default ~/.cache/smlrec or $SMLREC_CACHE)")

@@ -14,15 +14,36 @@ def run_replay(args: argparse.Namespace) -> int:
     from ..atomic import check_out_dir
     from ..config import replay_settings
     from ..data.loading import load_timeline
+    from ..errors import ConfigError
+    from ..models.distributed import barrier, init_from_environment, is_leader, leave
     from ..experiment.replay import replay
     from ..experiment.results import (default_out_dir, format_summary, periods_frame, summary_frame,
                                       write_results)
 
     settings = replay_settings(*settings_layers(args))
     out = Path(args.out) if args.out else default_out_dir()
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    # Under torchrun: every rank replays (MF updates split across ranks), rank 0 alone writes.
+    distributed = init_from_environment(settings.device)
+    if distributed and args.jobs > 1:
+        raise ConfigError("--jobs runs strategies in worker processes; under torchrun give --jobs 1")
+    leader = is_leader()
     check_out_dir(out)
+    barrier()  # every rank has checked --out before rank 0 can write it
     timeline = load_timeline(settings)  # fails on bad data before any work or any file
-    result = replay(settings, progress=not args.no_progress, timeline=timeline)
+    runner = None
+    if args.jobs > 1:
+        from ..experiment.parallel import pool_runner
+
+        runner = pool_runner(args.jobs)
+    try:
+        result = replay(settings, progress=not args.no_progress and leader, timeline=timeline,
+                        runner=runner)
+    finally:
+        leave()
+    if not leader:
+        return 0
     write_results(out, result, extra_files=_report_writers(args, out))
     print(f"\nTest periods {result.timeline.plan.pretrain + result.timeline.plan.offline + result.timeline.plan.validation}"
           f"..{len(result.timeline.periods) - 1}, micro-averaged ({result.wall_seconds:.1f} s in all):")

@@ -51,6 +51,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from ..experiment.sweep import parse_grid, run_sweep
     from ..report.sweep import write_sweep
 
+    from ..errors import ConfigError
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     axes = [parse_grid(text) for text in args.grid]
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     check_out_dir(out)
@@ -60,7 +64,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"[{number + 1}/{total}] {shown}", file=sys.stderr, flush=True)
 
     result = run_sweep(settings_layers(args), axes, args.metric, progress=not args.no_progress,
-                       on_point=announce)
+                       on_point=announce, jobs=args.jobs)
     write_sweep(result, out)
     shown = result.table.drop(columns=["point"]).copy()
     print(f"\nValidation {args.metric} over the grid ({result.wall_seconds:.1f} s in all):")

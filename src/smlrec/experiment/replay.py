@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -176,8 +176,13 @@ class ReplayResult:
     wall_seconds: float
 
 
-def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline | None = None) -> ReplayResult:
-    """Run every chosen strategy over the timeline and collect the records."""
+def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline | None = None,
+           runner: Callable[..., Iterable[PeriodRecord]] | None = None) -> ReplayResult:
+    """Run every chosen strategy over the timeline and collect the records.
+
+    ``runner(timeline, settings, names, initial_state, candidates, progress)`` yields the records in
+    strategy order (default ``iter_replay``; ``experiment.parallel.pool_runner`` spreads the
+    strategies over worker processes)."""
     began = time.perf_counter()
     configure_threads(settings)
     timeline = timeline or load_timeline(settings)
@@ -187,6 +192,6 @@ def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline |
                                      settings)
     pretrain_seconds = time.perf_counter() - t0
     candidates = CandidateStore(timeline, settings.seed, settings.n_negatives, settings.cache_dir)
-    records = list(iter_replay(timeline, settings, names, initial, candidates, progress))
+    records = list((runner or iter_replay)(timeline, settings, names, initial, candidates, progress))
     return ReplayResult(records, timeline, settings, names, losses, pretrain_seconds,
                         time.perf_counter() - began)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -27,6 +27,7 @@ from ..data.periods import Plan, Timeline
 from ..errors import ConfigError
 from ..evaluation.metrics import METRIC_NAMES
 from ..strategies import strategy_settings
+from .parallel import run_in_pool, worker_threads
 from .replay import replay, resolve_strategies
 from .results import periods_frame, summary_frame
 
@@ -116,8 +117,12 @@ class SweepResult:
 
 def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str = "ndcg@20",
               progress: bool = False,
-              on_point: Callable[[int, int, dict[str, Any]], None] | None = None) -> SweepResult:
-    """Replay every grid point on the validation periods; settings are checked before any work."""
+              on_point: Callable[[int, int, dict[str, Any]], None] | None = None,
+              jobs: int = 1) -> SweepResult:
+    """Replay every grid point on the validation periods; settings are checked before any work.
+
+    ``jobs`` > 1: the points run in that many worker processes (experiment/parallel.py), each with
+    ``--threads`` or cores // jobs torch threads; ``on_point`` is then called as each finishes."""
     if metric not in METRIC_NAMES:
         raise ConfigError(f"unknown metric {metric!r} (known: {', '.join(METRIC_NAMES)})")
     axes = list(axes)
@@ -130,15 +135,27 @@ def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str
             strategy_settings(name, point_settings.strategy.get(name, {}))
     began = time.perf_counter()
     timelines: dict[tuple, Timeline] = {}
-    tables, period_tables = [], []
-    for number, (point, point_settings) in enumerate(zip(points, settings)):
-        if on_point is not None:
-            on_point(number, len(points), point)
+    jobs_list = []
+    for point_settings in settings:
         cut = (point_settings.data, point_settings.plan)
         if cut not in timelines:
             timelines[cut] = validation_timeline(load_timeline(point_settings))
-        result = replay(point_settings, progress=progress, timeline=timelines[cut])
-        periods = periods_frame(result.records)
+        jobs_list.append((point_settings, timelines[cut]))
+    if jobs > 1 and len(points) > 1:
+        threads = worker_threads(settings[0], jobs)
+        work = [(replace(point_settings, threads=point_settings.threads or threads), timeline)
+                for point_settings, timeline in jobs_list]
+        done = (lambda number, _records: on_point(number, len(points), points[number])) if on_point else None
+        all_records = run_in_pool(_replay_point, work, jobs, threads, done)
+    else:
+        all_records = []
+        for number, job in enumerate(jobs_list):
+            if on_point is not None:
+                on_point(number, len(points), points[number])
+            all_records.append(_replay_point(job, progress))
+    tables, period_tables = [], []
+    for number, (point, records) in enumerate(zip(points, all_records)):
+        periods = periods_frame(records)
         periods = periods[periods["role"] == "validation"]
         summary = summary_frame(periods, role="validation").rename(
             columns={"test_interactions": "validation_interactions"})
@@ -151,3 +168,9 @@ def run_sweep(base_layers: Sequence[dict], axes: Sequence[GridAxis], metric: str
     period_table = period_table[["point", *keys, *[c for c in period_table.columns
                                                    if c not in ("point", *keys)]]]
     return SweepResult(axes, metric, table, period_table, settings, time.perf_counter() - began)
+
+
+def _replay_point(job: tuple[ReplaySettings, Timeline], progress: bool = False) -> list:
+    """The records of one grid point's replay (run in a worker when the sweep has ``jobs``)."""
+    point_settings, timeline = job
+    return replay(point_settings, progress=progress, timeline=timeline).records

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import mf_kernels
+from . import distributed, mf_kernels
+from .distributed import chunk_bounds
 from .mf import MF
 
 KERNELS = ("auto", "numba", "torch")
@@ -64,6 +65,15 @@ class FusedMFTrainer:
 
     @torch.no_grad()
     def step(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> float:
+        loss_sum, user_grads, positive_grads, negative_grads = self._row_gradients(
+            users, positives, negatives, users.shape[0])
+        self._apply(users, positives, negatives, user_grads, positive_grads, negative_grads)
+        return float(loss_sum / users.shape[0])
+
+    def _row_gradients(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                       n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The summed loss and the gradient rows of p_u, q_i, q_j of a batch of ``n`` rows (of which
+        these are some: a data-parallel rank computes its chunk of the batch)."""
         P = self.model.user.weight
         Q = self.model.item.weight
         p = P.index_select(0, users)
@@ -71,19 +81,46 @@ class FusedMFTrainer:
         q_neg = Q.index_select(0, negatives)
         s_pos = (p * q_pos).sum(-1)
         s_neg = (p * q_neg).sum(-1)
-        n = users.shape[0]
-        loss = (F.softplus(-s_pos).sum() + F.softplus(s_neg).sum()) / n
+        loss_sum = F.softplus(-s_pos).sum() + F.softplus(s_neg).sum()
         d_pos = (-torch.sigmoid(-s_pos) / n).unsqueeze(1)
         d_neg = (torch.sigmoid(s_neg) / n).unsqueeze(1)
+        return loss_sum, d_pos * q_pos + d_neg * q_neg, d_pos * p, d_neg * p
+
+    def _apply(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+               user_grads: torch.Tensor, positive_grads: torch.Tensor, negative_grads: torch.Tensor) -> None:
+        """One lazy-Adam step on the rows of a batch given its gradient rows."""
         self.steps += 1
-        self._adam_rows(P, self.user_m, self.user_v, users, d_pos * q_pos + d_neg * q_neg)
-        self._adam_rows(Q, self.item_m, self.item_v, torch.cat([positives, negatives]),
-                        torch.cat([d_pos * p, d_neg * p]))
-        return float(loss)
+        self._adam_rows(self.model.user.weight, self.user_m, self.user_v, users, user_grads)
+        self._adam_rows(self.model.item.weight, self.item_m, self.item_v, torch.cat([positives, negatives]),
+                        torch.cat([positive_grads, negative_grads]))
+
+    @torch.no_grad()
+    def _data_parallel_epoch(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                             batch_size: int) -> list[float]:
+        """``train_epoch`` split across the ranks of torch.distributed (models/distributed.py):
+        each rank computes its chunk of every batch, the (row, gradient) pairs are all-gathered,
+        and every rank applies the whole batch's update."""
+        rank, size = distributed.world()
+        losses = []
+        for start in range(0, users.shape[0], batch_size):
+            n = min(batch_size, users.shape[0] - start)
+            lo, hi = chunk_bounds(n, rank, size)
+            mine = slice(start + lo, start + hi)
+            loss_sum, *grads = self._row_gradients(users[mine], positives[mine], negatives[mine], n)
+            indices, grads = distributed.gather_rows(
+                torch.stack([users[mine], positives[mine], negatives[mine]]), torch.stack(grads), n)
+            self._apply(*indices, *grads)
+            losses.append(distributed.sum_over_ranks(float(loss_sum), users.device) / n)
+        return losses
 
     def train_epoch(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
                     batch_size: int) -> list[float]:
-        """One ``step`` on each consecutive slice of ``batch_size`` rows; returns the batch losses."""
+        """One ``step`` on each consecutive slice of ``batch_size`` rows; returns the batch losses.
+
+        Under torch.distributed with several ranks, the slices are split across the ranks with
+        the torch kernel (the numba kernel cannot exchange gradients in the middle of an epoch)."""
+        if distributed.world()[1] > 1:
+            return self._data_parallel_epoch(users, positives, negatives, batch_size)
         if self.kernel == "torch":
             return [self.step(users[lo: lo + batch_size], positives[lo: lo + batch_size],
                               negatives[lo: lo + batch_size])

@@ -14,6 +14,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
+
+from . import distributed
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``batch_loss(rows, negative_items)``: the loss of the given training rows (LongTensors)."""
@@ -76,13 +79,59 @@ def autograd_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]
     return step
 
 
+def data_parallel_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]) -> BatchStep:
+    """``autograd_step`` with each batch split across the ranks of torch.distributed.
+
+    ``batch_loss`` must be a mean over the batch's rows (as the pair losses are): rank r takes
+    the loss of its chunk of k_r rows weighted by k_r / n, so the all-reduced (summed) gradients
+    are those of the whole batch's mean, and every rank's optimiser takes the same step. A
+    parameter is stepped only when some rank gave it a gradient, as in a single process.
+    """
+    params = list({id(p): p for optimizer in optimizers for group in optimizer.param_groups
+                   for p in group["params"]}.values())
+
+    def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
+        rank, size = distributed.world()
+        n = rows.shape[0]
+        lo, hi = distributed.chunk_bounds(n, rank, size)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss_value = 0.0
+        if hi > lo:
+            loss = batch_loss(rows[lo:hi], negatives[lo:hi]) * ((hi - lo) / n)
+            loss.backward()
+            loss_value = float(loss.detach())
+        device = rows.device
+        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+        dist.all_reduce(has_grad)
+        for p, anyone in zip(params, has_grad.tolist()):
+            if not anyone:
+                continue
+            grad = torch.zeros_like(p) if p.grad is None else p.grad
+            if grad.is_sparse:
+                raise ValueError("a data-parallel autograd step needs dense gradients (sparse "
+                                 "embeddings exchange rows: see FusedMFTrainer)")
+            dist.all_reduce(grad)
+            p.grad = grad
+        for optimizer in optimizers:
+            optimizer.step()
+        return distributed.sum_over_ranks(loss_value, device)
+
+    return step
+
+
 def train_epochs(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer], n_rows: int,
                  sample_negatives: Callable[[np.random.Generator], np.ndarray], epochs: int,
                  batch_size: int, rng: np.random.Generator,
-                 device: str | torch.device = "cpu") -> list[float]:
-    """``run_epochs`` with autograd steps of ``batch_loss`` on ``optimizers``."""
-    return run_epochs(autograd_step(batch_loss, optimizers), n_rows, sample_negatives, epochs,
-                      batch_size, rng, device)
+                 device: str | torch.device = "cpu", data_parallel: bool = False) -> list[float]:
+    """``run_epochs`` with autograd steps of ``batch_loss`` on ``optimizers``.
+
+    ``data_parallel``: under torch.distributed with several ranks, split every batch across them
+    (``data_parallel_step``; ``batch_loss`` must be a mean over rows and its optimisers dense);
+    otherwise every rank computes the whole batch (replicated)."""
+    data_parallel = data_parallel and distributed.world()[1] > 1
+    step = (data_parallel_step if data_parallel else autograd_step)(batch_loss, optimizers)
+    return run_epochs(step, n_rows, sample_negatives, epochs, batch_size, rng, device)
 
 
 def make_optimizer(module: torch.nn.Module, lr: float, sparse: bool) -> torch.optim.Optimizer:

@@ -11,6 +11,7 @@ import smlrec
 
 from ..config import ReplaySettings
 from ..data.periods import Timeline
+from ..models.distributed import local_ranks
 from . import create_strategy
 from .base import Strategy, StrategyContext
 
@@ -48,9 +49,10 @@ _warned = False
 
 
 def configure_threads(settings: ReplaySettings) -> None:
-    """The number of torch threads the strategies train with (default: the available cores)."""
+    """The number of torch threads the strategies train with (default: the available cores,
+    shared among the ranks torchrun started on this machine)."""
     global _warned
-    cores = available_cores()
+    cores = max(1, available_cores() // local_ranks())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     threads, warning = pick_threads(settings.threads, smlrec.SPINNING_OPENMP, cores, load)
     if warning and not _warned:

@@ -401,7 +401,7 @@ class SML(Strategy):
 
         self.step2_losses += train_epochs(batch_loss, [self.transfer_optimizer], len(users),
                                           SetNegativeSampler(rows.users, rows.items), s.step2_epochs,
-                                          s.step2_batch_size, self.rng, self.device)
+                                          s.step2_batch_size, self.rng, self.device, data_parallel=True)
         for parameter in dense:
             parameter.requires_grad_(True)
 

@@ -1,0 +1,105 @@
+"""Data-parallel MF steps on ``torch.distributed``: the tables are replicated, touched rows exchanged.
+
+Launched by ``torchrun --nproc-per-node N -m smlrec replay ...`` (gloo on the CPU, NCCL on a GPU),
+every rank holds the whole model and draws the same negatives and the same shuffled order (the
+same seeded streams). A step of global batch B (the configured ``batch_size``) is cut into N
+consecutive chunks of ceil(B / N) rows; rank r computes the row gradients of chunk r, and an
+``all_gather`` gives every rank the (row index, gradient row) pairs of the whole batch in the
+single-process order. Each rank then applies the same lazy-Adam update, so the tables stay
+identical, and the step equals a single-process step of batch B on the same rows: the gradient
+rows come from the same element-wise operations and are summed per row in the same order, up to
+the last bit of float32 (torch's vectorised sigmoid / softplus take a SIMD or a scalar path by
+slice length; tests/test_distributed.py measures and bounds it). docs/scaling.md gives the bytes
+exchanged and the memory per rank.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of ranks) of the data-parallel group; (0, 1) when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_leader() -> bool:
+    """True on rank 0 (and in a single process): the one that writes results."""
+    return world()[0] == 0
+
+
+def init_from_environment(device: str = "cpu") -> bool:
+    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1 in the environment); gloo
+    on the CPU, NCCL on CUDA. Returns whether this process is distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    global _joined_here
+    dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    _joined_here = True
+    return True
+
+
+_joined_here = False
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def leave() -> None:
+    """Leave the process group ``init_from_environment`` joined (one a caller made is left alone)."""
+    global _joined_here
+    if _joined_here and dist.is_initialized():
+        dist.destroy_process_group()
+    _joined_here = False
+
+
+def local_ranks() -> int:
+    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE), for sharing its cores."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def chunk_bounds(n_rows: int, rank: int, size: int) -> tuple[int, int]:
+    """The [lo, hi) rows of a batch of ``n_rows`` that ``rank`` of ``size`` computes."""
+    chunk = -(-n_rows // size)
+    lo = min(n_rows, rank * chunk)
+    return lo, min(n_rows, lo + chunk)
+
+
+def gather_rows(indices: torch.Tensor, grads: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's ``indices`` [G, k] and ``grads`` [G, k, d] (G groups of rows, k = this rank's
+    chunk of a batch of ``n_rows``), as [G, n_rows] and [G, n_rows, d] in rank order.
+
+    ``all_gather`` needs equal shapes, so chunks are padded to ceil(n_rows / N) rows; every rank
+    knows every chunk's length from ``n_rows``, so the padding is dropped after the exchange.
+    """
+    rank, size = world()
+    chunk = -(-n_rows // size)
+    pad = chunk - indices.shape[1]
+    if pad:
+        indices = torch.nn.functional.pad(indices, (0, pad))
+        grads = torch.nn.functional.pad(grads, (0, 0, 0, pad))
+    all_indices = [torch.empty_like(indices) for _ in range(size)]
+    all_grads = [torch.empty_like(grads) for _ in range(size)]
+    dist.all_gather(all_indices, indices.contiguous())
+    dist.all_gather(all_grads, grads.contiguous())
+    lengths = [hi - lo for lo, hi in (chunk_bounds(n_rows, r, size) for r in range(size))]
+    return (torch.cat([part[:, :length] for part, length in zip(all_indices, lengths)], dim=1),
+            torch.cat([part[:, :length] for part, length in zip(all_grads, lengths)], dim=1))
+
+
+def sum_over_ranks(value: float, device: str | torch.device = "cpu") -> float:
+    """The sum of ``value`` over the ranks (the loss of a batch split across them); ``device``:
+    where the group's tensors live (NCCL needs them on the GPU)."""
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
