@@ -16,8 +16,9 @@ from smlrec.experiment.sweep import parse_grid, run_sweep
 
 from helpers import write_generic_log
 
-TIMED = ("update_seconds",)
-RESULT_FILES = ["breakdown.csv", "config.json", "periods.csv", "summary.csv", "warm_cold.csv"]
+TIMED = ("update_seconds", "scoring_seconds")
+RESULT_FILES = ["breakdown.csv", "config.json", "periods.csv", "significance.csv", "summary.csv",
+                "warm_cold.csv"]
 
 
 def _replay(data: Path, out: Path, jobs: int, cache: Path) -> int:
@@ -35,7 +36,8 @@ def _untimed(path: Path) -> pd.DataFrame:
 
 def _untimed_config(path: Path) -> dict:
     config = json.loads(path.read_text())
-    config.pop("wall_seconds")
+    for key in ("wall_seconds", "scoring_seconds", "bootstrap_seconds"):
+        config.pop(key, None)
     config["pretrain"].pop("seconds")
     config["settings"].pop("cache_dir")     # each run below draws its candidates into its own cache
     return config
@@ -47,7 +49,7 @@ def test_jobs_2_writes_the_results_of_jobs_1(tmp_path):
     assert _replay(data, one, 1, tmp_path / "cache1") == 0
     assert _replay(data, two, 2, tmp_path / "cache2") == 0      # draws its own candidates
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) == RESULT_FILES
-    for name in ("periods.csv", "summary.csv", "breakdown.csv", "warm_cold.csv"):
+    for name in ("periods.csv", "summary.csv", "breakdown.csv", "warm_cold.csv", "significance.csv"):
         pd.testing.assert_frame_equal(_untimed(two / name), _untimed(one / name), check_exact=True)
     periods = pd.read_csv(two / "periods.csv")
     assert list(dict.fromkeys(periods["strategy"])) == json.loads((one / "config.json").read_text())["strategies"]
@@ -66,8 +68,8 @@ def test_sweep_jobs_2_equals_jobs_1(tmp_path):
     two = run_sweep(layers, axes, jobs=2, on_point=lambda number, total, point: seen.append(number))
     assert sorted(seen) == [0, 1, 2, 3]
     for a, b in ((one.table, two.table), (one.periods, two.periods)):
-        pd.testing.assert_frame_equal(b.drop(columns=["update_seconds"]), a.drop(columns=["update_seconds"]),
-                                      check_exact=True)
+        pd.testing.assert_frame_equal(b.drop(columns=[c for c in b.columns if c in TIMED]),
+                                      a.drop(columns=[c for c in a.columns if c in TIMED]), check_exact=True)
 
 
 def test_worker_threads_share_the_cores():

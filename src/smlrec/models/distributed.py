@@ -59,6 +59,7 @@ def leave() -> None:
     """Leave the process group ``init_from_environment`` joined (one a caller made is left alone)."""
     global _joined_here
     if _joined_here and dist.is_initialized():
+        dist.barrier()   # destroying a gloo group while a peer still talks to it can abort
         dist.destroy_process_group()
     _joined_here = False
 
