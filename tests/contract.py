@@ -117,3 +117,20 @@ def assert_same(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> None:
 
 __all__ = ["FAST_OVERRIDES", "ContractWorld", "assert_same", "copy", "empty_period", "fast_overrides",
            "plain_leaves"]
+
+
+def assert_state_round_trip(world: "ContractWorld", name: str) -> None:
+    """A strategy rebuilt from ``state_dict`` after two offline updates scores, updates and scores
+    again exactly as the original does."""
+    periods = world.replayed
+    original = world.fresh(name)
+    world.walk(original, periods[:2], is_last=False)  # updated on offline periods
+    state = original.state_dict()
+    assert plain_leaves(state) == []
+    restored = world.fresh(name)
+    restored.load_state_dict(copy.deepcopy(state))
+    nxt, after = periods[2], periods[3]
+    assert_same({nxt.index: world.score(original, nxt)}, {nxt.index: world.score(restored, nxt)})
+    original.update(nxt)
+    restored.update(nxt)
+    assert_same({after.index: world.score(original, after)}, {after.index: world.score(restored, after)})

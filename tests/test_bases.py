@@ -18,7 +18,7 @@ from smlrec.models.meta_generator import CoordinateGRU, gru_reference
 from smlrec.strategies import StrategyContext, create_strategy
 from smlrec.strategies.pretrain import pretrain_mf
 
-from contract import CONTRACT_SEED, ContractWorld, assert_same, fast_overrides, plain_leaves
+from contract import CONTRACT_SEED, ContractWorld, assert_same, assert_state_round_trip, fast_overrides
 from helpers import TINY_MF
 
 BASE_STRATEGIES = ["full-retrain", "fine-tune", "spmf", "sml", "sml-s", "asmg"]
@@ -220,19 +220,7 @@ def test_contract_scores_determinism_and_state_round_trip(world, name):
         assert scores[period.index].shape == (len(period), world.candidates[period.index].shape[1])
         assert torch.isfinite(scores[period.index]).all()
     assert_same(scores, world.walk(world.fresh(name), world.replayed))     # deterministic for a seed
-
-    periods = world.replayed
-    original = world.fresh(name)
-    world.walk(original, periods[:2], is_last=False)
-    state = original.state_dict()
-    assert plain_leaves(state) == []
-    restored = world.fresh(name)
-    restored.load_state_dict(copy.deepcopy(state))
-    nxt, after = periods[2], periods[3]
-    assert_same({nxt.index: world.score(original, nxt)}, {nxt.index: world.score(restored, nxt)})
-    original.update(nxt)
-    restored.update(nxt)
-    assert_same({after.index: world.score(original, after)}, {after.index: world.score(restored, after)})
+    assert_state_round_trip(world, name)
 
 
 @pytest.mark.parametrize("name", BASE_STRATEGIES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ from smlrec.data.periods import SCORED_ROLES
 from smlrec.errors import DataError
 from smlrec.strategies import STRATEGIES
 
-from contract import (FAST_OVERRIDES, ContractWorld, assert_same, empty_period, fast_overrides,
-                      plain_leaves)
+from contract import (FAST_OVERRIDES, ContractWorld, assert_same, assert_state_round_trip, empty_period,
+                      fast_overrides)
 
 NAMES = sorted(STRATEGIES)
 
@@ -57,18 +56,7 @@ def test_deterministic_for_a_seed(world, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip(world, name):
-    periods = world.replayed
-    original = world.fresh(name)
-    world.walk(original, periods[:2], is_last=False)  # updated on offline periods
-    state = original.state_dict()
-    assert plain_leaves(state) == []
-    restored = world.fresh(name)
-    restored.load_state_dict(copy.deepcopy(state))
-    nxt, after = periods[2], periods[3]
-    assert_same({nxt.index: world.score(original, nxt)}, {nxt.index: world.score(restored, nxt)})
-    original.update(nxt)
-    restored.update(nxt)
-    assert_same({after.index: world.score(original, after)}, {after.index: world.score(restored, after)})
+    assert_state_round_trip(world, name)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -37,6 +37,7 @@ from .fused_mf import make_mf_trainer
 from .growth import init_rows
 from .losses import bce_pair_loss, bpr_loss
 from .mf import MF
+from .train_loop import steps_over_slices
 
 LOSSES = {"bce": bce_pair_loss, "bpr": bpr_loss}
 
@@ -364,8 +365,7 @@ class BaseTrainer:
     def train_epoch(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
                     batch_size: int) -> list[float]:
         """One ``step`` on each consecutive slice of ``batch_size`` rows; returns the batch losses."""
-        return [self.step(users[lo: lo + batch_size], positives[lo: lo + batch_size],
-                          negatives[lo: lo + batch_size]) for lo in range(0, users.shape[0], batch_size)]
+        return steps_over_slices(self.step, users, positives, negatives, batch_size)
 
     def grow(self, n_users: int, n_items: int) -> None:
         pad_optimizer_rows(self.table_optimizer)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from . import distributed, mf_kernels
 from .distributed import chunk_bounds
 from .mf import MF
+from .train_loop import steps_over_slices
 
 KERNELS = ("auto", "numba", "torch")
 
@@ -214,8 +215,7 @@ class DenseMFTrainer:
     def train_epoch(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
                     batch_size: int) -> list[float]:
         """One ``step`` on each consecutive slice of ``batch_size`` rows; returns the batch losses."""
-        return [self.step(users[lo: lo + batch_size], positives[lo: lo + batch_size],
-                          negatives[lo: lo + batch_size]) for lo in range(0, users.shape[0], batch_size)]
+        return steps_over_slices(self.step, users, positives, negatives, batch_size)
 
     def grow(self, n_users: int, n_items: int) -> None:
         for param, n_rows in ((self.model.user.weight, n_users), (self.model.item.weight, n_items)):

@@ -140,3 +140,11 @@ def make_optimizer(module: torch.nn.Module, lr: float, sparse: bool) -> torch.op
     if sparse:
         return torch.optim.SparseAdam(params, lr=lr)
     return torch.optim.Adam(params, lr=lr)
+
+
+def steps_over_slices(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float], users: torch.Tensor,
+                      positives: torch.Tensor, negatives: torch.Tensor, batch_size: int) -> list[float]:
+    """One ``step`` on each consecutive slice of ``batch_size`` rows (an epoch of an autograd
+    trainer, in row order); returns the batch losses."""
+    return [step(users[lo: lo + batch_size], positives[lo: lo + batch_size], negatives[lo: lo + batch_size])
+            for lo in range(0, users.shape[0], batch_size)]
