@@ -133,7 +133,7 @@ def test_an_untrained_item_is_scored_with_the_mean_trained_output_row(name):
     period = timeline.periods[2]
     cold_item = 7
     strategy.item_rows.trained[cold_item] = False           # as if item 7 had never been trained
-    strategy._served = None
+    strategy._scoring = None
     trained = torch.from_numpy(strategy.item_rows.trained)
     candidates = torch.tensor([[cold_item, 3, 4]] * 3)
     scores = strategy.score(period, slice(0, 3), candidates)

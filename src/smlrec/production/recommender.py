@@ -32,7 +32,7 @@ from ..data.periods import Period
 from ..errors import ConfigError, DataError
 from .ingest import id_kind, normalise_query
 from .registry import Checkpoint, ModelRegistry
-from .update import PRODUCTION_ROLE, strategy_from
+from .update import PRODUCTION_ROLE, cold_user_scores, strategy_from
 
 
 @dataclass
@@ -209,18 +209,9 @@ class Recommender:
     def cold_scores(self) -> torch.Tensor:
         """Scores of every item for a user this version has never seen (computed once)."""
         if self._cold is None:
-            candidates = torch.arange(self.n_items, device=self.device)[None, :]
-            try:
-                with torch.no_grad():
-                    self._cold = self.strategy.score_new_users(candidates)[0].float().cpu()
-            except ConfigError:
-                self._cold = torch.from_numpy(self.popularity.astype(np.float32))
+            cold = cold_user_scores(self.strategy)
+            self._cold = torch.from_numpy(self.popularity.astype(np.float32)) if cold is None else cold
         return self._cold
-
-    def cold_top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and items of the top ``k`` for a user this version has never seen."""
-        top = torch.topk(self.cold_scores(), min(k, self.n_items))
-        return top.values.numpy().astype(np.float64), top.indices.numpy()
 
 
 def recommend(registry: str | Path | ModelRegistry, user_ids: Sequence[Any], k: int = 20,

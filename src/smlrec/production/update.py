@@ -141,12 +141,21 @@ def served_tables(strategy: Strategy) -> dict[str, torch.Tensor] | None:
     with torch.no_grad():
         served = {"user": tables[0].detach().float().cpu().contiguous(),
                   "item": tables[1].detach().float().cpu().contiguous()}
-        try:
-            served["cold"] = strategy.score_new_users(
-                torch.arange(strategy.n_items, device=strategy.device)[None, :])[0].float().cpu().contiguous()
-        except ConfigError:
-            pass
+    cold = cold_user_scores(strategy)
+    if cold is not None:
+        served["cold"] = cold
     return served
+
+
+def cold_user_scores(strategy: Strategy) -> torch.Tensor | None:
+    """Scores of every item for a user the strategy has never seen (its cold-user rule), or None
+    when it declares no such rule."""
+    try:
+        with torch.no_grad():
+            candidates = torch.arange(strategy.n_items, device=strategy.device)[None, :]
+            return strategy.score_new_users(candidates)[0].float().cpu().contiguous()
+    except ConfigError:
+        return None
 
 
 def _previous(period: Period) -> PreviousPeriod:

@@ -143,7 +143,7 @@ class ASMG(FineTune):
                     hidden = hidden * torch.from_numpy(trained).to(hidden)[:, None, None]
                 self.h0[name] = hidden.detach().clone()
         self._generated = None
-        self._served = self._encoded = None
+        self._layer0 = self._encoded = None
 
     # -- the generator ---------------------------------------------------------------------
     def _run_generator(self) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:

@@ -7,9 +7,10 @@ Negatives are uniform over the items of the training set, minus the user's items
 One Adam (lazy, row-wise, by default) lives for the whole run (its moments carry across periods).
 
 Cold start (strategies/cold.py): a user the model has never trained on is served the mean of the
-user rows trained in the latest period (``cold_users = "recent"``), an untrained item the mean of
-every trained item row (``cold_items = "mean"``), never its random initial row. Both rules were
-chosen on validation periods; ``"init"`` restores the untrained rows for comparison.
+user rows trained in the latest period (``cold_users = "recent"``, chosen over ``"mean"`` on
+validation periods), an untrained item the mean of every trained item row (``cold_items =
+"mean"``: a neutral row, so a new item is not ranked high by accident), never its random initial
+row; ``"init"`` restores the untrained rows for comparison.
 
 Base models (models/bases.py): the strategies train whichever base the context names, with every
 weight of it (NCF's MLP too) trained on the window; the cold rules apply to the layer-0 tables.
@@ -78,7 +79,7 @@ class MFRetrain(Strategy):
         self.trainer = make_trainer(self.model, settings.lr or mf.lr, mf.sparse, mf.kernel)
         self.user_rows = TrainedRows(context.n_users)
         self.item_rows = TrainedRows(context.n_items)
-        self._served: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._layer0: tuple[torch.Tensor, torch.Tensor] | None = None
         self._encoded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
@@ -90,7 +91,7 @@ class MFRetrain(Strategy):
         """The rows of one period's training data (the latest period for the ``recent`` rule)."""
         self.user_rows.mark(users)
         self.item_rows.mark(items)
-        self._served = self._encoded = None
+        self._layer0 = self._encoded = None
 
     def _training_rows(self, period: Period) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -98,23 +99,19 @@ class MFRetrain(Strategy):
     def _update(self, period: Period) -> None:
         user_rows, item_rows = self._training_rows(period)
         self.model.set_graph(user_rows, item_rows)
+        batch_size = self.settings.batch_size or self.context.mf.batch_size
         if self.settings.converge:
             result = train_to_convergence(
                 self.model, self.trainer, user_rows, item_rows, self.settings.holdout,
-                self.settings.max_epochs, self.settings.patience,
-                self.settings.batch_size or self.context.mf.batch_size, self.rng,
+                self.settings.max_epochs, self.settings.patience, batch_size, self.rng,
                 make_rng(self.context.seed, "strategy", self.name, "holdout", period.index), self.device)
-            self.last_losses, self.last_epochs = result.losses, len(result.losses)
-            self._mark_trained(period.users, period.items)
-            return
-        users = to_tensor(user_rows, self.device)
-        items = to_tensor(item_rows, self.device)
-        self.last_losses = run_trainer_epochs(self.trainer, users, items,
-                                              SetNegativeSampler(user_rows, item_rows),
-                                              self.settings.epochs,
-                                              self.settings.batch_size or self.context.mf.batch_size,
-                                              self.rng, self.device)
-        self.last_epochs = self.settings.epochs
+            self.last_losses = result.losses
+        else:
+            self.last_losses = run_trainer_epochs(self.trainer, to_tensor(user_rows, self.device),
+                                                  to_tensor(item_rows, self.device),
+                                                  SetNegativeSampler(user_rows, item_rows),
+                                                  self.settings.epochs, batch_size, self.rng, self.device)
+        self.last_epochs = len(self.last_losses)
         self._mark_trained(period.users, period.items)
 
     def _grow(self, n_users: int, n_items: int) -> None:
@@ -129,7 +126,7 @@ class MFRetrain(Strategy):
         self.trainer.grow(n_users, n_items)
         self.user_rows.grow(n_users)
         self.item_rows.grow(n_items)
-        self._served = self._encoded = None
+        self._layer0 = self._encoded = None
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
@@ -160,12 +157,12 @@ class MFRetrain(Strategy):
 
     def layer0_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The trained layer-0 tables with every untrained row replaced by its cold-start rule's row."""
-        if self._served is None:
+        if self._layer0 is None:
             with torch.no_grad():
                 user_table, item_table = self._raw_tables()
-                self._served = (with_cold_rows(user_table, self.user_rows, self.settings.cold_users),
+                self._layer0 = (with_cold_rows(user_table, self.user_rows, self.settings.cold_users),
                                 with_cold_rows(item_table, self.item_rows, self.settings.cold_items))
-        return self._served
+        return self._layer0
 
     def _raw_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer-0 tables the strategy serves, before cold rules (ASMG: generated ones)."""
@@ -185,7 +182,7 @@ class MFRetrain(Strategy):
         self.user_rows.load(state["user_rows"])
         self.item_rows.load(state["item_rows"])
         self.model.load_graph_state(state)
-        self._served = self._encoded = None
+        self._layer0 = self._encoded = None
 
 
 class FullRetrain(MFRetrain):

@@ -174,7 +174,7 @@ class SequentialStrategy(Strategy):
         self.item_counts = np.zeros(context.n_items, dtype=np.float64)  # for cold users ("pop")
         self.user_rows = TrainedRows(context.n_users)
         self.item_rows = TrainedRows(context.n_items)
-        self._served: dict[str, torch.Tensor] | None = None
+        self._scoring: dict[str, torch.Tensor] | None = None
 
     # -- training --------------------------------------------------------------------------
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
@@ -186,7 +186,7 @@ class SequentialStrategy(Strategy):
     def _learn(self, users: np.ndarray, items: np.ndarray, epochs: int) -> None:
         """Train on the rows (or on all rows so far when ``full``), then move the windows on."""
         self.item_counts = decayed_counts(self.item_counts, items, self.settings.cold_decay)
-        self._served = None
+        self._scoring = None
         contexts, touched, new_windows = sequence_contexts(self.windows, users, items)
         if self.settings.full:
             self.history_users = np.concatenate([self.history_users, users]).astype(np.int64)
@@ -237,9 +237,9 @@ class SequentialStrategy(Strategy):
             self._scored = (key, contexts)
         return self._scored[1]
 
-    def _served_tables(self) -> dict[str, torch.Tensor]:
+    def _scoring_tables(self) -> dict[str, torch.Tensor]:
         """Output rows (and Caser's biases and user rows) with the cold rules applied."""
-        if self._served is None:
+        if self._scoring is None:
             s, model = self.settings, self.model
             with torch.no_grad():
                 item_rule = "mean" if s.cold_items == "mean" else "init"
@@ -249,11 +249,11 @@ class SequentialStrategy(Strategy):
                     served["bias"] = with_cold_rows(model.bias.weight.detach(), self.item_rows, item_rule)
                     served["user"] = with_cold_rows(model.user.weight.detach(), self.user_rows,
                                                     "mean" if s.cold_users == "pop" else "init")
-            self._served = served
-        return self._served
+            self._scoring = served
+        return self._scoring
 
     def _score_chunk(self, users: torch.Tensor, context: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        served = self._served_tables()
+        served = self._scoring_tables()
         user_vectors = served["user"][users] if "user" in served else None
         state = self.model.encode(users, context, user_vectors)
         scores = candidate_scores(state, served["output"], candidates)
@@ -283,7 +283,7 @@ class SequentialStrategy(Strategy):
         candidates = candidates.to(self.device)
         if self.settings.cold_users == "init":
             return torch.zeros(candidates.shape, device=self.device)
-        return self._served_tables()["counts"][candidates]
+        return self._scoring_tables()["counts"][candidates]
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -306,4 +306,4 @@ class SequentialStrategy(Strategy):
         self.user_rows.load(state["user_rows"])
         self.item_rows.load(state["item_rows"])
         self._scored = None
-        self._served = None
+        self._scoring = None
