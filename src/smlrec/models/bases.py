@@ -149,10 +149,11 @@ class Graph:
 class LightGCN(_Base):
     """He et al., SIGIR 2020: MF tables propagated over the symmetric-normalised user-item graph.
 
-    The graph is the training data the strategy holds (``set_graph``): all data so far for
-    Full-retrain, D_t for Fine-tune and SML, reservoir ∪ D_t for SPMF. The same graph serves the
-    next period, because it is the only data a strategy may use when it serves (a graph of the
-    period being scored would use its own interactions). Tables are dense-gradient (propagation
+    The graph is data the strategy holds (``set_graph``): all data so far for Full-retrain, and
+    for Fine-tune (its preset ``graph = "seen"``: every pair seen, edges only; it still trains on
+    D_t alone), D_t for SML and ASMG, reservoir ∪ D_t for SPMF. The same graph serves the next
+    period, because it is the only data a strategy may use when it serves (a graph of the period
+    being scored would use its own interactions). Tables are dense-gradient (propagation
     reads every row), so LightGCN trains with plain Adam whatever ``mf.sparse`` says.
     """
 

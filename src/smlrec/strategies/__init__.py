@@ -67,7 +67,7 @@ register("pop-recent", Popularity, PopularitySettings, {"decay": 0.5},
          "items ranked by exponentially decayed counts (x decay per period; the recency floor)")
 register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on all data so far")
-register("fine-tune", FineTune, RetrainSettings, {"epochs": 5},
+register("fine-tune", FineTune, RetrainSettings, {"epochs": 5, "graph": "seen"},
          "warm-started MF trained on the new period only")
 register("spmf", SPMF, SPMFSettings, {},
          "warm-started MF on reservoir + new period, rank-weighted sampling (Wang et al. 2018)")

@@ -21,7 +21,9 @@ gradient flows into it (truncated back-propagation through time). Until k models
 window is shorter and the same rules apply.
 
 Choices (documented here, not in the paper): the fine-tuned models are smlrec's Fine-tune (same
-settings, cold rules and graph: D_t for LightGCN); every weight of the base is generated (tables
+settings and cold rules; the graph is D_t for LightGCN, ``graph = "held"``, not Fine-tune's preset
+"seen": the generator is trained on, and serves, models propagated over each period's graph);
+every weight of the base is generated (tables
 and NCF's MLP), each tensor with its own per-coordinate GRU; the cold rules apply to the generated
 tables with the trained rows of the model each step read (the generator is trained for what is
 served); a generated LightGCN model propagates over the graph of the period its last input model

@@ -14,8 +14,21 @@ row; ``"init"`` restores the untrained rows for comparison.
 
 Base models (models/bases.py): the strategies train whichever base the context names, with every
 weight of it (NCF's MLP too) trained on the window; the cold rules apply to the layer-0 tables.
-LightGCN's graph is the window the strategy trains on (all data so far for Full-retrain, D_t for
-Fine-tune, reservoir ∪ D_t for SPMF), and the model it serves propagates over that same graph.
+LightGCN trains and serves over one graph, set by ``graph``: ``"held"``, the window it trains on
+(all data so far for Full-retrain, reservoir ∪ D_t for SPMF, D_t for ASMG's fine-tuned models), or
+``"seen"``, every distinct pair seen so far (edges only: the loss still reads the window alone),
+Fine-tune's preset. With ``cold_on = "final"`` (SPMF's default) the cold rules average final
+embeddings instead of layer-0 rows. Both only act on a base that propagates: MF and NCF never see
+them.
+
+Why (bundled data, validation periods 13-14, R@20; sampled protocol): with D_t as its graph
+(~50 heavy users, ~2,200 items) Fine-tune scored .0157, SPMF .0502, because the cold users (71-82%
+of the rows) were served the mean *layer-0* user row as an isolated node, and on such a graph a
+user's preference lives in the propagated layers: cold users scored R@20 .002, below random (.02),
+warm users .09 (.03 when scored with their layer-0 rows alone). Serving isolated rows unscaled
+(.0034) or serving over all seen edges without training over them (.0094) did not help. Chosen on
+those periods: Fine-tune "seen" + layer0 .2214 (held + final .2040, seen + final .2114); SPMF held
++ final .2430 (seen + layer0 .2334, seen + final .2262).
 """
 
 from __future__ import annotations
@@ -48,6 +61,10 @@ class RetrainSettings:
     batch_size: int | None = None     # None: the MF batch size
     cold_users: str = "recent"        # rule for untrained users: mean | recent | init (strategies/cold.py)
     cold_items: str = "mean"          # rule for untrained items: mean | recent | init
+    graph: str = "held"               # LightGCN's graph: held (the training window) | seen (every
+                                      #   pair seen so far: edges only, no extra training data)
+    cold_on: str = "layer0"           # what the cold rules average for LightGCN: layer0 rows (then
+                                      #   propagated) | final embeddings (served as they are)
     converge: bool = False            # train to convergence instead (strategies/converge.py): early
     max_epochs: int = 100             #   stopping on a seeded held-out slice of the training window,
     patience: int = 3                 #   after `patience` epochs without a better held-out NDCG@20,
@@ -63,10 +80,16 @@ class RetrainSettings:
         check_cold_rules(self)
 
 
+GRAPHS = ("held", "seen")
+COLD_ON = ("layer0", "final")
+
+
 def check_cold_rules(settings) -> None:
     for name in ("cold_users", "cold_items"):
         value = getattr(settings, name)
         require(value in MF_COLD_RULES, name, f"one of {', '.join(MF_COLD_RULES)}", value)
+    require(settings.graph in GRAPHS, "graph", f"one of {', '.join(GRAPHS)}", settings.graph)
+    require(settings.cold_on in COLD_ON, "cold_on", f"one of {', '.join(COLD_ON)}", settings.cold_on)
 
 
 class MFRetrain(Strategy):
@@ -84,8 +107,22 @@ class MFRetrain(Strategy):
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
         load_base_state(self.model, initial_state)
-        self.model.set_graph(pretrain.users, pretrain.items)
+        self._hold_graph(pretrain.users, pretrain.items)
         self._mark_trained(pretrain.users, pretrain.items)
+
+    def _hold_graph(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Give the base the graph it trains and serves over: the training window (``graph =
+        "held"``) or, with ``"seen"``, every distinct pair seen so far (the previous graph's edges
+        and the window's). A no-op for bases without a graph, so MF is never touched."""
+        if not self.model.propagates:
+            return
+        if self.settings.graph == "seen":
+            n_items = self.model.item.weight.shape[0]
+            keys = np.unique(np.concatenate([self.model.graph.users * n_items + self.model.graph.items,
+                                             np.asarray(users, np.int64) * n_items
+                                             + np.asarray(items, np.int64)]))
+            users, items = keys // n_items, keys % n_items
+        self.model.set_graph(users, items)
 
     def _mark_trained(self, users: np.ndarray, items: np.ndarray) -> None:
         """The rows of one period's training data (the latest period for the ``recent`` rule)."""
@@ -98,7 +135,7 @@ class MFRetrain(Strategy):
 
     def _update(self, period: Period) -> None:
         user_rows, item_rows = self._training_rows(period)
-        self.model.set_graph(user_rows, item_rows)
+        self._hold_graph(user_rows, item_rows)
         batch_size = self.settings.batch_size or self.context.mf.batch_size
         if self.settings.converge:
             result = train_to_convergence(
@@ -134,20 +171,37 @@ class MFRetrain(Strategy):
         return score_encoded(self.model, user_final, item_final, users, candidates, self._served_dense())
 
     def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
-        item_final = self.encoded_tables()[1]
-        vector = cold_row(self._raw_tables()[0], self.user_rows, self.settings.cold_users)
+        user_final, item_final = self.encoded_tables()
+        if self._cold_on_final():   # the same final-space row ``score`` serves an untrained user
+            vector = cold_row(user_final, self.user_rows, self.settings.cold_users)
+        else:
+            vector = cold_row(self._raw_tables()[0], self.user_rows, self.settings.cold_users)
         if vector is None:   # "init": an id never seen has no row at all; its fresh row is random
             raise ConfigError(f"{self.name}: cold_users = 'init' has no row for an unknown user")
-        with torch.no_grad():  # an unknown id has no edges: LightGCN serves its row / (K+1)
-            vector = self.model.isolated(vector)
+        with torch.no_grad():
+            if not self._cold_on_final():   # an unknown id has no edges: LightGCN serves its row / (K+1)
+                vector = self.model.isolated(vector)
             return self.model.candidate_scores(vector.expand(len(candidates), -1), item_final, candidates,
                                                self._served_dense())
 
+    def _cold_on_final(self) -> bool:
+        return self.model.propagates and self.settings.cold_on == "final"
+
     def encoded_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final embeddings of the served tables (LightGCN: propagated over the held graph)."""
+        """Final embeddings of the served tables (LightGCN: propagated over the held graph).
+
+        With ``cold_on = "final"`` (a base that propagates), an untrained row is then replaced by
+        its cold rule's mean of *final* trained rows, served as it is: on a small graph (one
+        period: ~50 users of ~100 items each on the bundled data) a user's preference lives in the
+        propagated layers, so the mean of layer-0 rows, served as an isolated node, ranked the
+        next period's items below random (validation R@20 of cold users .002)."""
         if self._encoded is None:
             with torch.no_grad():
-                self._encoded = self.model.encode(*self.layer0_tables())
+                user_final, item_final = self.model.encode(*self.layer0_tables())
+                if self._cold_on_final():
+                    user_final = with_cold_rows(user_final, self.user_rows, self.settings.cold_users)
+                    item_final = with_cold_rows(item_final, self.item_rows, self.settings.cold_items)
+                self._encoded = (user_final, item_final)
         return self._encoded
 
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
