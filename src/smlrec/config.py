@@ -140,6 +140,9 @@ class PretrainSettings:
         require(self.epochs >= 0, "epochs", ">= 0", self.epochs)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class ReplaySettings:
     data: DataSettings = field(default_factory=DataSettings)
@@ -154,6 +157,7 @@ class ReplaySettings:
     seed: int = 2020
     device: str = "cpu"
     threads: int | None = None       # torch intra-op threads; None: all cores
+    precision: str = "fp32"          # fp32 | bf16: the SML transfer's arithmetic (models/precision.py)
     n_negatives: int = 999
     eval_batch_size: int = 2048
     cache_dir: str | None = None
@@ -173,6 +177,8 @@ class ReplaySettings:
         require(self.n_negatives >= 1, "n_negatives", ">= 1", self.n_negatives)
         require(self.eval_batch_size >= 1, "eval_batch_size", ">= 1", self.eval_batch_size)
         require(self.base in BASE_KINDS, "base", f"one of {', '.join(BASE_KINDS)}", self.base)
+        require(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}",
+                self.precision)
 
     @property
     def base_settings(self) -> BaseSettings:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import add_data_arguments, add_period_arguments, command, configure_logging, settings_layers
+from .common import (add_data_arguments, add_period_arguments, add_precision_argument, command,
+                     configure_logging, settings_layers)
 
 
 def _log_json_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,7 @@ def _init_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (default 2020)")
     parser.add_argument("--base", choices=["mf", "lightgcn", "ncf"], help="base model (default mf)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="torch device (default cpu)")
+    add_precision_argument(parser)
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--pretrain-epochs", type=int, help="MF pretraining epochs (default 20)")
     parser.add_argument("--config", help="TOML settings file; flags override it")

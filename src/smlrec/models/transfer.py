@@ -12,6 +12,13 @@ The SML transfer (sml-method.md section 3), for one row with w = w_prev (constan
 The convolutions are held as ``nn.Conv2d`` (for PyTorch's default initialisation) but computed as
 einsums over the stacked rows, which is the same arithmetic without image reshapes.
 
+Fast path: g(x) = silu(a·x)/a with a = 1.702 costs three elementwise passes (scale, silu,
+unscale) forward and three more backward, over activations far larger than the weights. Since
+every g is followed by a linear map, ``forward`` folds a into the weights instead: it computes
+s = silu(a·(Wz + b)) with the weight-sized products aW, ab, and the next layer takes s with W'/a,
+which is the same function with one elementwise pass per activation. ``forward_reference`` is the
+literal formula above, the slow twin the tests compare with (equal to float rounding).
+
 Alternatives for the ablations: ``no-cnn`` (FC on the flattened 3 x d stack), ``no-fc`` (the CNN,
 then a 1x1 convolution back to one channel of width d), ``linear`` (αw + (1-α)ŵ with α learned),
 ``mlp`` (MLP on [w; ŵ]).
@@ -23,13 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import autocast
+
 TRANSFER_KINDS = ("cnn", "no-cnn", "no-fc", "linear", "mlp")
+
+
+GELU_SCALE = 1.702
 
 
 def gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """The authors' GELU approximation x·σ(1.702x), computed as silu(1.702x)/1.702 (one fused
     kernel forward and backward instead of four elementwise passes)."""
-    return F.silu(1.702 * x) / 1.702
+    return F.silu(GELU_SCALE * x) / GELU_SCALE
 
 
 def stacked_rows(w_prev: torch.Tensor, w_hat: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -43,11 +55,12 @@ class Transfer(nn.Module):
     """One transfer network (one for users, another for items)."""
 
     def __init__(self, dim: int, kind: str = "cnn", channels: int = 10, channels2: int = 5,
-                 hidden: int = 512, eps: float = 1e-12) -> None:
+                 hidden: int = 512, eps: float = 1e-12, precision: str = "fp32") -> None:
         super().__init__()
         if kind not in TRANSFER_KINDS:
             raise ValueError(f"unknown transfer {kind!r} (known: {', '.join(TRANSFER_KINDS)})")
         self.kind = kind
+        self.precision = precision   # fp32 | bf16 (models/precision.py); outputs are float32 either way
         self.dim = dim
         self.eps = eps
         if kind in ("cnn", "no-fc"):
@@ -68,6 +81,36 @@ class Transfer(nn.Module):
             self.alpha = nn.Parameter(torch.tensor(0.5))
 
     def forward(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+        if self.precision == "fp32":
+            return self._folded(w_prev, w_hat)
+        with autocast(self.precision, w_prev.device):
+            out = self._folded(w_prev, w_hat)
+        return out.float()
+
+    def _folded(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+        """f with the GELU scale folded into the weights (module doc); s_k = a·g(z_k)."""
+        a = GELU_SCALE
+        if self.kind == "linear":
+            return self.alpha * w_prev + (1.0 - self.alpha) * w_hat
+        if self.kind == "mlp":
+            s = F.silu(F.linear(torch.cat([w_prev, w_hat], dim=-1), self.fc1.weight * a, self.fc1.bias * a))
+            return F.linear(s, self.fc2.weight / a, self.fc2.bias)
+        x = stacked_rows(w_prev, w_hat, self.eps)                       # [B, 3, d]
+        if self.kind == "no-cnn":
+            s = F.silu(F.linear(x.flatten(1), self.fc1.weight * a, self.fc1.bias * a))
+            return F.linear(s, self.fc2.weight / a, self.fc2.bias)
+        s1 = F.silu(torch.einsum("ck,bkd->bcd", self.conv1.weight[:, 0, :, 0] * a, x)
+                    + (self.conv1.bias * a)[None, :, None])             # [B, C1, d]
+        # z2 = W2·g(z1) + b2, so a·z2 = W2·s1 + a·b2
+        s2 = F.silu(torch.einsum("oc,bcd->bod", self.conv2.weight[:, :, 0, 0], s1)
+                    + (self.conv2.bias * a)[None, :, None])             # [B, C2, d]
+        if self.kind == "no-fc":
+            return torch.einsum("oc,bcd->bod", self.conv3.weight[:, :, 0, 0] / a, s2)[:, 0] + self.conv3.bias
+        s3 = F.silu(F.linear(s2.flatten(1), self.fc1.weight, self.fc1.bias * a))
+        return F.linear(s3, self.fc2.weight / a, self.fc2.bias)
+
+    def forward_reference(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+        """The formula of the module doc, term by term (the slow twin of ``forward``, fp32)."""
         if self.kind == "linear":
             return self.alpha * w_prev + (1.0 - self.alpha) * w_hat
         if self.kind == "mlp":

@@ -176,7 +176,7 @@ def strategy_from(checkpoint: Checkpoint, device: str | None = None) -> Strategy
     settings = settings_of(checkpoint)
     context = StrategyContext(n_users=checkpoint.n_users, n_items=checkpoint.n_items, mf=settings.mf,
                               seed=settings.seed, device=device or settings.device, name=checkpoint.strategy,
-                              base=settings.base_settings)
+                              base=settings.base_settings, precision=settings.precision)
     strategy = create_strategy(checkpoint.strategy, context, settings.strategy.get(checkpoint.strategy, {}))
     strategy.load_state_dict(checkpoint.strategy_state)
     return strategy

@@ -38,6 +38,7 @@ class StrategyContext:
     name: str = ""
     pretrain_periods: int = 1         # how many periods the pretrain data spans (mean period size)
     base: BaseSettings = field(default_factory=BaseSettings)   # the base model (models/bases.py)
+    precision: str = "fp32"           # fp32 | bf16 for dense networks that support it (models/precision.py)
 
 
 class Strategy(ABC):

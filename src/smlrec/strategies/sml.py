@@ -60,6 +60,7 @@ from ..data.sampling import PrefixNegativeSampler, SetNegativeSampler
 from ..errors import ConfigError
 from ..models.bases import dense_parameters, make_base, score_encoded
 from ..models.growth import grow_embedding, init_rows
+from ..models.precision import effective_precision
 from ..models.train_loop import train_epochs
 from ..models.transfer import TRANSFER_KINDS, Transfer
 from ..random import make_torch_generator
@@ -145,10 +146,11 @@ class SML(Strategy):
         generator = make_torch_generator(context.seed, "sml-transfer", context.name or self.name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            precision = effective_precision(context.precision, self.device)
             self.user_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps).to(self.device)
+                                          s.hidden, s.eps, precision).to(self.device)
             self.item_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps).to(self.device)
+                                          s.hidden, s.eps, precision).to(self.device)
         # Ŵ: the layer-0 tables of the base model (and its dense weights, fitted in step 1).
         self.hat = make_base(context.base, context.n_users, context.n_items, mf, context.seed, self.device)
         tables = [self.hat.user.weight, self.hat.item.weight]
