@@ -173,3 +173,103 @@ def test_a_two_rank_replay_writes_the_single_process_results(tmp_path):
     metrics = [c for c in a.columns if "@" in c and not c.endswith(("_warm", "_cold"))]
     gap = (b.loc[~mf, metrics] - a.loc[~mf, metrics]).abs().max(axis=1)
     assert (gap <= 1.0 / a.loc[~mf, "interactions"] + ATOL).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring split across ranks by rows, gathered: the single process's outcomes, exactly.
+
+PROTOCOLS = ("sampled", "full", "auc")
+
+
+def _scored(cache: Path, tape: list | None = None):
+    """Settings, timeline, pop and fine-tune (trained before any process group exists, so
+    identically in every process) and the candidates; with ``tape``, every call to a strategy's
+    ``score`` appends its (first row, end row) there."""
+    from smlrec.config import replay_settings
+    from smlrec.data.candidates import CandidateStore
+    from smlrec.experiment import replay as replay_module
+    from smlrec.strategies.factory import make_strategy
+    from smlrec.strategies.pretrain import pretrain_model
+
+    from helpers import tiny_timeline
+
+    replay_module.FULL_BLOCK_ELEMENTS = 200     # blocks of a few rows, so that the full protocol splits too
+    settings = replay_settings({"mf": {"dim": 8, "batch_size": 64, "kernel": "torch"}, "seed": 5,
+                                "pretrain": {"epochs": 2}, "n_negatives": 20, "eval_batch_size": 16,
+                                "protocols": list(PROTOCOLS), "strategy": {"fine-tune": {"epochs": 2}}})
+    timeline = tiny_timeline()
+    plan = timeline.plan
+    initial, _ = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, settings)
+    strategies = {}
+    for name in ("pop", "fine-tune"):
+        strategy = make_strategy(name, timeline, settings)
+        strategy.start(timeline.pretrain_data, {k: v.clone() for k, v in initial.items()})
+        for period in timeline.periods[plan.pretrain: plan.pretrain + plan.offline + plan.validation]:
+            strategy.update(period)
+        if tape is not None:
+            def score(period, rows, candidates, original=strategy.score):
+                tape.append((rows.start, rows.stop))
+                return original(period, rows, candidates)
+
+            strategy.score = score
+        strategies[name] = strategy
+    return settings, timeline, strategies, CandidateStore(timeline, settings.seed, settings.n_negatives, cache)
+
+
+def _outcomes(settings, timeline, strategies, candidates, tape: list | None = None) -> tuple[dict, dict]:
+    """Every (strategy, protocol, test period)'s outcome, and the rows its ``score`` calls took."""
+    from smlrec.experiment.replay import score_period
+
+    negatives: dict = {}
+    outcomes, calls = {}, {}
+    for name, strategy in strategies.items():
+        for protocol in PROTOCOLS:
+            for period in timeline.periods[-timeline.plan.test:]:
+                key = (name, protocol, period.index)
+                outcomes[key] = score_period(protocol, strategy, period, candidates, negatives, settings)
+                if tape is not None:
+                    calls[key] = list(tape)
+                    tape.clear()
+    return outcomes, calls
+
+
+def _score_rank(rank: int, size: int, port: int, out: str) -> None:
+    tape: list = []
+    settings, timeline, strategies, candidates = _scored(Path(out) / f"cache{rank}", tape)
+    _join(rank, size, port)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        outcomes, calls = _outcomes(settings, timeline, strategies, candidates, tape)
+        torch.save({"outcomes": outcomes, "calls": calls}, Path(out) / f"scores{rank}.pt")
+    finally:
+        _leave()
+
+
+def test_scoring_split_across_two_ranks_gives_the_single_process_outcomes(tmp_path):
+    """Sampled, full and auc: each rank scores a contiguous run of the single process's blocks of
+    rows, the gathered outcomes (ranks, pair scores) equal the single process's bit for bit."""
+    mp.spawn(_score_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    settings, timeline, strategies, candidates = _scored(tmp_path / "cache")
+    single, _ = _outcomes(settings, timeline, strategies, candidates)
+    ranks = [torch.load(tmp_path / f"scores{r}.pt", weights_only=False) for r in range(2)]
+    assert len(single) == 2 * len(PROTOCOLS) * timeline.plan.test
+    for key, expected in single.items():
+        n = len(timeline.periods[key[2]])
+        for r in range(2):                                   # every rank gets every row, exactly
+            np.testing.assert_array_equal(ranks[r]["outcomes"][key], expected, err_msg=str(key))
+        runs = [sorted(ranks[r]["calls"][key]) for r in range(2)]
+        assert runs[0] and runs[1], f"{key}: both ranks score part of the period"
+        assert runs[0][0][0] == 0 and runs[0][-1][1] == runs[1][0][0] and runs[1][-1][1] == n
+        for run in runs:                                     # contiguous: each block starts where one ended
+            assert all(a[1] == b[0] for a, b in zip(run, run[1:]))
+
+
+def test_ranks_take_runs_of_whole_blocks_nearest_an_even_split():
+    from smlrec.evaluation.split import fixed_blocks, rank_slices
+
+    assert list(fixed_blocks(60, 16)) == [0, 16, 32, 48, 60]
+    assert rank_slices(fixed_blocks(60, 16), 2) == [(0, 32), (32, 60)]
+    assert rank_slices(fixed_blocks(5000, 2048), 2) == [(0, 2048), (2048, 5000)]   # 2048 is nearer 2500 than 4096
+    assert rank_slices(fixed_blocks(100, 10), 3) == [(0, 30), (30, 70), (70, 100)]
+    assert rank_slices(fixed_blocks(10, 16), 2) == [(0, 0), (0, 10)]   # one block: one rank scores it
+    assert rank_slices(fixed_blocks(0, 16), 2) == [(0, 0), (0, 0)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -104,3 +105,24 @@ def sum_over_ranks(value: float, device: str | torch.device = "cpu") -> float:
     total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total.item())
+
+
+def gather_row_slices(local: np.ndarray, lengths: list[int], device: str | torch.device = "cpu") -> np.ndarray:
+    """Every rank's slice of a per-row array (rank r holds ``lengths[r]`` consecutive rows), as one
+    array in rank order, on every rank.
+
+    ``all_gather`` needs equal shapes: every rank knows every slice's length (the split is a
+    function of the period), so slices are padded to the longest and the padding dropped after.
+    """
+    rank, size = world()
+    local = np.ascontiguousarray(local)
+    if len(local) != lengths[rank]:
+        raise ValueError(f"rank {rank} holds {len(local)} rows, its slice has {lengths[rank]}")
+    longest = max(lengths)
+    if longest == 0:      # nothing to exchange (every rank knows it): gloo refuses empty tensors
+        return local
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=torch.from_numpy(local[:0]).dtype, device=device)
+    padded[: len(local)] = torch.from_numpy(local).to(device)
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return np.concatenate([part[:length].cpu().numpy() for part, length in zip(parts, lengths)])
