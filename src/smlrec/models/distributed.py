@@ -107,6 +107,34 @@ def sum_over_ranks(value: float, device: str | torch.device = "cpu") -> float:
     return float(total.item())
 
 
+def share(message: object, device: str | torch.device = "cpu") -> object:
+    """Rank 0's ``message`` (a small picklable value) on every rank; the message itself in a single
+    process. Rank 0 decides what only one process may decide (take the registry lock, refuse a
+    batch) and the others follow it."""
+    if world()[1] == 1:
+        return message
+    box = [message]
+    dist.broadcast_object_list(box, src=0, device=_object_device(device))
+    return box[0]
+
+
+def same_everywhere(value: object, device: str | torch.device = "cpu") -> bool:
+    """Whether every rank holds an equal ``value`` (e.g. a digest of its model); True in a single
+    process. Every rank gets the same answer."""
+    size = world()[1]
+    if size == 1:
+        return True
+    values: list[object] = [None] * size
+    dist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
+
+
+def _object_device(device: str | torch.device) -> torch.device | None:
+    # The object collectives pickle into a tensor that NCCL needs on this rank's GPU.
+    device = torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else None
+
+
 def gather_row_slices(local: np.ndarray, lengths: list[int], device: str | torch.device = "cpu") -> np.ndarray:
     """Every rank's slice of a per-row array (rank r holds ``lengths[r]`` consecutive rows), as one
     array in rank order, on every rank.
