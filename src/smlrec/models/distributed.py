@@ -1,4 +1,6 @@
-"""Data-parallel MF steps on ``torch.distributed``: the tables are replicated, touched rows exchanged.
+"""Data-parallel MF steps on ``torch.distributed``: the tables are replicated, touched rows exchanged;
+and the small collectives the split scoring (evaluation/split.py) and the registry updates
+(production/update.py) use.
 
 Launched by ``torchrun --nproc-per-node N -m smlrec replay ...`` (gloo on the CPU, NCCL on a GPU),
 every rank holds the whole model and draws the same negatives and the same shuffled order (the

@@ -17,6 +17,10 @@ would have cut it from one long log:
 
 The period's role is ``test`` (the model keeps learning after every period, as in the replay's
 test periods).
+
+Under ``torchrun`` (``decide`` and ``check_replicas`` below; docs/scaling.md): rank 0 alone takes
+the lock, loads, checks and commits; every rank reads the data and runs the data-parallel update;
+the other ranks never write to the registry folder.
 """
 
 from __future__ import annotations
