@@ -11,6 +11,7 @@ replicas themselves must be bit-identical to each other.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -26,6 +27,7 @@ from smlrec.models.distributed import chunk_bounds, world
 from smlrec.models.fused_mf import FusedMFTrainer
 from smlrec.models.mf import MF
 from smlrec.models.train_loop import run_trainer_epochs, train_epochs
+from smlrec.production.registry import ModelRegistry
 
 from helpers import write_generic_log
 
@@ -173,3 +175,205 @@ def test_a_two_rank_replay_writes_the_single_process_results(tmp_path):
     metrics = [c for c in a.columns if "@" in c and not c.endswith(("_warm", "_cold"))]
     gap = (b.loc[~mf, metrics] - a.loc[~mf, metrics]).abs().max(axis=1)
     assert (gap <= 1.0 / a.loc[~mf, "interactions"] + ATOL).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# smlrec init + update under torchrun: every rank trains, rank 0 alone writes the registry.
+
+def _init_args(strategy: str, history: Path, registry: Path) -> list[str]:
+    return ["init", "--data", str(history), "--registry", str(registry), "--strategy", strategy,
+            "--periods", "4", "--plan", "2,1,0,1", "--pretrain-epochs", "2", "--threads", "1",
+            "--seed", "7", "--set", "mf.dim=8", "--set", "mf.batch_size=64", "--set", "mf.kernel=torch",
+            "--set", "strategy.fine-tune.epochs=2", "--set", "strategy.sml.rounds=2",
+            "--set", "strategy.sml.hidden=16"]
+
+
+def _record_writes_under(root: Path, log: list[str]) -> None:
+    """Note every file-system write this process makes inside ``root`` (a Python audit hook:
+    opening for writing, creating, renaming, removing)."""
+    root = str(root.resolve())
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def inside(path) -> bool:
+        if isinstance(path, int):
+            return False
+        return os.path.abspath(os.fsdecode(path)).startswith(root)
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[2], int) and args[2] & writing and inside(args[0]):
+            log.append(f"open {args[0]}")
+        elif event in ("os.rename", "os.link", "os.symlink") and (inside(args[0]) or inside(args[1])):
+            log.append(f"{event} {args[0]} {args[1]}")
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod", "os.utime",
+                       "shutil.rmtree") and inside(args[0]):
+            log.append(f"{event} {args[0]}")
+
+    import sys
+
+    sys.addaudithook(hook)
+
+
+def _production_rank(rank: int, size: int, port: int, command: list[str], registry: str, out: str) -> None:
+    """One rank of ``torchrun -m smlrec COMMAND``: its exit status and its writes in the registry."""
+    _join(rank, size, port)          # what torchrun sets; the command joins the group itself
+    from smlrec.cli import main
+
+    writes: list[str] = []
+    _record_writes_under(Path(registry), writes)
+    status = main(command)
+    Path(out, f"{command[0]}{rank}.json").write_text(json.dumps({"status": status, "writes": writes}))
+
+
+def _registry_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for name in ("weights.safetensors", "served.safetensors"):
+        tensors.update({f"{name}:{k}": v for k, v in load_file(folder / name).items()})
+    return tensors
+
+
+@pytest.mark.parametrize("strategy", ["fine-tune", "sml"])
+def test_init_and_update_on_two_ranks_write_the_single_process_registry(tmp_path, strategy):
+    """Init and one update under 2 ranks (MF steps split and exchanged, SML's step 2 all-reduced,
+    its step 1 replicated) write the registry a single process writes, to 1e-5 (float32 noise of
+    the exchanged steps, compounded over pretraining and the history's periods); rank 1 writes
+    nothing in the registry folder."""
+    from _production_data import synthetic_log, write_periods
+    from smlrec.cli import main
+
+    history, batches = write_periods(synthetic_log(6), tmp_path / "data", 4)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_init_args(strategy, history, one)) == 0
+    assert main(["update", "--registry", str(one), "--data", str(batches[0])]) == 0
+    # Two launches, as two torchrun commands would be (a process group is joined once per process).
+    for command in (_init_args(strategy, history, two), ["update", "--registry", str(two), "--data", str(batches[0])]):
+        mp.spawn(_production_rank, args=(2, free_port(), command, str(two), str(tmp_path)), nprocs=2, join=True)
+        ranks = [json.loads((tmp_path / f"{command[0]}{r}.json").read_text()) for r in range(2)]
+        assert [r["status"] for r in ranks] == [0, 0]
+        assert ranks[1]["writes"] == []                       # rank 1 never wrote into the registry
+        assert any("LATEST" in w for w in ranks[0]["writes"])   # (the hook does see rank 0's commit)
+    assert (two / "LATEST").read_text() == (one / "LATEST").read_text() == "v000002\n"
+    assert [e["event"] for e in ModelRegistry(two).journal()] == ["commit", "commit"]
+    for version in ("v000001", "v000002"):
+        a, b = _registry_tensors(one / version), _registry_tensors(two / version)
+        assert a.keys() == b.keys()
+        for name in a:
+            if a[name].is_floating_point():
+                torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0, msg=name)
+            else:                                          # ids, pair keys, counters, rng state
+                assert torch.equal(b[name], a[name]), name
+        assert (one / version / "vocab.json").read_text() == (two / version / "vocab.json").read_text()
+        manifests = [json.loads((d / version / "manifest.json").read_text()) for d in (one, two)]
+        for manifest in manifests:
+            del manifest["created"], manifest["files"]
+        assert manifests[0] == manifests[1]
+    if strategy == "fine-tune":
+        # A refusal on rank 0 (here an empty batch) reaches every rank: all exit 2, none waits.
+        empty = tmp_path / "empty.csv"
+        empty.write_text("user,item,time\n")
+        command = ["update", "--registry", str(two), "--data", str(empty)]
+        mp.spawn(_production_rank, args=(2, free_port(), command, str(two), str(tmp_path)), nprocs=2, join=True)
+        ranks = [json.loads((tmp_path / f"update{r}.json").read_text()) for r in range(2)]
+        assert [r["status"] for r in ranks] == [2, 2] and ranks[1]["writes"] == []
+        assert (two / "LATEST").read_text() == "v000002\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring split across ranks by rows, gathered: the single process's outcomes, exactly.
+
+PROTOCOLS = ("sampled", "full", "auc")
+
+
+def _scored(cache: Path, tape: list | None = None):
+    """Settings, timeline, pop and fine-tune (trained before any process group exists, so
+    identically in every process) and the candidates; with ``tape``, every call to a strategy's
+    ``score`` appends its (first row, end row) there."""
+    from smlrec.config import replay_settings
+    from smlrec.data.candidates import CandidateStore
+    from smlrec.experiment import replay as replay_module
+    from smlrec.strategies.factory import make_strategy
+    from smlrec.strategies.pretrain import pretrain_model
+
+    from helpers import tiny_timeline
+
+    replay_module.FULL_BLOCK_ELEMENTS = 200     # blocks of a few rows, so that the full protocol splits too
+    settings = replay_settings({"mf": {"dim": 8, "batch_size": 64, "kernel": "torch"}, "seed": 5,
+                                "pretrain": {"epochs": 2}, "n_negatives": 20, "eval_batch_size": 16,
+                                "protocols": list(PROTOCOLS), "strategy": {"fine-tune": {"epochs": 2}}})
+    timeline = tiny_timeline()
+    plan = timeline.plan
+    initial, _ = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, settings)
+    strategies = {}
+    for name in ("pop", "fine-tune"):
+        strategy = make_strategy(name, timeline, settings)
+        strategy.start(timeline.pretrain_data, {k: v.clone() for k, v in initial.items()})
+        for period in timeline.periods[plan.pretrain: plan.pretrain + plan.offline + plan.validation]:
+            strategy.update(period)
+        if tape is not None:
+            def score(period, rows, candidates, original=strategy.score):
+                tape.append((rows.start, rows.stop))
+                return original(period, rows, candidates)
+
+            strategy.score = score
+        strategies[name] = strategy
+    return settings, timeline, strategies, CandidateStore(timeline, settings.seed, settings.n_negatives, cache)
+
+
+def _outcomes(settings, timeline, strategies, candidates, tape: list | None = None) -> tuple[dict, dict]:
+    """Every (strategy, protocol, test period)'s outcome, and the rows its ``score`` calls took."""
+    from smlrec.experiment.replay import score_period
+
+    negatives: dict = {}
+    outcomes, calls = {}, {}
+    for name, strategy in strategies.items():
+        for protocol in PROTOCOLS:
+            for period in timeline.periods[-timeline.plan.test:]:
+                key = (name, protocol, period.index)
+                outcomes[key] = score_period(protocol, strategy, period, candidates, negatives, settings)
+                if tape is not None:
+                    calls[key] = list(tape)
+                    tape.clear()
+    return outcomes, calls
+
+
+def _score_rank(rank: int, size: int, port: int, out: str) -> None:
+    tape: list = []
+    settings, timeline, strategies, candidates = _scored(Path(out) / f"cache{rank}", tape)
+    _join(rank, size, port)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        outcomes, calls = _outcomes(settings, timeline, strategies, candidates, tape)
+        torch.save({"outcomes": outcomes, "calls": calls}, Path(out) / f"scores{rank}.pt")
+    finally:
+        _leave()
+
+
+def test_scoring_split_across_two_ranks_gives_the_single_process_outcomes(tmp_path):
+    """Sampled, full and auc: each rank scores a contiguous run of the single process's blocks of
+    rows, the gathered outcomes (ranks, pair scores) equal the single process's bit for bit."""
+    mp.spawn(_score_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    settings, timeline, strategies, candidates = _scored(tmp_path / "cache")
+    single, _ = _outcomes(settings, timeline, strategies, candidates)
+    ranks = [torch.load(tmp_path / f"scores{r}.pt", weights_only=False) for r in range(2)]
+    assert len(single) == 2 * len(PROTOCOLS) * timeline.plan.test
+    for key, expected in single.items():
+        n = len(timeline.periods[key[2]])
+        for r in range(2):                                   # every rank gets every row, exactly
+            np.testing.assert_array_equal(ranks[r]["outcomes"][key], expected, err_msg=str(key))
+        runs = [sorted(ranks[r]["calls"][key]) for r in range(2)]
+        assert runs[0] and runs[1], f"{key}: both ranks score part of the period"
+        assert runs[0][0][0] == 0 and runs[0][-1][1] == runs[1][0][0] and runs[1][-1][1] == n
+        for run in runs:                                     # contiguous: each block starts where one ended
+            assert all(a[1] == b[0] for a, b in zip(run, run[1:]))
+
+
+def test_ranks_take_runs_of_whole_blocks_nearest_an_even_split():
+    from smlrec.evaluation.split import fixed_blocks, rank_slices
+
+    assert list(fixed_blocks(60, 16)) == [0, 16, 32, 48, 60]
+    assert rank_slices(fixed_blocks(60, 16), 2) == [(0, 32), (32, 60)]
+    assert rank_slices(fixed_blocks(5000, 2048), 2) == [(0, 2048), (2048, 5000)]   # 2048 is nearer 2500 than 4096
+    assert rank_slices(fixed_blocks(100, 10), 3) == [(0, 30), (30, 70), (70, 100)]
+    assert rank_slices(fixed_blocks(10, 16), 2) == [(0, 0), (0, 10)]   # one block: one rank scores it
+    assert rank_slices(fixed_blocks(0, 16), 2) == [(0, 0), (0, 0)]

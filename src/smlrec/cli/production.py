@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .common import (add_data_arguments, add_period_arguments, add_precision_argument, command,
                      configure_logging, settings_layers)
 
@@ -53,11 +53,18 @@ def _init_arguments(parser: argparse.ArgumentParser) -> None:
 def run_init(args: argparse.Namespace) -> int:
     """Create a model registry: pretrain and run a strategy over a history log (version 1)."""
     from ..config import replay_settings
+    from ..models.distributed import init_from_environment, is_leader, leave
     from ..production import init_registry
 
     settings = replay_settings(*settings_layers(args))
-    version = init_registry(args.data, args.registry, args.strategy, settings)
-    print(f"{args.registry}: version {version} written ({args.strategy})")
+    init_from_environment(settings.device)    # under torchrun: every rank trains, rank 0 writes
+    leader = is_leader()                      # (asked before leave(): after it every process is "rank 0")
+    try:
+        version = init_registry(args.data, args.registry, args.strategy, settings)
+    finally:
+        leave()
+    if leader:
+        print(f"{args.registry}: version {version} written ({args.strategy})")
     return 0
 
 
@@ -76,11 +83,20 @@ def _update_arguments(parser: argparse.ArgumentParser) -> None:
 @command("update", _update_arguments)
 def run_update(args: argparse.Namespace) -> int:
     """Apply one new period to the latest version and write the next version."""
+    from ..models.distributed import init_from_environment, is_leader, leave
     from ..production import update_once
 
     if args.log_json:           # the plain output below is the human log
         configure_logging(json_lines=True)
-    report = update_once(args.registry, args.data, force=args.force, max_future=args.max_future)
+    # Under torchrun: every rank reads the batch and trains, rank 0 alone touches the registry.
+    init_from_environment(_registry_device(args.registry))
+    leader = is_leader()                      # (asked before leave(): after it every process is "rank 0")
+    try:
+        report = update_once(args.registry, args.data, force=args.force, max_future=args.max_future)
+    finally:
+        leave()
+    if not leader:
+        return 0
     if report.already_applied:
         print(f"{args.registry}: already applied: version {report.version} was built from this batch "
               "(same sha256); nothing to do")
@@ -91,6 +107,20 @@ def run_update(args: argparse.Namespace) -> int:
           f"interactions, {report.new_users} new users, {report.new_items} new items, "
           f"update {report.seconds:.2f} s)")
     return 0
+
+
+def _registry_device(path: str) -> str:
+    """The device the registry's latest version trains on (the process group's backend depends on
+    it: gloo on the CPU, NCCL on CUDA); "cpu" when there is no readable registry, whose error the
+    update itself reports."""
+    from ..production.registry import ModelRegistry
+
+    registry = ModelRegistry(path)
+    try:
+        latest = registry.latest_version()
+        return str(registry.manifest(latest)["settings"].get("device") or "cpu") if latest else "cpu"
+    except (ConfigError, CheckpointError, KeyError, TypeError, AttributeError):
+        return "cpu"
 
 
 def _versions_arguments(parser: argparse.ArgumentParser) -> None:

@@ -87,41 +87,55 @@ def history_pairs(users: np.ndarray, positions: np.ndarray, seen: PairIndex) -> 
 
 
 def full_ranks(score: ScoreFn, period: Period, block_elements: int = FULL_BLOCK_ELEMENTS,
-               device: str | torch.device = "cpu") -> np.ndarray:
-    """Rank of each row's positive among the item prefix minus the user's items so far."""
-    n = len(period)
-    ranks = np.empty(n, dtype=np.int64)
-    items_seen = np.asarray(period.items_seen, dtype=np.int64)
+               device: str | torch.device = "cpu", rows: slice | None = None) -> np.ndarray:
+    """Rank of each row's positive among the item prefix minus the user's items so far.
+
+    ``rows``: only these rows (default all); to score them in the blocks the whole period is
+    scored in, ``rows`` must start and end at bounds of :func:`full_blocks` (the walk from a
+    block's start does not depend on what came before it)."""
+    start, n = (0, len(period)) if rows is None else (rows.start, rows.stop)
+    ranks = np.empty(n - start, dtype=np.int64)
+    items_seen = np.asarray(period.items_seen, dtype=np.int64)[:n]   # blocks end by n
     positions = period.positions
-    lo = 0
+    lo = start
     while lo < n:
         hi = _block_end(items_seen, lo, block_elements)
         width = int(items_seen[hi - 1])
-        rows = slice(lo, hi)
+        block = slice(lo, hi)
         b = hi - lo
         candidates = torch.arange(width, device=device).expand(b, width)
         with torch.no_grad():
-            scores = score(rows, candidates).float()
-        positive_items = torch.from_numpy(np.asarray(period.items[rows], dtype=np.int64)).to(device)
+            scores = score(block, candidates).float()
+        positive_items = torch.from_numpy(np.asarray(period.items[block], dtype=np.int64)).to(device)
         positive = scores.gather(1, positive_items[:, None])
         # "s_j >= s_p or either is NaN" is exactly "not (s_j < s_p)": one comparison pass, and a
         # rank is the columns that are not lower, minus those outside the row's pool.
         lower = scores < positive
         # (summing bools as uint8 into int32 is ~2x faster on CPU than the default int64 sum)
         beats = width - lower.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
-        prefix = torch.from_numpy(items_seen[rows]).to(device)
+        prefix = torch.from_numpy(items_seen[block]).to(device)
         first = int(items_seen[lo])    # columns before the block's first prefix are in every pool
         if first < width:
             columns = torch.arange(first, width, device=device)[None, :]
             beats -= (~lower[:, first:] & (columns >= prefix[:, None])).sum(dim=1)
         # The user's items so far (the positive among them) are not in the pool.
-        row_idx, item_idx = history_pairs(period.users[rows], positions[rows], period.seen)
+        row_idx, item_idx = history_pairs(period.users[block], positions[block], period.seen)
         row_t = torch.from_numpy(row_idx).to(device)
         history_beats = ~lower[row_t, torch.from_numpy(item_idx).to(device)]
         beats -= torch.zeros(b, dtype=beats.dtype, device=device).index_add_(0, row_t, history_beats.to(beats.dtype))
-        ranks[rows] = beats.cpu().numpy()
+        ranks[lo - start: hi - start] = beats.cpu().numpy()
         lo = hi
     return ranks
+
+
+def full_blocks(period: Period, block_elements: int = FULL_BLOCK_ELEMENTS) -> np.ndarray:
+    """Bounds ``[0, ..., len(period)]`` of the blocks :func:`full_ranks` scores the period in."""
+    items_seen = np.asarray(period.items_seen, dtype=np.int64)
+    bounds, lo = [0], 0
+    while lo < len(period):
+        lo = _block_end(items_seen, lo, block_elements)
+        bounds.append(lo)
+    return np.asarray(bounds, dtype=np.int64)
 
 
 def _block_end(items_seen: np.ndarray, lo: int, block_elements: int) -> int:

@@ -28,7 +28,10 @@ from ..data.loading import load_timeline
 from ..data.periods import SCORED_ROLES, Timeline
 from ..errors import ConfigError
 from ..evaluation.metrics import metrics_from_ranks, rank_candidates
-from ..evaluation.protocols import auc_negatives, full_ranks, outcome_metrics, pair_scores
+from ..evaluation.protocols import (FULL_BLOCK_ELEMENTS, auc_negatives, full_blocks, full_ranks, outcome_metrics,
+                                   pair_scores)
+from ..evaluation.split import fixed_blocks, scored_by_ranks
+from ..models.distributed import world
 from ..strategies import STRATEGIES, Strategy, default_strategies
 from ..strategies.factory import configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
@@ -126,18 +129,40 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
 
 def score_period(protocol: str, strategy: Strategy, period, candidates: CandidateStore,
                  negatives: dict[int, np.ndarray], settings: ReplaySettings) -> np.ndarray:
-    """One period scored under ``protocol``: ranks (sampled, full) or ``[n, 2]`` scores (auc)."""
-    def score(rows, cands):
-        return strategy.score(period, rows, cands)
+    """One period scored under ``protocol``: ranks (sampled, full) or ``[n, 2]`` scores (auc).
+
+    Under torch.distributed with several ranks, each rank scores a contiguous run of the blocks of
+    rows the single process scores, and the outcomes are gathered (evaluation/split.py): the same
+    calls to ``strategy.score``, so the same outcomes."""
+    if protocol == "auc" and period.index not in negatives:
+        negatives[period.index] = auc_negatives(period, settings.seed)
+    if world()[1] > 1:
+        bounds = (full_blocks(period, FULL_BLOCK_ELEMENTS) if protocol == "full"
+                  else fixed_blocks(len(period), settings.eval_batch_size))
+        return scored_by_ranks(lambda rows: score_rows(protocol, strategy, period, candidates, negatives,
+                                                       settings, rows),
+                               bounds, settings.device)
+    return score_rows(protocol, strategy, period, candidates, negatives, settings)
+
+
+def score_rows(protocol: str, strategy: Strategy, period, candidates: CandidateStore,
+               negatives: dict[int, np.ndarray], settings: ReplaySettings,
+               rows: slice | None = None) -> np.ndarray:
+    """The outcome of the period's ``rows`` (default all; a subset must start at a block bound,
+    see ``score_period``), scored in blocks counted from the period's first row."""
+    lo, hi = (0, len(period)) if rows is None else (rows.start, rows.stop)
+
+    def score(block, cands):   # block: rows of the subset -> rows of the period
+        return strategy.score(period, slice(lo + block.start, lo + block.stop), cands)
 
     if protocol == "sampled":
-        return rank_candidates(score, candidates.get(period), settings.eval_batch_size, settings.device)
+        return rank_candidates(score, candidates.get(period)[lo:hi], settings.eval_batch_size,
+                               settings.device)
     if protocol == "full":
-        return full_ranks(score, period, device=settings.device)
-    if period.index not in negatives:
-        negatives[period.index] = auc_negatives(period, settings.seed)
-    return pair_scores(score, period.items, negatives[period.index], settings.eval_batch_size,
-                       settings.device)
+        return full_ranks(lambda block, cands: strategy.score(period, block, cands), period,
+                          FULL_BLOCK_ELEMENTS, settings.device, rows=rows)
+    return pair_scores(score, period.items[lo:hi], negatives[period.index][lo:hi],
+                       settings.eval_batch_size, settings.device)
 
 
 Metrics = Callable[[np.ndarray], dict]

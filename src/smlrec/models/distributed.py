@@ -1,4 +1,6 @@
-"""Data-parallel MF steps on ``torch.distributed``: the tables are replicated, touched rows exchanged.
+"""Data-parallel MF steps on ``torch.distributed``: the tables are replicated, touched rows exchanged;
+and the small collectives the split scoring (evaluation/split.py) and the registry updates
+(production/update.py) use.
 
 Launched by ``torchrun --nproc-per-node N -m smlrec replay ...`` (gloo on the CPU, NCCL on a GPU),
 every rank holds the whole model and draws the same negatives and the same shuffled order (the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -104,3 +107,52 @@ def sum_over_ranks(value: float, device: str | torch.device = "cpu") -> float:
     total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total.item())
+
+
+def share(message: object, device: str | torch.device = "cpu") -> object:
+    """Rank 0's ``message`` (a small picklable value) on every rank; the message itself in a single
+    process. Rank 0 decides what only one process may decide (take the registry lock, refuse a
+    batch) and the others follow it."""
+    if world()[1] == 1:
+        return message
+    box = [message]
+    dist.broadcast_object_list(box, src=0, device=_object_device(device))
+    return box[0]
+
+
+def same_everywhere(value: object, device: str | torch.device = "cpu") -> bool:
+    """Whether every rank holds an equal ``value`` (e.g. a digest of its model); True in a single
+    process. Every rank gets the same answer."""
+    size = world()[1]
+    if size == 1:
+        return True
+    values: list[object] = [None] * size
+    dist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
+
+
+def _object_device(device: str | torch.device) -> torch.device | None:
+    # The object collectives pickle into a tensor that NCCL needs on this rank's GPU.
+    device = torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else None
+
+
+def gather_row_slices(local: np.ndarray, lengths: list[int], device: str | torch.device = "cpu") -> np.ndarray:
+    """Every rank's slice of a per-row array (rank r holds ``lengths[r]`` consecutive rows), as one
+    array in rank order, on every rank.
+
+    ``all_gather`` needs equal shapes: every rank knows every slice's length (the split is a
+    function of the period), so slices are padded to the longest and the padding dropped after.
+    """
+    rank, size = world()
+    local = np.ascontiguousarray(local)
+    if len(local) != lengths[rank]:
+        raise ValueError(f"rank {rank} holds {len(local)} rows, its slice has {lengths[rank]}")
+    longest = max(lengths)
+    if longest == 0:      # nothing to exchange (every rank knows it): gloo refuses empty tensors
+        return local
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=torch.from_numpy(local[:0]).dtype, device=device)
+    padded[: len(local)] = torch.from_numpy(local).to(device)
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return np.concatenate([part[:length].cpu().numpy() for part, length in zip(parts, lengths)])

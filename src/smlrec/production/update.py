@@ -17,26 +17,35 @@ would have cut it from one long log:
 
 The period's role is ``test`` (the model keeps learning after every period, as in the replay's
 test periods).
+
+Under ``torchrun`` (``decide`` and ``check_replicas`` below; docs/scaling.md): rank 0 alone takes
+the lock, loads, checks and commits; every rank reads the data and runs the data-parallel update;
+the other ranks never write to the registry folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import save as save_safetensors
 
+from .. import errors
 from ..config import ReplaySettings, replay_settings, to_dict
 from ..data.loading import load_log, period_boundaries
 from ..data.log import InteractionLog, file_sha256
 from ..data.periods import Period, Plan, build_timeline
 from ..data.pairs import PairIndex
 from ..errors import CheckpointError, ConfigError, DataError, SmlrecError
+from ..models.distributed import is_leader, local_ranks, same_everywhere, share, world
 from ..strategies import Strategy, StrategyContext, create_strategy
 from ..strategies.factory import configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
@@ -44,6 +53,7 @@ from .events import emit
 from .ingest import (DEFAULT_MAX_FUTURE, Reading, as_numbers, check_not_future, legacy_reading,
                      parse_horizon, read_batch, reading_of, stamp)
 from .registry import Checkpoint, Cumulative, ModelRegistry, PreviousPeriod
+from .state import flatten
 
 PRODUCTION_ROLE = "test"
 
@@ -69,6 +79,8 @@ def reproducible(settings: ReplaySettings) -> Iterator[None]:
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if settings.threads and world()[1] > 1:   # torchrun's ranks on this machine share its cores
+        settings = dataclasses.replace(settings, threads=max(1, settings.threads // local_ranks()))
     configure_threads(settings)
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, on an op without one
     try:
@@ -95,10 +107,15 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
     # The thread count is fixed in the registry so every update reduces in the same order.
     settings = dataclasses.replace(settings, data=data, plan=plan or settings.plan, strategies=(strategy,),
                                    threads=settings.threads or os.cpu_count() or 1)
-    with registry.lock(), reproducible(settings):
-        if registry.latest_version() is not None:
-            raise ConfigError(f"{registry.root}: already holds a registry (version "
-                              f"{registry.latest_version()}); use `smlrec update`, or a new folder")
+    leader = is_leader()
+    with contextlib.ExitStack() as hold, reproducible(settings):
+        def admit() -> dict:
+            # Under torchrun rank 0 alone takes the lock and looks at the folder (``decide`` runs
+            # this there only); the other ranks follow its answer and never write to the registry.
+            hold.enter_context(registry.lock())
+            return _refuse_existing(registry)
+
+        decide(admit)
         log = load_log(settings.data)
         reading = reading_of(log, settings)            # refuses times in ms etc. before cutting periods
         timeline = build_timeline(log, period_boundaries(log, settings.data), settings.plan)
@@ -110,6 +127,7 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
         model.start(timeline.pretrain_data, initial)
         for period in timeline.periods[settings.plan.pretrain:]:
             model.update(period)
+        check_replicas(model)
         last = timeline.periods[-1]
         seen = PairIndex.from_log(log.user_idx, log.item_idx)
         cumulative = Cumulative(rows=len(log), items_seen=log.n_items, pair_keys=seen.keys,
@@ -119,15 +137,69 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
         entry = {"sha256": log.sha256, "source": str(history), "rows": len(log),
                  "period": last.index, "periods": [0, last.index], "kind": "history",
                  "first_time": int(log.time[0]), "last_time": int(log.time[-1])}
-        checkpoint = Checkpoint(strategy=strategy, settings=to_dict(settings),
-                                strategy_state=model.state_dict(), user_ids=np.asarray(user_ids),
-                                item_ids=np.asarray(item_ids), cumulative=cumulative, data=[entry],
-                                reading=reading.to_dict(), served=served_tables(model))
-        version = registry.write(checkpoint)
-        emit("init", f"version {version} written ({strategy}, {len(log)} interactions)",
-             registry=str(registry.root), version=version, strategy=strategy, rows=len(log),
-             sha256=log.sha256, source=str(history))
+
+        def commit() -> dict:
+            checkpoint = Checkpoint(strategy=strategy, settings=to_dict(settings),
+                                    strategy_state=model.state_dict(), user_ids=np.asarray(user_ids),
+                                    item_ids=np.asarray(item_ids), cumulative=cumulative, data=[entry],
+                                    reading=reading.to_dict(), served=served_tables(model))
+            return {"version": registry.write(checkpoint)}
+
+        version = decide(commit)["version"]
+        if leader:
+            emit("init", f"version {version} written ({strategy}, {len(log)} interactions)",
+                 registry=str(registry.root), version=version, strategy=strategy, rows=len(log),
+                 sha256=log.sha256, source=str(history))
         return version
+
+
+def _refuse_existing(registry: ModelRegistry) -> dict:
+    if registry.latest_version() is not None:
+        raise ConfigError(f"{registry.root}: already holds a registry (version "
+                          f"{registry.latest_version()}); use `smlrec update`, or a new folder")
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Under torchrun (models/distributed.py): every rank trains, rank 0 alone touches the registry.
+
+def decide(work: Callable[[], dict]) -> dict:
+    """Run ``work`` on rank 0 alone and return its answer (a small dict) on every rank; an error
+    it raises is raised on every rank (as the same smlrec error class), so no rank waits for a
+    collective its peers have left. In a single process: ``work()``."""
+    if world()[1] == 1:
+        return work()
+    if is_leader():
+        try:
+            answer = work()
+        except Exception as err:
+            share({"error": type(err).__name__, "message": str(err)})
+            raise
+        return share(answer)
+    answer = share(None)
+    if "error" in answer:
+        kind = getattr(errors, answer["error"], None)
+        if isinstance(kind, type) and issubclass(kind, SmlrecError):
+            raise kind(answer["message"])        # (a DataError's message already names the file)
+        raise SmlrecError(f"rank 0 failed: {answer['error']}: {answer['message']}")
+    return answer
+
+
+def state_digest(strategy: Strategy) -> str:
+    """sha256 of a strategy's state (every tensor's bytes and the JSON rest): equal on two ranks
+    exactly when they hold the same model."""
+    tensors, skeleton = flatten({"strategy": strategy.state_dict()})
+    digest = hashlib.sha256(save_safetensors(tensors))
+    digest.update(json.dumps(skeleton, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def check_replicas(strategy: Strategy) -> None:
+    """Under torchrun: refuse (on every rank, before anything is written) when the ranks' models
+    are not bit-identical; the data-parallel updates are built to keep them so."""
+    if world()[1] > 1 and not same_everywhere(state_digest(strategy)):
+        raise CheckpointError("the ranks' models differ after the update (a data-parallel step went "
+                              "out of step); nothing written")
 
 
 def served_tables(strategy: Strategy) -> dict[str, torch.Tensor] | None:
@@ -229,23 +301,49 @@ def update_once(registry: str | Path | ModelRegistry, batch: str | Path, force: 
     registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
     horizon = parse_horizon(max_future)
     try:
-        with registry.lock():
-            checkpoint = registry.load()
-            settings = settings_of(checkpoint)
-            retry = _retry_of_latest(checkpoint, batch, force)
-            if retry is not None:
-                emit("update_already_applied", f"{batch}: already applied as version {checkpoint.version}",
-                     registry=str(registry.root), version=checkpoint.version, source=str(batch),
-                     sha256=retry)
-                return UpdateReport(version=checkpoint.version, period=int(checkpoint.data[-1]["period"]),
-                                    rows=int(checkpoint.data[-1].get("rows", 0)), new_users=0, new_items=0,
-                                    seconds=0.0, warnings=[], already_applied=True)
-            with reproducible(settings):
-                return _apply(registry, checkpoint, batch, force, horizon, now)
+        with contextlib.ExitStack() as hold:
+            held: dict = {}
+
+            def admit() -> dict:
+                # Under torchrun rank 0 alone takes the lock, loads and checks (``decide`` runs this
+                # there only); the other ranks follow its answer and never write to the registry.
+                hold.enter_context(registry.lock())
+                return _admit(registry, batch, force, horizon, now, held)
+
+            answer = decide(admit)
+            if answer["retry"] is not None:
+                return UpdateReport(version=answer["version"], period=answer["period"], rows=answer["rows"],
+                                    new_users=0, new_items=0, seconds=0.0, warnings=[], already_applied=True)
+            # The other ranks load the version rank 0 loaded: a committed version never changes.
+            checkpoint = held["checkpoint"] if "checkpoint" in held else registry.load(answer["version"])
+            reading = reading_from(checkpoint)
+            log = held["log"] if "log" in held else read_batch(batch, reading)
+            with reproducible(settings_of(checkpoint)):
+                return _apply(registry, checkpoint, reading, log, batch, answer["warnings"])
     except SmlrecError as err:
-        emit("update_refused", f"{batch}: refused: {err}", level="error", registry=str(registry.root),
-             source=str(batch), error=str(err))
+        if is_leader():
+            emit("update_refused", f"{batch}: refused: {err}", level="error", registry=str(registry.root),
+                 source=str(batch), error=str(err))
         raise
+
+
+def _admit(registry: ModelRegistry, batch: str | Path, force: bool, horizon: float | None,
+           now: float | None, held: dict) -> dict:
+    """Rank 0's checks before an update: load the latest version, spot a retry, read and check the
+    batch (refusals raise). ``held`` keeps the checkpoint and the batch for rank 0's own use; the
+    answer is what the other ranks need."""
+    checkpoint = registry.load()
+    settings_of(checkpoint)                            # stored settings that do not load are refused
+    retry = _retry_of_latest(checkpoint, batch, force)
+    if retry is not None:
+        emit("update_already_applied", f"{batch}: already applied as version {checkpoint.version}",
+             registry=str(registry.root), version=checkpoint.version, source=str(batch), sha256=retry)
+        return {"retry": retry, "version": checkpoint.version, "period": int(checkpoint.data[-1]["period"]),
+                "rows": int(checkpoint.data[-1].get("rows", 0))}
+    log = read_batch(batch, reading_from(checkpoint))  # DataError on empty, malformed or unfit files
+    warnings = _check_batch(checkpoint, log, force, horizon, now)
+    held.update(checkpoint=checkpoint, log=log)
+    return {"retry": None, "version": checkpoint.version, "warnings": warnings}
 
 
 def _retry_of_latest(checkpoint: Checkpoint, batch: str | Path, force: bool) -> str | None:
@@ -257,11 +355,9 @@ def _retry_of_latest(checkpoint: Checkpoint, batch: str | Path, force: bool) -> 
     return digest if checkpoint.data[-1].get("sha256") == digest else None
 
 
-def _apply(registry: ModelRegistry, checkpoint: Checkpoint, batch: str | Path, force: bool,
-           horizon: float | None, now: float | None) -> UpdateReport:
-    reading = reading_from(checkpoint)
-    log = read_batch(batch, reading)                 # DataError on empty, malformed or unfit files
-    warnings = _check_batch(checkpoint, log, force, horizon, now)
+def _apply(registry: ModelRegistry, checkpoint: Checkpoint, reading: Reading, log: InteractionLog,
+           batch: str | Path, warnings: list[str]) -> UpdateReport:
+    """The update itself, on every rank; rank 0 writes the next version."""
     strategy = strategy_from(checkpoint)
     users, user_ids = extend_vocabulary(checkpoint.user_ids, log.user_ids, log.user_idx)
     items, item_ids = extend_vocabulary(checkpoint.item_ids, log.item_ids, log.item_idx)
@@ -273,20 +369,22 @@ def _apply(registry: ModelRegistry, checkpoint: Checkpoint, batch: str | Path, f
                     users=users, items=items, times=log.time, items_seen=items_seen, seen=grown.seen,
                     label=_label(log.time))
     seconds = strategy.update(period)
+    check_replicas(strategy)
     entry = {"sha256": log.sha256, "source": str(batch), "rows": len(log), "period": period.index,
              "kind": "update", "forced": bool(warnings), "first_time": int(log.time[0]),
              "last_time": int(log.time[-1])}
-    version = registry.write(Checkpoint(
+    version = decide(lambda: {"version": registry.write(Checkpoint(
         strategy=checkpoint.strategy, settings=checkpoint.settings, strategy_state=strategy.state_dict(),
         user_ids=user_ids, item_ids=item_ids, cumulative=grown, data=[*checkpoint.data, entry],
-        reading=reading.to_dict(), served=served_tables(strategy)))
+        reading=reading.to_dict(), served=served_tables(strategy)))})["version"]
     report = UpdateReport(version=version, period=period.index, rows=len(log),
                           new_users=len(user_ids) - checkpoint.n_users,
                           new_items=len(item_ids) - checkpoint.n_items, seconds=seconds, warnings=warnings)
-    emit("update", f"version {version} written from {batch} (period {period.index}, {len(log)} interactions)",
-         registry=str(registry.root), version=version, previous=checkpoint.version, period=period.index,
-         rows=len(log), new_users=report.new_users, new_items=report.new_items, seconds=round(seconds, 4),
-         sha256=log.sha256, source=str(batch), forced=warnings)
+    if is_leader():
+        emit("update", f"version {version} written from {batch} (period {period.index}, {len(log)} interactions)",
+             registry=str(registry.root), version=version, previous=checkpoint.version, period=period.index,
+             rows=len(log), new_users=report.new_users, new_items=report.new_items, seconds=round(seconds, 4),
+             sha256=log.sha256, source=str(batch), forced=warnings)
     return report
 
 
