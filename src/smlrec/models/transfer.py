@@ -128,10 +128,13 @@ class Transfer(nn.Module):
         return self.fc2(gelu_sigmoid(self.fc1(gelu_sigmoid(h2).flatten(1))))
 
     @torch.no_grad()
-    def transform_table(self, w_prev: torch.Tensor, w_hat: torch.Tensor,
-                        batch_size: int = 8192) -> torch.Tensor:
-        """f applied to every row of two whole tables, in batches."""
-        out = torch.empty_like(w_prev)
+    def transform_table(self, w_prev: torch.Tensor, w_hat: torch.Tensor, batch_size: int = 8192,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
+        """f applied to every row of two whole tables, in batches, into ``out`` (new if None).
+
+        ``out`` may be ``w_hat`` itself: each batch is read whole before its rows are written, so
+        the table is transformed in place without a second table in memory."""
+        out = torch.empty_like(w_prev) if out is None else out
         for lo in range(0, w_prev.shape[0], batch_size):
             out[lo: lo + batch_size] = self(w_prev[lo: lo + batch_size], w_hat[lo: lo + batch_size])
         return out

@@ -304,16 +304,16 @@ class SML(Strategy):
             step2_rows = incoming if s.step2_data == "next" else rows
             for round_index in range(s.rounds):
                 if round_index > 0:
-                    if s.round_start == "transferred":
-                        with torch.no_grad():
-                            user, item = self._transformed_tables()
-                            self.hat.user.weight.copy_(user)
-                            self.hat.item.weight.copy_(item)
+                    if s.round_start == "transferred":   # Ŵ := f_Θ(W_prev, Ŵ), in place
+                        self._transformed_tables(into=(self.hat.user.weight.detach(),
+                                                       self.hat.item.weight.detach()))
                     self._step1(rows, period, s.step1_epochs)
                 self._step2(step2_rows)
-            carried = self._transformed_tables()
+            carried = self._transformed_tables()   # fresh tensors: nothing else holds them
         self._carry_cold_rows()
-        self.user_prev, self.item_prev = carried[0].clone(), carried[1].clone()
+        if frozen:
+            carried = (carried[0].clone(), carried[1].clone())
+        self.user_prev, self.item_prev = carried
 
     def _transferred_rows(self, users: torch.Tensor, items: torch.Tensor, user_hat, item_hat
                           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,20 +412,23 @@ class SML(Strategy):
         for parameter in dense:
             parameter.requires_grad_(True)
 
-    def _transformed_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule."""
+    @torch.no_grad()
+    def _transformed_tables(self, into: tuple[torch.Tensor, torch.Tensor] | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule.
+
+        Written into ``into`` (which may be Ŵ's own tables) or new tensors: at Adressa scale a
+        user table is ~120 MB, so no intermediate copy is made."""
         size = self.settings.table_batch_size
         out = []
-        for table, transfer, prev, hat in (
+        for index, (table, transfer, prev, hat) in enumerate((
                 ("user", self.user_transfer, self.user_prev, self.hat.user.weight.detach()),
-                ("item", self.item_transfer, self.item_prev, self.hat.item.weight.detach())):
+                ("item", self.item_transfer, self.item_prev, self.hat.item.weight.detach()))):
             n_seen = len(prev) if self._rule(table) == "every-row" else self._n_seen(table)
-            result = prev.clone()
-            result[:n_seen] = transfer.transform_table(prev[:n_seen], hat[:n_seen], size)
-            with torch.no_grad():
-                cold = self._cold_output(table)
-            if cold is not None:
-                result[n_seen:] = cold.detach()
+            result = torch.empty_like(prev) if into is None else into[index]
+            transfer.transform_table(prev[:n_seen], hat[:n_seen], size, out=result[:n_seen])
+            cold = self._cold_output(table)
+            result[n_seen:] = prev[n_seen:] if cold is None else cold.detach()
             out.append(result)
         return out[0], out[1]
 
