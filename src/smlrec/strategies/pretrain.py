@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..config import BaseSettings, MFSettings
+from ..data.loading import return_freed_memory
 from ..data.periods import Period
 from ..data.sampling import PrefixNegativeSampler
 from ..models.bases import base_state, init_base_rows, make_base, make_trainer
@@ -39,7 +40,10 @@ def pretrain_mf(pretrain: Period, n_users: int, n_items: int, mf: MFSettings, ep
 
     losses = run_trainer_epochs(trainer, users, items, sampler, epochs, mf.batch_size,
                                 make_rng(seed, "pretrain"), device)
-    state = {"user": model.user.weight.detach().clone(), "item": model.item.weight.detach().clone()}
+    # The model and its optimizer are dropped here, so the tables need no copy.
+    state = {"user": model.user.weight.detach(), "item": model.item.weight.detach()}
+    del model, trainer, sampler
+    return_freed_memory()
     return state, losses
 
 
