@@ -344,10 +344,11 @@ def test_lightgcn_window_settings_hold_the_seen_graph_and_serve_final_cold_rows(
 # SML on NCF: the MLP's own step-1 learning rate (strategy.sml.dense_lr)
 
 def test_sml_fits_the_ncf_mlp_with_its_own_learning_rate():
-    """At step1_lr (0.01) SML's MLP collapsed to a constant on the bundled data (every score tied,
-    step-2 loss 2 ln 2). On small synthetic logs SML-NCF's scores collapse at dense_lr 0.01 and
-    1e-3 alike, so this pins the mechanism instead: the MLP is stepped by its own Adam at
-    ``dense_lr`` while the tables move at ``step1_lr``."""
+    """This pins the mechanism only: the MLP is stepped by its own Adam at ``dense_lr`` while the
+    tables move at ``step1_lr``. dense_lr does not remove SML-NCF's failure (see the xfail test at
+    the end of this file). On this contract world SML's scores tie for MF as well as NCF: with its
+    fast overrides the transfer gets about two step-2 Adam steps a period and never learns, so
+    ties here say nothing about NCF."""
     world = BaseWorld("ncf")
     overrides = {**fast_overrides("sml"), "dense_lr": 1e-9}
     strategy = create_strategy("sml", world.context("sml"), overrides)
@@ -360,3 +361,55 @@ def test_sml_fits_the_ncf_mlp_with_its_own_learning_rate():
     assert (strategy.hat.user.weight.detach() - tables_before).abs().max().item() > 1e-4
     normal = create_strategy("sml", world.context("sml"), fast_overrides("sml"))
     assert normal.dense_optimizer.param_groups[0]["lr"] == normal.settings.dense_lr == 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# Known bug: SML on NCF serves scores without any user-item interaction (diagnosis in the doc)
+
+def interaction_share(scores: torch.Tensor) -> float:
+    """Std of the double-centred score matrix over the std of the scores: 0 when every score is
+    a(user) + b(item) (each user gets the same ranking), larger the more scores are personal."""
+    centred = scores - scores.mean(1, keepdim=True) - scores.mean(0, keepdim=True) + scores.mean()
+    return float(centred.std() / scores.std().clamp_min(1e-30))
+
+
+def synthetic_ncf_run(name: str) -> torch.Tensor:
+    """Scores of every seen user for every seen item after five updates on a small drifting log
+    (6,000 rows, 8 periods, dim 16; SML at its defaults, no fast overrides)."""
+    from smlrec.data.synth import generate, synth_settings
+
+    frame = generate(synth_settings(regime="stable", interactions=6_000, users=150, items=200, periods=8,
+                                    seed=3))
+    log = InteractionLog.from_arrays(frame.user.values, frame.item.values, frame.time.values)
+    timeline = build_timeline(log, split_equal_count(len(log), 8), Plan(2, 3, 1, 2))
+    mf, base = MFSettings(dim=16, lr=0.01, batch_size=256), BaseSettings("ncf")
+    initial, _ = pretrain_mf(timeline.pretrain_data, log.n_users, log.n_items, mf, epochs=10, seed=5, base=base)
+    context = StrategyContext(n_users=log.n_users, n_items=log.n_items, mf=mf, seed=5, name=name, base=base)
+    strategy = create_strategy(name, context, {})
+    strategy.start(timeline.pretrain_data, {k: v.clone() for k, v in initial.items()})
+    for period in timeline.periods[2:7]:
+        strategy.update(period)
+    period = timeline.periods[7]
+    users = np.unique(period.users)
+    items = torch.arange(int(period.items_seen[-1]))
+    picked = replace(period, users=users)
+    with torch.no_grad():
+        return strategy.score(picked, slice(0, len(users)), items.expand(len(users), -1)).float()
+
+
+def test_fine_tune_on_ncf_personalises_on_the_small_synthetic_log():
+    assert interaction_share(synthetic_ncf_run("fine-tune")) > 0.1
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: SML's untrained transfer squeezes every row into a "
+                   "tiny cloud that sits inside one linear region of NCF's ReLU tower, so scores are "
+                   "a(user) + b(item) and step 2 gets no signal to spread the rows (measured in the "
+                   "test's doc); remove the marker when fixed")
+def test_sml_on_ncf_personalises_on_the_small_synthetic_log():
+    """Measured on this log (period 7 served after updates on 2..6): SML-NCF's served user rows
+    have a spread (std over users, mean over dims) of 1e-4 against 0.43 for their norm, every
+    first-layer unit of the MLP is on for all (user, item) pairs or off for all, step-2 loss stays
+    at 1.385 (2 ln 2 = 1.386), at dense_lr 1e-3 and 0.01 alike (at 0.01 the user rows' norm also
+    grows 0.46 -> 6.2 and scores tie to 1e-5). SML-MF escapes the same squeeze (its bilinear score
+    has curvature; user spread 0.003 -> 0.17 within two periods); Fine-tune on NCF does not squeeze."""
+    assert interaction_share(synthetic_ncf_run("sml")) > 0.1
