@@ -179,3 +179,16 @@ def test_strategies_command_lists_registered(capsys):
     assert main(["strategies"]) == 0
     printed = capsys.readouterr().out
     assert "full-retrain" in printed and "fine-tune" in printed
+
+
+def test_precision_flag_reaches_the_settings():
+    import argparse
+
+    from smlrec.cli.common import replay_arguments, settings_layers
+    from smlrec.config import replay_settings
+
+    parser = argparse.ArgumentParser()
+    replay_arguments(parser)
+    args = parser.parse_args(["--precision", "bf16"])
+    assert replay_settings(*settings_layers(args)).precision == "bf16"
+    assert replay_settings(*settings_layers(parser.parse_args([]))).precision == "fp32"
