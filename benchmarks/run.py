@@ -109,44 +109,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _best_seconds(run, device: str, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``run`` after one warm-up call."""
+    run()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        _sync(device)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
 def measure_machine(device: str = "cpu", size: int = 2048, copy_mb: int = 512,
                     repeats: int = 5) -> dict:
     """Peak fp32 matmul GFLOP/s and copy bandwidth GB/s (best of ``repeats``)."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    torch.mm(a, b)
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - began)
-    gflops = 2.0 * size ** 3 / best / 1e9
+    gflops = 2.0 * size ** 3 / _best_seconds(lambda: torch.mm(a, b), device, repeats) / 1e9
     # The same product in bf16 (context for --precision bf16; the bounds use fp32's peak).
-    a, b = a.bfloat16(), b.bfloat16()
-    torch.mm(a, b)
-    best_bf16 = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best_bf16 = min(best_bf16, time.perf_counter() - began)
-    del a, b
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    bf16_gflops = 2.0 * size ** 3 / _best_seconds(lambda: torch.mm(a16, b16), device, repeats) / 1e9
+    del a, b, a16, b16
     n = copy_mb * (1 << 20) // 4
     src = torch.ones(n, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    _sync(device)
-    best_copy = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        dst.copy_(src)
-        _sync(device)
-        best_copy = min(best_copy, time.perf_counter() - began)
-    bandwidth = 2.0 * n * 4 / best_copy / 1e9  # read + write
+    bandwidth = 2.0 * n * 4 / _best_seconds(lambda: dst.copy_(src), device, repeats) / 1e9  # read + write
     info = {"device": device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "matmul_gflops": gflops, "matmul_bf16_gflops": 2.0 * size ** 3 / best_bf16 / 1e9,
+            "matmul_gflops": gflops, "matmul_bf16_gflops": bf16_gflops,
             "bandwidth_gbs": bandwidth, "matmul_size": size,
             "copy_mb": copy_mb, "platform": platform.platform(), "torch": torch.__version__}
     if device == "cuda":
