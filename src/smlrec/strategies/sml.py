@@ -93,8 +93,8 @@ class SMLSettings:
     step2_epochs: int = 1               # E2
     step1_lr: float = 0.01              # Adam for Ŵ
     dense_lr: float = 1e-3              # Adam for the base's dense weights in step 1 (NCF's MLP):
-                                        # at step1_lr (0.01) the MLP's scores tied in every test
-                                        # period of the bundled data (module doc, "Known issue")
+                                        # at step1_lr (0.01) the MLP collapsed on the bundled data
+                                        # (test R@20 .00-.04 per period; module doc, "Known issue")
     step2_lr: float = 1e-3              # Adam for Θ
     step1_batch_size: int = 1024
     step2_batch_size: int = 256
