@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/run.py                     # Yelp- and Adressa-scale logs, the paper's plans
+    python benchmarks/run.py                     # Yelp and Adressa scale: 2 offline + 3 test periods
     python benchmarks/run.py --quick             # small logs, under 2 minutes, no targets asserted
-    python benchmarks/run.py --scales yelp --test-periods 2   # a reduced plan (see --help)
+    python benchmarks/run.py --scales yelp --test-periods 0   # the paper's whole plan (hours)
     python benchmarks/run.py --device cuda
 
 What it measures, in this order:
@@ -28,7 +28,8 @@ Cost models (d = embedding dimension, C = candidates per test interaction):
   the ids, write the scores).
 * Strategy updates: MF-retrain strategies (full-retrain, fine-tune) are ``epochs x rows`` triples;
   other strategies are counted by running one more update of the last period under torch's
-  FlopCounterMode (matrix products only; elementwise work is not counted, so it is a lower bound).
+  FlopCounterMode (matrix products only; elementwise work is not counted, so it is a lower bound),
+  and another under torch.profiler, whose top operators show what the rest of the time goes to.
 
 Writes BENCHMARKS.md and benchmarks/results.json (``--quick``: under runs/bench-quick/).
 """
@@ -805,8 +806,9 @@ def parse_args(argv=None):
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                         help="strategies to replay; names not registered are skipped with a note")
     parser.add_argument("--test-periods", type=int,
-                        help="reduced plan: pretrain on all but the last K+1 periods, one offline "
-                             "period, K test periods (default: the paper's plan of the scale)")
+                        help="reduced plan: pretrain on all but the last K + offline periods, then the "
+                             "offline periods and K test periods (default 3; 0: the paper's plan of "
+                             "the scale, hours of SML on 2 cores; --quick: the small logs' own plans)")
     parser.add_argument("--offline-periods", type=int, default=2,
                         help="offline periods of the reduced plan (default 2: SML's first, round-0-only "
                              "update then falls on an offline period, and every timed update is steady)")
@@ -832,6 +834,8 @@ def parse_args(argv=None):
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if args.pretrain_epochs is None:
         args.pretrain_epochs = 1
+    if args.test_periods is None and not args.quick:
+        args.test_periods = 3
     if args.quick:
         args.mf_rows = min(args.mf_rows, 5_000)
         if args.epochs is None:
