@@ -132,6 +132,63 @@ def test_dense_parameters_all_reduced_equal_one_process(tmp_path):
     np.testing.assert_allclose(ranks[0]["losses"], single["losses"], rtol=1e-6)
 
 
+def _mixed_fit(batch_size: int, n_rows: int = 165) -> dict:
+    """SML step 1's shape in small: a sparse embedding under SparseAdam, a dense layer under Adam,
+    a seeded dropout mask, and an L2 term summed over the batch's rows beside the mean loss."""
+    from smlrec.models.gru4rec import seeded_dropout
+    from smlrec.models.train_loop import LossParts
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(30, 6, sparse=True)
+    layer = torch.nn.Linear(6, 6)
+    items = torch.nn.Embedding(30, 6)
+    items.weight.requires_grad_(False)
+    generator = torch.Generator().manual_seed(3)
+    data = np.random.default_rng(1)
+    users, positives = (torch.from_numpy(data.integers(0, 30, n_rows)) for _ in range(2))
+
+    def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> LossParts:
+        rows_read = table(users[rows])
+        u = layer(seeded_dropout(rows_read, 0.3, True, generator))
+        pos, neg = (u * items(positives[rows])).sum(-1), (u * items(negatives)).sum(-1)
+        mean = torch.nn.functional.softplus(-pos).mean() + torch.nn.functional.softplus(neg).mean()
+        return LossParts(mean, 0.05 * rows_read.pow(2).sum())   # large enough to see if miscounted
+
+    optimizers = [torch.optim.SparseAdam(list(table.parameters()), lr=0.05),
+                  torch.optim.Adam(layer.parameters(), lr=0.05)]
+    losses = train_epochs(batch_loss, optimizers, n_rows, lambda rng: rng.integers(0, 30, n_rows), 2,
+                          batch_size, np.random.default_rng(7), data_parallel=True)
+    return {"params": [table.weight.detach().clone(), *(p.detach().clone() for p in layer.parameters())],
+            "moments": [optimizers[0].state[table.weight][k].clone() for k in ("exp_avg", "exp_avg_sq")],
+            "generator": generator.get_state(), "losses": losses}
+
+
+def _mixed_rank(rank: int, size: int, port: int, batch_size: int, out: str) -> None:
+    _join(rank, size, port)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        torch.save(_mixed_fit(batch_size), Path(out) / f"mixed{rank}.pt")
+    finally:
+        _leave()
+
+
+def test_sparse_rows_gathered_and_sums_counted_once_equal_one_process(tmp_path):
+    """Sparse row gradients gathered and coalesced, dense ones all-reduced, the summed L2 part
+    added once per row (not weighted by the chunk's share), dropout masks cut from the whole
+    batch's draw; batch 41 splits 21 / 20, and the last batch of 165 rows has 1 row, which both
+    ranks compute whole."""
+    mp.spawn(_mixed_rank, args=(2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
+    single = _mixed_fit(41)
+    ranks = [torch.load(tmp_path / f"mixed{r}.pt") for r in range(2)]
+    for key in ("params", "moments"):
+        for a, b, c in zip(ranks[0][key], ranks[1][key], single[key]):
+            assert torch.equal(a, b), "the replicas must stay identical"
+            torch.testing.assert_close(a, c, atol=ATOL, rtol=0)
+    assert torch.equal(ranks[0]["generator"], single["generator"])   # the same draws, in step
+    assert torch.equal(ranks[1]["generator"], single["generator"])
+    np.testing.assert_allclose(ranks[0]["losses"], single["losses"], rtol=1e-6)
+
+
 def test_chunks_cover_a_batch_in_rank_order():
     assert [chunk_bounds(63, r, 2) for r in range(2)] == [(0, 32), (32, 63)]
     assert [chunk_bounds(5, r, 4) for r in range(4)] == [(0, 2), (2, 4), (4, 5), (5, 5)]
