@@ -189,6 +189,113 @@ def test_sparse_rows_gathered_and_sums_counted_once_equal_one_process(tmp_path):
     np.testing.assert_allclose(ranks[0]["losses"], single["losses"], rtol=1e-6)
 
 
+STRATEGY_SETTINGS = {
+    "mf": {"dim": 8, "batch_size": 64, "kernel": "torch"}, "seed": 5, "pretrain": {"epochs": 2},
+    "strategy": {
+        # Several batches per period with uneven chunks (25 rows: 13 + 12); l2_hat large enough
+        # that counting the summed L2 term per chunk share would show.
+        "sml": {"rounds": 2, "hidden": 16, "step1_batch_size": 25, "step2_batch_size": 17, "l2_hat": 0.01},
+        "gru4rec": {"batch_size": 25, "start_epochs": 2, "dropout": 0.25},   # dropout masks split
+        "caser": {"batch_size": 25, "start_epochs": 2},                       # default dropout 0.5
+    }}
+DP_STRATEGIES = ("sml", "gru4rec", "caser")
+
+
+def _flat_state(value, prefix: str = ""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flat_state(item, f"{prefix}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _flat_state(item, f"{prefix}/{index}")
+    else:
+        yield prefix, value
+
+
+def _updated_strategies(group: tuple[int, int, int] | None) -> dict:
+    """SML, GRU4Rec and Caser started and updated over two periods (SML: step 1 and step 2 of a
+    finished period and the next one's step 1); with ``group`` = (rank, size, port), inside a
+    gloo group after an identical pretraining. Returns each one's flattened state and how many
+    batches were split across ranks."""
+    from smlrec.config import replay_settings
+    from smlrec.models import distributed
+    from smlrec.strategies.factory import make_strategy
+    from smlrec.strategies.pretrain import pretrain_model
+
+    from helpers import tiny_timeline
+
+    torch.set_num_threads(1)
+    settings = replay_settings(STRATEGY_SETTINGS)
+    timeline = tiny_timeline()
+    initial, _ = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, settings)
+    if group is not None:
+        _join(*group)
+        dist.init_process_group("gloo", rank=group[0], world_size=group[1])
+    split = {"batches": 0}
+    original = distributed.computing_chunk
+
+    def counting(chunk):
+        split["batches"] += 1
+        return original(chunk)
+
+    distributed.computing_chunk = counting
+    out = {}
+    try:
+        for name in DP_STRATEGIES:
+            split["batches"] = 0
+            strategy = make_strategy(name, timeline, settings)
+            strategy.start(timeline.pretrain_data, {k: v.clone() for k, v in initial.items()})
+            for period in timeline.periods[timeline.plan.pretrain: timeline.plan.pretrain + 2]:
+                strategy.update(period)
+            out[name] = {"state": dict(_flat_state(strategy.state_dict())), "split": split["batches"]}
+    finally:
+        distributed.computing_chunk = original
+        if group is not None:
+            _leave()
+    return out
+
+
+def _strategies_rank(rank: int, size: int, port: int, out: str) -> None:
+    torch.save(_updated_strategies((rank, size, port)), Path(out) / f"strategies{rank}.pt")
+
+
+def test_sml_gru4rec_and_caser_updates_on_two_ranks_equal_one_process(tmp_path):
+    """Every batch of SML's step 1 (sparse Ŵ rows gathered, the L2 sum added once) and step 2, and
+    of GRU4Rec and Caser (dense gradients all-reduced, dropout masks cut from the whole batch's
+    draw) split across 2 ranks: every state tensor within 1e-5 of one process with the same
+    batches (float32 noise of the chunked forward passes and of the gradient sums, compounded by
+    Adam; measured up to 7e-8 here); integer state (windows, counters, generator states)
+    identical."""
+    threads = torch.get_num_threads()
+    mp.spawn(_strategies_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    try:
+        single = _updated_strategies(None)
+    finally:
+        torch.set_num_threads(threads)
+    ranks = [torch.load(tmp_path / f"strategies{r}.pt", weights_only=False) for r in range(2)]
+    for name in DP_STRATEGIES:
+        assert ranks[0][name]["split"] > 5 and single[name]["split"] == 0, name
+        expected = single[name]["state"]
+        assert ranks[0][name]["state"].keys() == ranks[1][name]["state"].keys() == expected.keys()
+        for key, value in expected.items():
+            a, b = ranks[0][name]["state"][key], ranks[1][name]["state"][key]
+            where = f"{name}{key}"
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(a, b), f"{where}: the replicas must stay identical"
+                if value.is_floating_point():
+                    torch.testing.assert_close(a, value, atol=1e-5, rtol=0, msg=where)
+                else:
+                    assert torch.equal(a, value), where
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(a, b, err_msg=where)
+                if np.issubdtype(value.dtype, np.floating):
+                    np.testing.assert_allclose(a, value, atol=1e-5, rtol=0, err_msg=where)
+                else:
+                    np.testing.assert_array_equal(a, value, err_msg=where)
+            else:
+                assert a == b == value, where
+
+
 def test_chunks_cover_a_batch_in_rank_order():
     assert [chunk_bounds(63, r, 2) for r in range(2)] == [(0, 32), (32, 63)]
     assert [chunk_bounds(5, r, 4) for r in range(4)] == [(0, 2), (2, 4), (4, 5), (5, 5)]
