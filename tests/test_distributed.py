@@ -399,8 +399,8 @@ def _registry_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("strategy", ["fine-tune", "sml"])
 def test_init_and_update_on_two_ranks_write_the_single_process_registry(tmp_path, strategy):
-    """Init and one update under 2 ranks (MF steps split and exchanged, SML's step 2 all-reduced,
-    its step 1 replicated) write the registry a single process writes, to 1e-5 (float32 noise of
+    """Init and one update under 2 ranks (MF steps split and exchanged, SML's step 1 rows gathered
+    and step 2 all-reduced) write the registry a single process writes, to 1e-5 (float32 noise of
     the exchanged steps, compounded over pretraining and the history's periods); rank 1 writes
     nothing in the registry folder."""
     from _production_data import synthetic_log, write_periods

@@ -13,6 +13,10 @@ rows come from the same element-wise operations and are summed per row in the sa
 the last bit of float32 (torch's vectorised sigmoid / softplus take a SIMD or a scalar path by
 slice length; tests/test_distributed.py measures and bounds it). docs/scaling.md gives the bytes
 exchanged and the memory per rank.
+
+Autograd steps (SML, GRU4Rec, Caser) split their batches the same way through
+``train_loop.data_parallel_step``, which uses ``gather_slices`` for sparse row gradients and
+``batch_rand`` for dropout masks drawn inside a chunk.
 """
 
 from __future__ import annotations

@@ -94,9 +94,10 @@ def autograd_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]
 def _whole(loss: torch.Tensor | LossParts, share: float) -> torch.Tensor:
     """The loss a chunk holding ``share`` of its batch's rows contributes: mean parts weighted by
     the share (they sum to the batch's mean over the ranks), summed parts as they are."""
-    if isinstance(loss, LossParts):
-        return loss.mean * share + loss.total
-    return loss * share
+    mean, total = loss if isinstance(loss, LossParts) else (loss, None)
+    if share != 1.0:          # a whole batch (one process) keeps the loss's own operations
+        mean = mean * share
+    return mean if total is None else mean + total
 
 
 def data_parallel_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]) -> BatchStep:
