@@ -132,6 +132,170 @@ def test_dense_parameters_all_reduced_equal_one_process(tmp_path):
     np.testing.assert_allclose(ranks[0]["losses"], single["losses"], rtol=1e-6)
 
 
+def _mixed_fit(batch_size: int, n_rows: int = 165) -> dict:
+    """SML step 1's shape in small: a sparse embedding under SparseAdam, a dense layer under Adam,
+    a seeded dropout mask, and an L2 term summed over the batch's rows beside the mean loss."""
+    from smlrec.models.gru4rec import seeded_dropout
+    from smlrec.models.train_loop import LossParts
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(30, 6, sparse=True)
+    layer = torch.nn.Linear(6, 6)
+    items = torch.nn.Embedding(30, 6)
+    items.weight.requires_grad_(False)
+    generator = torch.Generator().manual_seed(3)
+    data = np.random.default_rng(1)
+    users, positives = (torch.from_numpy(data.integers(0, 30, n_rows)) for _ in range(2))
+
+    def batch_loss(rows: torch.Tensor, negatives: torch.Tensor) -> LossParts:
+        rows_read = table(users[rows])
+        u = layer(seeded_dropout(rows_read, 0.3, True, generator))
+        pos, neg = (u * items(positives[rows])).sum(-1), (u * items(negatives)).sum(-1)
+        mean = torch.nn.functional.softplus(-pos).mean() + torch.nn.functional.softplus(neg).mean()
+        return LossParts(mean, 0.05 * rows_read.pow(2).sum())   # large enough to see if miscounted
+
+    optimizers = [torch.optim.SparseAdam(list(table.parameters()), lr=0.05),
+                  torch.optim.Adam(layer.parameters(), lr=0.05)]
+    losses = train_epochs(batch_loss, optimizers, n_rows, lambda rng: rng.integers(0, 30, n_rows), 2,
+                          batch_size, np.random.default_rng(7), data_parallel=True)
+    return {"params": [table.weight.detach().clone(), *(p.detach().clone() for p in layer.parameters())],
+            "moments": [optimizers[0].state[table.weight][k].clone() for k in ("exp_avg", "exp_avg_sq")],
+            "generator": generator.get_state(), "losses": losses}
+
+
+def _mixed_rank(rank: int, size: int, port: int, batch_size: int, out: str) -> None:
+    _join(rank, size, port)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        torch.save(_mixed_fit(batch_size), Path(out) / f"mixed{rank}.pt")
+    finally:
+        _leave()
+
+
+def test_sparse_rows_gathered_and_sums_counted_once_equal_one_process(tmp_path):
+    """Sparse row gradients gathered and coalesced, dense ones all-reduced, the summed L2 part
+    added once per row (not weighted by the chunk's share), dropout masks cut from the whole
+    batch's draw; batch 41 splits 21 / 20, and the last batch of 165 rows has 1 row, which both
+    ranks compute whole."""
+    mp.spawn(_mixed_rank, args=(2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
+    single = _mixed_fit(41)
+    ranks = [torch.load(tmp_path / f"mixed{r}.pt") for r in range(2)]
+    for key in ("params", "moments"):
+        for a, b, c in zip(ranks[0][key], ranks[1][key], single[key]):
+            assert torch.equal(a, b), "the replicas must stay identical"
+            torch.testing.assert_close(a, c, atol=ATOL, rtol=0)
+    assert torch.equal(ranks[0]["generator"], single["generator"])   # the same draws, in step
+    assert torch.equal(ranks[1]["generator"], single["generator"])
+    np.testing.assert_allclose(ranks[0]["losses"], single["losses"], rtol=1e-6)
+
+
+STRATEGY_SETTINGS = {
+    "mf": {"dim": 8, "batch_size": 64, "kernel": "torch"}, "seed": 5, "pretrain": {"epochs": 2},
+    "strategy": {
+        # Several batches per period with uneven chunks (25 rows: 13 + 12); l2_hat large enough
+        # that counting the summed L2 term per chunk share would show.
+        "sml": {"rounds": 2, "hidden": 16, "step1_batch_size": 25, "step2_batch_size": 17, "l2_hat": 0.01},
+        "gru4rec": {"batch_size": 25, "start_epochs": 2, "dropout": 0.25},   # dropout masks split
+        "caser": {"batch_size": 25, "start_epochs": 2},                       # default dropout 0.5
+    }}
+DP_STRATEGIES = ("sml", "gru4rec", "caser")
+
+
+def _flat_state(value, prefix: str = ""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flat_state(item, f"{prefix}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _flat_state(item, f"{prefix}/{index}")
+    else:
+        yield prefix, value
+
+
+def _updated_strategies(group: tuple[int, int, int] | None) -> dict:
+    """SML, GRU4Rec and Caser started and updated over two periods (SML: step 1 and step 2 of a
+    finished period and the next one's step 1); with ``group`` = (rank, size, port), inside a
+    gloo group after an identical pretraining. Returns each one's flattened state and how many
+    batches were split across ranks."""
+    from smlrec.config import replay_settings
+    from smlrec.models import distributed
+    from smlrec.strategies.factory import make_strategy
+    from smlrec.strategies.pretrain import pretrain_model
+
+    from helpers import tiny_timeline
+
+    torch.set_num_threads(1)
+    settings = replay_settings(STRATEGY_SETTINGS)
+    timeline = tiny_timeline()
+    initial, _ = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items, settings)
+    if group is not None:
+        _join(*group)
+        dist.init_process_group("gloo", rank=group[0], world_size=group[1])
+    split = {"batches": 0}
+    original = distributed.computing_chunk
+
+    def counting(chunk):
+        split["batches"] += 1
+        return original(chunk)
+
+    distributed.computing_chunk = counting
+    out = {}
+    try:
+        for name in DP_STRATEGIES:
+            split["batches"] = 0
+            strategy = make_strategy(name, timeline, settings)
+            strategy.start(timeline.pretrain_data, {k: v.clone() for k, v in initial.items()})
+            for period in timeline.periods[timeline.plan.pretrain: timeline.plan.pretrain + 2]:
+                strategy.update(period)
+            out[name] = {"state": dict(_flat_state(strategy.state_dict())), "split": split["batches"]}
+    finally:
+        distributed.computing_chunk = original
+        if group is not None:
+            _leave()
+    return out
+
+
+def _strategies_rank(rank: int, size: int, port: int, out: str) -> None:
+    torch.save(_updated_strategies((rank, size, port)), Path(out) / f"strategies{rank}.pt")
+
+
+def test_sml_gru4rec_and_caser_updates_on_two_ranks_equal_one_process(tmp_path):
+    """Every batch of SML's step 1 (sparse Ŵ rows gathered, the L2 sum added once) and step 2, and
+    of GRU4Rec and Caser (dense gradients all-reduced, dropout masks cut from the whole batch's
+    draw) split across 2 ranks: every state tensor within 1e-5 of one process with the same
+    batches (float32 noise of the chunked forward passes and of the gradient sums, compounded by
+    Adam; measured up to 7e-8 here); integer state (windows, counters, generator states)
+    identical."""
+    threads = torch.get_num_threads()
+    mp.spawn(_strategies_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    try:
+        single = _updated_strategies(None)
+    finally:
+        torch.set_num_threads(threads)
+    ranks = [torch.load(tmp_path / f"strategies{r}.pt", weights_only=False) for r in range(2)]
+    for name in DP_STRATEGIES:
+        assert ranks[0][name]["split"] > 5 and single[name]["split"] == 0, name
+        expected = single[name]["state"]
+        assert ranks[0][name]["state"].keys() == ranks[1][name]["state"].keys() == expected.keys()
+        for key, value in expected.items():
+            a, b = ranks[0][name]["state"][key], ranks[1][name]["state"][key]
+            where = f"{name}{key}"
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(a, b), f"{where}: the replicas must stay identical"
+                if value.is_floating_point():
+                    torch.testing.assert_close(a, value, atol=1e-5, rtol=0, msg=where)
+                else:
+                    assert torch.equal(a, value), where
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(a, b, err_msg=where)
+                if np.issubdtype(value.dtype, np.floating):
+                    np.testing.assert_allclose(a, value, atol=1e-5, rtol=0, err_msg=where)
+                else:
+                    np.testing.assert_array_equal(a, value, err_msg=where)
+            else:
+                assert a == b == value, where
+
+
 def test_chunks_cover_a_batch_in_rank_order():
     assert [chunk_bounds(63, r, 2) for r in range(2)] == [(0, 32), (32, 63)]
     assert [chunk_bounds(5, r, 4) for r in range(4)] == [(0, 2), (2, 4), (4, 5), (5, 5)]
@@ -235,8 +399,8 @@ def _registry_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("strategy", ["fine-tune", "sml"])
 def test_init_and_update_on_two_ranks_write_the_single_process_registry(tmp_path, strategy):
-    """Init and one update under 2 ranks (MF steps split and exchanged, SML's step 2 all-reduced,
-    its step 1 replicated) write the registry a single process writes, to 1e-5 (float32 noise of
+    """Init and one update under 2 ranks (MF steps split and exchanged, SML's step 1 rows gathered
+    and step 2 all-reduced) write the registry a single process writes, to 1e-5 (float32 noise of
     the exchanged steps, compounded over pretraining and the history's periods); rank 1 writes
     nothing in the registry folder."""
     from _production_data import synthetic_log, write_periods

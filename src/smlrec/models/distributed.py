@@ -13,11 +13,18 @@ rows come from the same element-wise operations and are summed per row in the sa
 the last bit of float32 (torch's vectorised sigmoid / softplus take a SIMD or a scalar path by
 slice length; tests/test_distributed.py measures and bounds it). docs/scaling.md gives the bytes
 exchanged and the memory per rank.
+
+Autograd steps (SML, GRU4Rec, Caser) split their batches the same way through
+``train_loop.data_parallel_step``, which uses ``gather_slices`` for sparse row gradients and
+``batch_rand`` for dropout masks drawn inside a chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -137,22 +144,67 @@ def _object_device(device: str | torch.device) -> torch.device | None:
     return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else None
 
 
-def gather_row_slices(local: np.ndarray, lengths: list[int], device: str | torch.device = "cpu") -> np.ndarray:
-    """Every rank's slice of a per-row array (rank r holds ``lengths[r]`` consecutive rows), as one
-    array in rank order, on every rank.
+def gather_slices(local: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Every rank's slice of a tensor (rank r holds ``lengths[r]`` leading rows), concatenated in
+    rank order, on every rank.
 
-    ``all_gather`` needs equal shapes: every rank knows every slice's length (the split is a
-    function of the period), so slices are padded to the longest and the padding dropped after.
+    ``all_gather`` needs equal shapes: the caller knows every slice's length (from the period, or
+    from a gathered count), so slices are padded to the longest and the padding dropped after.
     """
     rank, size = world()
-    local = np.ascontiguousarray(local)
-    if len(local) != lengths[rank]:
-        raise ValueError(f"rank {rank} holds {len(local)} rows, its slice has {lengths[rank]}")
+    if local.shape[0] != lengths[rank]:
+        raise ValueError(f"rank {rank} holds {local.shape[0]} rows, its slice has {lengths[rank]}")
     longest = max(lengths)
     if longest == 0:      # nothing to exchange (every rank knows it): gloo refuses empty tensors
         return local
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=torch.from_numpy(local[:0]).dtype, device=device)
-    padded[: len(local)] = torch.from_numpy(local).to(device)
+    padded = local.new_zeros((longest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
-    return np.concatenate([part[:length].cpu().numpy() for part, length in zip(parts, lengths)])
+    return torch.cat([part[:length] for part, length in zip(parts, lengths)])
+
+
+def gather_row_slices(local: np.ndarray, lengths: list[int], device: str | torch.device = "cpu") -> np.ndarray:
+    """``gather_slices`` for a per-row numpy array (the split scoring's outcomes)."""
+    local = np.ascontiguousarray(local)
+    gathered = gather_slices(torch.from_numpy(local).to(device), lengths)
+    return gathered.cpu().numpy()
+
+
+class BatchChunk(NamedTuple):
+    """The rows [lo, hi) of a batch of ``rows`` that this rank computes in a data-parallel step."""
+
+    rows: int
+    lo: int
+    hi: int
+
+
+_chunk: contextvars.ContextVar[BatchChunk | None] = contextvars.ContextVar("smlrec_batch_chunk", default=None)
+
+
+@contextlib.contextmanager
+def computing_chunk(chunk: BatchChunk) -> Iterator[None]:
+    """While a data-parallel step computes this rank's chunk of a batch (``batch_rand`` reads it)."""
+    token = _chunk.set(chunk)
+    try:
+        yield
+    finally:
+        _chunk.reset(token)
+
+
+def batch_rand(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
+               device: str | torch.device) -> torch.Tensor:
+    """Uniform draws for a tensor whose first dimension is the batch's rows (a dropout mask).
+
+    Inside a data-parallel step every rank draws the whole batch's values, as one process would
+    (so the seeded generator advances alike on every rank and the run stays reproducible), and
+    keeps its chunk's rows: rank r's mask rows are the single process's rows lo..hi-1.
+    """
+    chunk = _chunk.get()
+    if chunk is None:
+        return torch.rand(shape, generator=generator, device=device)
+    if shape[0] != chunk.hi - chunk.lo:
+        raise ValueError(f"batch_rand: a tensor of {shape[0]} rows inside a chunk of {chunk.hi - chunk.lo} "
+                         "batch rows (the first dimension must be the batch's rows)")
+    whole = torch.rand((chunk.rows, *shape[1:]), generator=generator, device=device)
+    return whole[chunk.lo: chunk.hi]

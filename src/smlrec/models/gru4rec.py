@@ -19,16 +19,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .distributed import batch_rand
 from .mf import candidate_scores
 
 
 def seeded_dropout(x: torch.Tensor, p: float, training: bool,
                    generator: torch.Generator | None) -> torch.Tensor:
     """Inverted dropout drawing its mask from ``generator`` (not torch's global generator), so a
-    run resumed from a checkpoint that saved the generator's state draws the same masks."""
+    run resumed from a checkpoint that saved the generator's state draws the same masks. The first
+    dimension of ``x`` is the batch's rows: in a data-parallel step the mask is the whole batch's
+    mask cut to this rank's rows (``batch_rand``)."""
     if not training or p == 0.0:
         return x
-    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    keep = batch_rand(x.shape, generator, x.device) >= p
     return x * keep / (1.0 - p)
 
 

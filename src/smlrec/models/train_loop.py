@@ -10,7 +10,7 @@ draws the same negatives and order from ``rng``, so both give the same steps.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol, Union
 
 import numpy as np
 import torch
@@ -18,8 +18,20 @@ import torch.distributed as dist
 
 from . import distributed
 
-BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``batch_loss(rows, negative_items)``: the loss of the given training rows (LongTensors)."""
+
+class LossParts(NamedTuple):
+    """A batch loss with a part summed over the batch's rows (an L2 penalty on the rows a batch
+    reads) beside the usual mean; the loss is ``mean + total``. A data-parallel step must weight
+    the two differently (the mean by the chunk's share of rows, the sum not at all), so a loss
+    with both says which is which."""
+
+    mean: torch.Tensor
+    total: torch.Tensor
+
+
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], Union[torch.Tensor, LossParts]]
+"""``batch_loss(rows, negative_items)``: the loss of the given training rows (LongTensors): a mean
+over the rows, or ``LossParts`` (mean + sum over the rows)."""
 
 BatchStep = Callable[[torch.Tensor, torch.Tensor], float]
 """``step(rows, negative_items)``: one optimisation step; returns the batch loss."""
@@ -70,7 +82,7 @@ def autograd_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]
     def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        loss = batch_loss(rows, negatives)
+        loss = _whole(batch_loss(rows, negatives), 1.0)
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
@@ -79,45 +91,105 @@ def autograd_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]
     return step
 
 
+def _whole(loss: torch.Tensor | LossParts, share: float) -> torch.Tensor:
+    """The loss a chunk holding ``share`` of its batch's rows contributes: mean parts weighted by
+    the share (they sum to the batch's mean over the ranks), summed parts as they are."""
+    mean, total = loss if isinstance(loss, LossParts) else (loss, None)
+    if share != 1.0:          # a whole batch (one process) keeps the loss's own operations
+        mean = mean * share
+    return mean if total is None else mean + total
+
+
 def data_parallel_step(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer]) -> BatchStep:
     """``autograd_step`` with each batch split across the ranks of torch.distributed.
 
-    ``batch_loss`` must be a mean over the batch's rows (as the pair losses are): rank r takes
-    the loss of its chunk of k_r rows weighted by k_r / n, so the all-reduced (summed) gradients
-    are those of the whole batch's mean, and every rank's optimiser takes the same step. A
-    parameter is stepped only when some rank gave it a gradient, as in a single process.
+    ``batch_loss`` must be a mean over the batch's rows (as the pair losses are), or ``LossParts``
+    whose other part is a sum over the rows: rank r weights the mean of its chunk of k_r rows by
+    k_r / n and adds its rows' sum, so the combined gradients are those of the whole batch's loss.
+
+    Gradients are combined so that every rank's optimisers see one gradient and take the same
+    step: dense ones are summed with one ``all_reduce`` (flattened, per dtype); sparse ones (an
+    ``nn.Embedding(sparse=True)`` under SparseAdam) are coalesced per rank, their (row, value)
+    pairs all-gathered in rank order and coalesced again, so each touched row gets the sum of its
+    chunks' rows (the single-process gradient up to the order of that float32 sum). A parameter
+    is stepped only when some rank gave it a gradient, as in a single process.
+
+    Random draws made while computing a chunk (dropout masks) go through ``distributed.batch_rand``,
+    which draws the whole batch's values on every rank and keeps the chunk's rows. A batch too
+    small to give every rank a row is computed whole on every rank (no exchange): a rank without
+    rows would skip those draws and its generator would fall out of step.
     """
     params = list({id(p): p for optimizer in optimizers for group in optimizer.param_groups
                    for p in group["params"]}.values())
+    whole_batch = autograd_step(batch_loss, optimizers)
 
     def step(rows: torch.Tensor, negatives: torch.Tensor) -> float:
         rank, size = distributed.world()
         n = rows.shape[0]
+        last_lo, last_hi = distributed.chunk_bounds(n, size - 1, size)
+        if last_hi == last_lo:
+            return whole_batch(rows, negatives)
         lo, hi = distributed.chunk_bounds(n, rank, size)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        loss_value = 0.0
-        if hi > lo:
-            loss = batch_loss(rows[lo:hi], negatives[lo:hi]) * ((hi - lo) / n)
-            loss.backward()
-            loss_value = float(loss.detach())
-        device = rows.device
-        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
-        dist.all_reduce(has_grad)
-        for p, anyone in zip(params, has_grad.tolist()):
-            if not anyone:
-                continue
-            grad = torch.zeros_like(p) if p.grad is None else p.grad
-            if grad.is_sparse:
-                raise ValueError("a data-parallel autograd step needs dense gradients (sparse "
-                                 "embeddings exchange rows: see FusedMFTrainer)")
-            dist.all_reduce(grad)
-            p.grad = grad
+        with distributed.computing_chunk(distributed.BatchChunk(n, lo, hi)):
+            loss = _whole(batch_loss(rows[lo:hi], negatives[lo:hi]), (hi - lo) / n)
+        loss.backward()
+        # One small exchange first: per parameter, the kind of gradient this rank holds (0 none,
+        # 1 dense, 2 sparse) and its number of sparse rows; and this rank's loss.
+        grads = [None if p.grad is None else p.grad.coalesce() if p.grad.is_sparse else p.grad for p in params]
+        kinds = [0.0 if g is None else 2.0 if g.is_sparse else 1.0 for g in grads]
+        counts = [float(g.indices().shape[1]) if g is not None and g.is_sparse else 0.0 for g in grads]
+        summary = torch.tensor([*kinds, *counts, float(loss.detach())], dtype=torch.float64, device=rows.device)
+        summaries = [torch.empty_like(summary) for _ in range(size)]
+        dist.all_gather(summaries, summary)
+        table = torch.stack(summaries).cpu()          # [ranks, 2P + 1]
+        n_params = len(params)
+        dense_somewhere = (table[:, :n_params] == 1).any(0).tolist()
+        sparse_somewhere = (table[:, :n_params] == 2).any(0).tolist()
+        if any(d and s for d, s in zip(dense_somewhere, sparse_somewhere)):
+            raise ValueError("a parameter has a dense gradient on one rank and a sparse one on another")
+        _all_reduce_dense([p for p, d in zip(params, dense_somewhere) if d])
+        for k, (p, g) in enumerate(zip(params, grads)):
+            if sparse_somewhere[k]:
+                p.grad = _gathered_sparse(p, g, table[:, n_params + k].long().tolist())
         for optimizer in optimizers:
             optimizer.step()
-        return distributed.sum_over_ranks(loss_value, device)
+        return float(table[:, -1].sum())
 
     return step
+
+
+def _all_reduce_dense(params: list[torch.nn.Parameter]) -> None:
+    """Sum the ranks' dense gradients of ``params`` (zeros where a rank has none): one
+    ``all_reduce`` per dtype over the flattened gradients, not one per parameter, since each
+    collective costs a round trip."""
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p in params:
+        by_dtype.setdefault(p.dtype, []).append(p)
+    for group in by_dtype.values():
+        flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in group])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in group:
+            p.grad = flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+
+def _gathered_sparse(param: torch.nn.Parameter, local: torch.Tensor | None, counts: list[int]) -> torch.Tensor:
+    """The batch's sparse row gradient of ``param`` from every rank's coalesced rows (``counts[r]``
+    rows on rank r): rows and values all-gathered in rank order, then coalesced, which adds the
+    chunks' contributions to a row that several chunks touched."""
+    if local is None:
+        local = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=param.device),
+                                        param.new_zeros((0, *param.shape[1:])), param.shape,
+                                        check_invariants=False)
+    if local.sparse_dim() != 1:
+        raise ValueError("data-parallel sparse gradients must be row gradients (one sparse dimension)")
+    indices = distributed.gather_slices(local.indices()[0], counts)
+    values = distributed.gather_slices(local.values(), counts)
+    # The rows come from coalesced gradients of this very table: valid indices, nothing to check.
+    return torch.sparse_coo_tensor(indices[None, :], values, param.shape, check_invariants=False).coalesce()
 
 
 def train_epochs(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer], n_rows: int,
@@ -127,8 +199,9 @@ def train_epochs(batch_loss: BatchLoss, optimizers: list[torch.optim.Optimizer],
     """``run_epochs`` with autograd steps of ``batch_loss`` on ``optimizers``.
 
     ``data_parallel``: under torch.distributed with several ranks, split every batch across them
-    (``data_parallel_step``; ``batch_loss`` must be a mean over rows and its optimisers dense);
-    otherwise every rank computes the whole batch (replicated)."""
+    (``data_parallel_step``: ``batch_loss`` a mean over rows, or ``LossParts``; dense gradients
+    all-reduced, sparse row gradients gathered); otherwise every rank computes the whole batch
+    (replicated)."""
     data_parallel = data_parallel and distributed.world()[1] > 1
     step = (data_parallel_step if data_parallel else autograd_step)(batch_loss, optimizers)
     return run_epochs(step, n_rows, sample_negatives, epochs, batch_size, rng, device)

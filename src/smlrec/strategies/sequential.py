@@ -225,7 +225,8 @@ class SequentialStrategy(Strategy):
 
         model.train()
         self.last_losses = train_epochs(batch_loss, [self.optimizer], len(keep), sample_negatives,
-                                        epochs, self.settings.batch_size, self.rng, self.device)
+                                        epochs, self.settings.batch_size, self.rng, self.device,
+                                        data_parallel=True)
         model.eval()
 
     # -- serving ---------------------------------------------------------------------------

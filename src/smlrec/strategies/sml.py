@@ -76,7 +76,7 @@ from ..errors import ConfigError
 from ..models.bases import dense_parameters, make_base, score_encoded
 from ..models.growth import grow_embedding, init_rows
 from ..models.precision import effective_precision
-from ..models.train_loop import train_epochs
+from ..models.train_loop import LossParts, train_epochs
 from ..models.transfer import TRANSFER_KINDS, Transfer
 from ..random import make_torch_generator
 from .base import Strategy, StrategyContext, to_tensor
@@ -381,7 +381,7 @@ class SML(Strategy):
         through = s.step1_through_transfer
         self._set_transfer_trainable(False)
 
-        def batch_loss(batch: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        def batch_loss(batch: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | LossParts:
             u = users[batch]
             both = torch.cat([items[batch], negatives])
             if through:
@@ -392,13 +392,15 @@ class SML(Strategy):
             scores = hat.pair_scores(u_vec.repeat(2, 1), i_vec)
             loss = hat.pair_loss(scores[:n], scores[n:])
             if s.l2_hat:
+                # A sum over the batch's rows, not a mean: a data-parallel step must add it once
+                # per chunk rather than weight it by the chunk's share, hence the separate part.
                 l2 = hat.user(u).pow(2).sum() + hat.item(both).pow(2).sum()
-                loss = loss + s.l2_hat * 0.5 * l2
+                return LossParts(loss, s.l2_hat * 0.5 * l2)
             return loss
 
         optimizers = [self.hat_optimizer] + ([self.dense_optimizer] if self.dense_optimizer else [])
         self.step1_losses += train_epochs(batch_loss, optimizers, len(users), sampler, epochs,
-                                          s.step1_batch_size, self.rng, self.device)
+                                          s.step1_batch_size, self.rng, self.device, data_parallel=True)
         self._set_transfer_trainable(True)
 
     def _step2(self, rows: _PeriodRows) -> None:
