@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,22 @@ def _join(rank: int, size: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size))
     torch.set_num_threads(1)
+
+
+def _hard_exit(rank: int, run, *args) -> None:
+    """A spawned rank: ``run(rank, *args)``, then ``os._exit`` as ``smlrec.cli.entry`` ends a
+    torchrun rank (interpreter teardown with gloo's threads alive can abort the process)."""
+    import traceback
+
+    status = 0
+    try:
+        run(rank, *args)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _leave() -> None:
@@ -82,7 +99,7 @@ def _train_rank(rank: int, size: int, port: int, batch_size: int, out: str) -> N
 
 @pytest.mark.parametrize("batch_size", [64, 63])   # 63: uneven chunks (32 + 31) and a short last batch
 def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, batch_size):
-    mp.spawn(_train_rank, args=(2, free_port(), batch_size, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_hard_exit, args=(_train_rank, 2, free_port(), batch_size, str(tmp_path)), nprocs=2, join=True)
     single = _train(batch_size)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name in ("user", "item", "user_v"):
@@ -123,7 +140,7 @@ def _dense_rank(rank: int, size: int, port: int, batch_size: int, out: str) -> N
 
 def test_dense_parameters_all_reduced_equal_one_process(tmp_path):
     """SML's transfer path: mean loss per chunk weighted k/n, gradients all-reduced, same Adam."""
-    mp.spawn(_dense_rank, args=(2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_hard_exit, args=(_dense_rank, 2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
     single = _dense_fit(41)
     ranks = [torch.load(tmp_path / f"dense{r}.pt") for r in range(2)]
     for a, b, c in zip(ranks[0]["params"], ranks[1]["params"], single["params"]):
@@ -177,7 +194,7 @@ def test_sparse_rows_gathered_and_sums_counted_once_equal_one_process(tmp_path):
     added once per row (not weighted by the chunk's share), dropout masks cut from the whole
     batch's draw; batch 41 splits 21 / 20, and the last batch of 165 rows has 1 row, which both
     ranks compute whole."""
-    mp.spawn(_mixed_rank, args=(2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_hard_exit, args=(_mixed_rank, 2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
     single = _mixed_fit(41)
     ranks = [torch.load(tmp_path / f"mixed{r}.pt") for r in range(2)]
     for key in ("params", "moments"):
@@ -267,7 +284,7 @@ def test_sml_gru4rec_and_caser_updates_on_two_ranks_equal_one_process(tmp_path):
     Adam; measured up to 7e-8 here); integer state (windows, counters, generator states)
     identical."""
     threads = torch.get_num_threads()
-    mp.spawn(_strategies_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_hard_exit, args=(_strategies_rank, 2, free_port(), str(tmp_path)), nprocs=2, join=True)
     try:
         single = _updated_strategies(None)
     finally:
@@ -327,7 +344,7 @@ def test_a_two_rank_replay_writes_the_single_process_results(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["replay", "--data", str(data), "--out", str(one), "--cache-dir", str(tmp_path / "cache"),
                  *REPLAY_ARGS]) == 0
-    mp.spawn(_replay_rank, args=(2, free_port(), str(data), str(two), str(tmp_path / "cache")),
+    mp.spawn(_hard_exit, args=(_replay_rank, 2, free_port(), str(data), str(two), str(tmp_path / "cache")),
              nprocs=2, join=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "log.csv", "one", "two"]  # rank 1 wrote nothing
     a, b = (pd.read_csv(d / "periods.csv").drop(columns=["update_seconds", "scoring_seconds"]) for d in (one, two))
@@ -412,7 +429,7 @@ def test_init_and_update_on_two_ranks_write_the_single_process_registry(tmp_path
     assert main(["update", "--registry", str(one), "--data", str(batches[0])]) == 0
     # Two launches, as two torchrun commands would be (a process group is joined once per process).
     for command in (_init_args(strategy, history, two), ["update", "--registry", str(two), "--data", str(batches[0])]):
-        mp.spawn(_production_rank, args=(2, free_port(), command, str(two), str(tmp_path)), nprocs=2, join=True)
+        mp.spawn(_hard_exit, args=(_production_rank, 2, free_port(), command, str(two), str(tmp_path)), nprocs=2, join=True)
         ranks = [json.loads((tmp_path / f"{command[0]}{r}.json").read_text()) for r in range(2)]
         assert [r["status"] for r in ranks] == [0, 0]
         assert ranks[1]["writes"] == []                       # rank 1 never wrote into the registry
@@ -437,7 +454,7 @@ def test_init_and_update_on_two_ranks_write_the_single_process_registry(tmp_path
         empty = tmp_path / "empty.csv"
         empty.write_text("user,item,time\n")
         command = ["update", "--registry", str(two), "--data", str(empty)]
-        mp.spawn(_production_rank, args=(2, free_port(), command, str(two), str(tmp_path)), nprocs=2, join=True)
+        mp.spawn(_hard_exit, args=(_production_rank, 2, free_port(), command, str(two), str(tmp_path)), nprocs=2, join=True)
         ranks = [json.loads((tmp_path / f"update{r}.json").read_text()) for r in range(2)]
         assert [r["status"] for r in ranks] == [2, 2] and ranks[1]["writes"] == []
         assert (two / "LATEST").read_text() == "v000002\n"
@@ -516,7 +533,7 @@ def _score_rank(rank: int, size: int, port: int, out: str) -> None:
 def test_scoring_split_across_two_ranks_gives_the_single_process_outcomes(tmp_path):
     """Sampled, full and auc: each rank scores a contiguous run of the single process's blocks of
     rows, the gathered outcomes (ranks, pair scores) equal the single process's bit for bit."""
-    mp.spawn(_score_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_hard_exit, args=(_score_rank, 2, free_port(), str(tmp_path)), nprocs=2, join=True)
     settings, timeline, strategies, candidates = _scored(tmp_path / "cache")
     single, _ = _outcomes(settings, timeline, strategies, candidates)
     ranks = [torch.load(tmp_path / f"scores{r}.pt", weights_only=False) for r in range(2)]

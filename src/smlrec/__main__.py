@@ -1,7 +1,5 @@
 """``python -m smlrec``: the same as the ``smlrec`` command."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

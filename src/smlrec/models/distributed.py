@@ -53,7 +53,17 @@ def init_from_environment(device: str = "cpu") -> bool:
     global _joined_here
     dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     _joined_here = True
+    global _ever_joined
+    _ever_joined = True
     return True
+
+
+_ever_joined = False
+
+
+def joined_a_group() -> bool:
+    """Whether this process joined a process group through ``init_from_environment`` (left or not)."""
+    return _ever_joined
 
 
 _joined_here = False
