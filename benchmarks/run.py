@@ -243,6 +243,25 @@ def measure_full_ranking(strategy, period, device: str, rows: int = 4096) -> dic
             "interactions_per_s": n / seconds}
 
 
+def high_water_bytes() -> int:
+    """Peak resident memory of this process since start or since ``reset_high_water`` (VmHWM)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # not Linux: never reset
+
+
+def reset_high_water() -> None:
+    """Restart VmHWM from the current resident memory (Linux: ``5`` to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def count_update_flops(strategy, period, top: int = 12) -> tuple[float, list[dict]]:
     """Matrix-product FLOPs of one more update of ``strategy`` on ``period`` (FlopCounterMode),
     and torch.profiler's ``top`` operators of another update (at most 2 rounds) by their own CPU
@@ -338,6 +357,8 @@ def replay_phase(config: dict) -> dict:
     out["profiles"] = {}
     all_updates: dict = {}    # strategy -> [(period, seconds)] of every update, offline ones too
 
+    replay_peaks: list[int] = []
+
     def finish(name):
         strategy = live.pop(name)
         epochs_setting[name] = getattr(strategy.settings, "epochs", None)
@@ -345,7 +366,9 @@ def replay_phase(config: dict) -> dict:
             kept[name] = strategy
         elif name not in MF_ANALYTIC:
             say(f"{name}: two more updates on period {test_periods[-1].index}, counted and profiled")
+            replay_peaks.append(high_water_bytes())    # the profiler's event buffers are not the replay's
             out["counted_flops"][name], out["profiles"][name] = count_update_flops(strategy, test_periods[-1])
+            reset_high_water()
 
     def factory(name):
         from smlrec.strategies import create_strategy
@@ -388,7 +411,7 @@ def replay_phase(config: dict) -> dict:
     if current is not None:
         finish(current)
     out["replay_seconds"] = time.perf_counter() - began
-    out["peak_rss_replay_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["peak_rss_replay_bytes"] = max([*replay_peaks, high_water_bytes()])
     out["records"] = records
     out["all_updates"] = all_updates
 
