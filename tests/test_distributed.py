@@ -129,18 +129,20 @@ def _dense_fit(batch_size: int, n_rows: int = 203) -> dict:
     return {"params": [p.detach().clone() for p in model.parameters()], "losses": losses}
 
 
-def _dense_rank(rank: int, size: int, port: int, batch_size: int, out: str) -> None:
+def _fit_rank(rank: int, size: int, port: int, fit, batch_size: int, out: str, tag: str) -> None:
+    """One rank of a data-parallel ``fit(batch_size)``; its result saved as ``{tag}{rank}.pt``."""
     _join(rank, size, port)
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
-        torch.save(_dense_fit(batch_size), Path(out) / f"dense{rank}.pt")
+        torch.save(fit(batch_size), Path(out) / f"{tag}{rank}.pt")
     finally:
         _leave()
 
 
 def test_dense_parameters_all_reduced_equal_one_process(tmp_path):
     """SML's transfer path: mean loss per chunk weighted k/n, gradients all-reduced, same Adam."""
-    mp.spawn(_hard_exit, args=(_dense_rank, 2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_hard_exit, args=(_fit_rank, 2, free_port(), _dense_fit, 41, str(tmp_path), "dense"), nprocs=2,
+             join=True)
     single = _dense_fit(41)
     ranks = [torch.load(tmp_path / f"dense{r}.pt") for r in range(2)]
     for a, b, c in zip(ranks[0]["params"], ranks[1]["params"], single["params"]):
@@ -180,21 +182,13 @@ def _mixed_fit(batch_size: int, n_rows: int = 165) -> dict:
             "generator": generator.get_state(), "losses": losses}
 
 
-def _mixed_rank(rank: int, size: int, port: int, batch_size: int, out: str) -> None:
-    _join(rank, size, port)
-    dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
-        torch.save(_mixed_fit(batch_size), Path(out) / f"mixed{rank}.pt")
-    finally:
-        _leave()
-
-
 def test_sparse_rows_gathered_and_sums_counted_once_equal_one_process(tmp_path):
     """Sparse row gradients gathered and coalesced, dense ones all-reduced, the summed L2 part
     added once per row (not weighted by the chunk's share), dropout masks cut from the whole
     batch's draw; batch 41 splits 21 / 20, and the last batch of 165 rows has 1 row, which both
     ranks compute whole."""
-    mp.spawn(_hard_exit, args=(_mixed_rank, 2, free_port(), 41, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_hard_exit, args=(_fit_rank, 2, free_port(), _mixed_fit, 41, str(tmp_path), "mixed"), nprocs=2,
+             join=True)
     single = _mixed_fit(41)
     ranks = [torch.load(tmp_path / f"mixed{r}.pt") for r in range(2)]
     for key in ("params", "moments"):
