@@ -98,24 +98,12 @@ def chunk_bounds(n_rows: int, rank: int, size: int) -> tuple[int, int]:
 
 def gather_rows(indices: torch.Tensor, grads: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's ``indices`` [G, k] and ``grads`` [G, k, d] (G groups of rows, k = this rank's
-    chunk of a batch of ``n_rows``), as [G, n_rows] and [G, n_rows, d] in rank order.
-
-    ``all_gather`` needs equal shapes, so chunks are padded to ceil(n_rows / N) rows; every rank
-    knows every chunk's length from ``n_rows``, so the padding is dropped after the exchange.
-    """
-    rank, size = world()
-    chunk = -(-n_rows // size)
-    pad = chunk - indices.shape[1]
-    if pad:
-        indices = torch.nn.functional.pad(indices, (0, pad))
-        grads = torch.nn.functional.pad(grads, (0, 0, 0, pad))
-    all_indices = [torch.empty_like(indices) for _ in range(size)]
-    all_grads = [torch.empty_like(grads) for _ in range(size)]
-    dist.all_gather(all_indices, indices.contiguous())
-    dist.all_gather(all_grads, grads.contiguous())
+    chunk of a batch of ``n_rows``), as [G, n_rows] and [G, n_rows, d] in rank order
+    (``gather_slices`` along the chunk dimension; every rank knows every chunk's length)."""
+    size = world()[1]
     lengths = [hi - lo for lo, hi in (chunk_bounds(n_rows, r, size) for r in range(size))]
-    return (torch.cat([part[:, :length] for part, length in zip(all_indices, lengths)], dim=1),
-            torch.cat([part[:, :length] for part, length in zip(all_grads, lengths)], dim=1))
+    return (gather_slices(indices.transpose(0, 1).contiguous(), lengths).transpose(0, 1),
+            gather_slices(grads.transpose(0, 1).contiguous(), lengths).transpose(0, 1))
 
 
 def sum_over_ranks(value: float, device: str | torch.device = "cpu") -> float:
