@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -668,12 +669,25 @@ def render_markdown(result: dict) -> str:
         io = result["import_order"]
         lines += ["## Import order on a busy machine", "",
                   f"A small SML replay ({io['log']}) run in a fresh interpreter while {io['competitors']} "
-                  f"busy-loop processes keep the {io['cores']} cores busy, `OMP_WAIT_POLICY` unset:", ""]
+                  f"busy-loop processes keep the {io['cores']} cores busy, no OpenMP wait setting in the "
+                  "environment:", ""]
         for case in io["cases"]:
             lines.append(f"- `{case['imports']}`: " + (f"{case['seconds']:.1f} s, {case['threads']} torch "
                          f"thread(s)" if case.get("seconds") is not None else f"did not finish in {io['timeout']} s")
                          + (f"; warned: {case['warning']}" if case.get("warning") else ""))
         lines.append("")
+        if io.get("waits"):
+            settings = list(dict.fromkeys(w["setting"] for w in io["waits"]))
+            lines += ["### Waiting threads", "",
+                      "The same replay, smlrec imported first, by how torch's OpenMP threads wait and "
+                      "how many busy-loop processes compete (seconds; smlrec/__init__.py explains the "
+                      "choice):", "", "| busy processes | " + " | ".join(settings) + " |",
+                      "|---|" + "---|" * len(settings)]
+            for busy in sorted({w["busy"] for w in io["waits"]}):
+                row = {w["setting"]: w["seconds"] for w in io["waits"] if w["busy"] == busy}
+                lines.append(f"| {busy} | " + " | ".join("timed out" if row.get(name) is None
+                                                           else f"{row[name]:.1f}" for name in settings) + " |")
+            lines.append("")
     if result.get("previous"):
         prev = result["previous"]
         lines += ["## Against the previous committed results", "",
@@ -798,9 +812,40 @@ print(json.dumps({{"seconds": seconds, "threads": torch.get_num_threads(),
 """
 
 
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+WAIT_CASES = {"smlrec's default (GOMP_SPINCOUNT=1000)": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+
+
+@contextmanager
+def busy_loops(count: int):
+    """``count`` busy-loop processes competing for the cores while the block runs."""
+    competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in competitors:
+            process.kill()
+            process.wait()
+
+
+def timed_small_replay(imports: str, config: dict, env: dict, timeout: int) -> dict:
+    """IMPORT_ORDER_SCRIPT in a fresh interpreter: seconds (None past ``timeout``), threads, warning."""
+    case: dict = {"imports": imports}
+    try:
+        done = subprocess.run([sys.executable, "-c", IMPORT_ORDER_SCRIPT.format(imports=imports),
+                               json.dumps(config)], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=True)
+        case.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    except subprocess.TimeoutExpired:
+        case["seconds"] = None
+    return case
+
+
 def measure_import_order(workdir: Path, args) -> dict:
-    """A small SML replay with ``import torch`` before ``import smlrec`` and after it, each in a
-    fresh interpreter without OMP_WAIT_POLICY, while one busy-loop process per core competes."""
+    """A small SML replay in fresh interpreters whose environment sets no OpenMP wait setting:
+    with ``import torch`` before ``import smlrec`` and after it while one busy-loop process per core
+    competes; then, smlrec imported first, smlrec's bounded spin against OMP_WAIT_POLICY=PASSIVE
+    with 0, 1 and one-per-core busy processes (the trade-off smlrec/__init__.py chooses)."""
     from smlrec.strategies.factory import available_cores
 
     synth = synth_settings(regime="stable", interactions=12_000, users=600, items=900, periods=6, seed=args.seed)
@@ -809,33 +854,27 @@ def measure_import_order(workdir: Path, args) -> dict:
               "plan": {"pretrain": 2, "offline": 2, "validation": 0, "test": 2},
               "strategies": ["sml"], "pretrain": {"epochs": 1}, "seed": args.seed,
               "cache_dir": str(workdir / "cache-import-order")}
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_SETTINGS}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     cores = available_cores()
     timeout = 120 if args.quick else 600
-    # warm the candidate cache and numba's compiled-kernel cache, so both cases do the same work
-    subprocess.run([sys.executable, "-c", IMPORT_ORDER_SCRIPT.format(imports="import smlrec, torch"),
-                    json.dumps(config)], env=env, capture_output=True, text=True, timeout=timeout)
-    competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    smlrec_first = "import smlrec; import torch"
+    # warm the candidate cache and numba's compiled-kernel cache, so every case does the same work
+    timed_small_replay(smlrec_first, config, env, timeout)
     cases = []
-    try:
-        for imports in ("import torch; import smlrec", "import smlrec; import torch"):
-            case = {"imports": imports}
-            try:
-                done = subprocess.run([sys.executable, "-c", IMPORT_ORDER_SCRIPT.format(imports=imports),
-                                       json.dumps(config)], env=env, capture_output=True, text=True,
-                                      timeout=timeout, check=True)
-                case.update(json.loads(done.stdout.strip().splitlines()[-1]))
-            except subprocess.TimeoutExpired:
-                case["seconds"] = None
-            cases.append(case)
-            print(f"  {imports}: {case.get('seconds')} s", flush=True)
-    finally:
-        for process in competitors:
-            process.kill()
-            process.wait()
+    with busy_loops(cores):
+        for imports in ("import torch; import smlrec", smlrec_first):
+            cases.append(timed_small_replay(imports, config, env, timeout))
+            print(f"  {imports}: {cases[-1].get('seconds')} s", flush=True)
+    waits = []
+    for busy in sorted({0, 1, cores}):
+        with busy_loops(busy):
+            for name, extra in WAIT_CASES.items():
+                case = timed_small_replay(smlrec_first, config, {**env, **extra}, timeout)
+                waits.append({"busy": busy, "setting": name, "seconds": case.get("seconds")})
+                print(f"  {busy} busy, {name}: {case.get('seconds')} s", flush=True)
     return {"log": f"{synth.interactions:,} interactions, plan 2,2,0,2", "cores": cores,
-            "competitors": len(competitors), "timeout": timeout, "cases": cases}
+            "competitors": cores, "timeout": timeout, "cases": cases, "waits": waits}
 
 
 def parse_args(argv=None):

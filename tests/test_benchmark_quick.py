@@ -109,3 +109,18 @@ def test_steady_state_excludes_the_first_update_from_means_ratios_and_targets(be
     assert analysis["mean_update_seconds"]["full-retrain"] == 115.0
     assert analysis["ratios"]["full-retrain/sml"] == 115.0 / 165.0
     assert analysis["targets"]["sml_update_vs_flop_bound"]["value"] == 165.0 / 10.0   # 1e12 / 1e11 s
+
+
+def test_waiting_threads_table_has_a_row_per_busy_count_and_a_column_per_setting(bench):
+    machine = {"device": "cpu", "torch": "x", "threads": 2, "cpu_count": 2, "platform": "p",
+               "matmul_size": 64, "matmul_gflops": 1.0, "copy_mb": 4, "bandwidth_gbs": 1.0}
+    default, passive = bench.WAIT_CASES
+    waits = [{"busy": b, "setting": name, "seconds": seconds}
+             for b, name, seconds in [(0, default, 2.5), (0, passive, 3.5), (2, default, None), (2, passive, 6.0)]]
+    io = {"log": "tiny", "cores": 2, "competitors": 2, "timeout": 9, "waits": waits,
+          "cases": [{"imports": "import smlrec; import torch", "seconds": 1.0, "threads": 2}]}
+    text = bench.render_markdown({"command": "test", "date": "now", "machine": machine, "scales": [],
+                                  "import_order": io})
+    table = text.split("### Waiting threads")[1]
+    assert f"| busy processes | {default} | {passive} |" in table
+    assert "| 0 | 2.5 | 3.5 |" in table and "| 2 | timed out | 6.0 |" in table

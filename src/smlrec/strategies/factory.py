@@ -29,17 +29,17 @@ def pick_threads(requested: int | None, spinning: bool, cores: int, load: float)
     """Torch threads to use, and a warning to show (or None).
 
     ``requested`` (``--threads``) always wins. Otherwise every available core, unless torch's
-    OpenMP threads spin while they wait (torch imported before smlrec, so OMP_WAIT_POLICY=PASSIVE
-    came too late) and the machine is busy (1-minute load average above ``cores - 0.5``): then
+    OpenMP threads spin without bound while they wait (torch imported before smlrec, so smlrec's
+    bounded spin, GOMP_SPINCOUNT, came too late) and the machine is busy (1-minute load average above ``cores - 0.5``): then
     spinning threads steal each other's cores (an SML replay measured >6x slower), so one thread.
     """
     if requested:
         return requested, None
     if not spinning:
         return cores, None
-    fix = ("torch was imported before smlrec, so smlrec could not set OMP_WAIT_POLICY=PASSIVE "
-           "and torch's threads spin while they wait; import smlrec first, or set "
-           "OMP_WAIT_POLICY=PASSIVE in the environment")
+    fix = ("torch was imported before smlrec, so smlrec could not bound how long torch's threads "
+           "spin while they wait (GOMP_SPINCOUNT); import smlrec first, or set GOMP_SPINCOUNT=1000 "
+           "(or OMP_WAIT_POLICY=PASSIVE) in the environment")
     if cores > 1 and load > cores - 0.5:
         return 1, f"{fix}. The machine is busy (load {load:.1f} on {cores} cores): using 1 thread."
     return cores, f"{fix}. On a busy machine this is several times slower."
