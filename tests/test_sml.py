@@ -279,14 +279,20 @@ def test_bf16_sml_trains_and_serves_float32_scores_near_fp32():
     candidates = torch.arange(timeline.log.n_items)[None, :].expand(4, -1)
     scores = {}
     for precision, sml in runs.items():
-        for period in timeline.periods[2:5]:
-            sml.update(period)
+        sml.update(timeline.periods[2])
         scores[precision] = sml.score(timeline.periods[5], slice(0, 4), candidates)
-    assert scores["bf16"].dtype == torch.float32 and torch.isfinite(scores["bf16"]).all()
-    # Same seeds: the runs differ by rounding, which three updates of training amplify (0.86
-    # measured on this log); unrelated score tables would correlate near 0.
+    # Same seeds: after one update the runs differ by rounding alone (0.93 measured on this log).
+    # Later updates on a log this small amplify bf16's rounding into different models (0.27 to
+    # 0.86 after two or three, depending on float noise as small as batching one row apart), so
+    # those are checked for training and serving, not for closeness.
     corr = torch.corrcoef(torch.stack([scores["fp32"].flatten(), scores["bf16"].flatten()]))[0, 1]
-    assert corr > 0.7
+    assert corr > 0.8
+    before = transfer_params(runs["bf16"])
+    for period in timeline.periods[3:5]:
+        runs["bf16"].update(period)
+    assert any(not torch.equal(a, b) for a, b in zip(before, transfer_params(runs["bf16"])))
+    served = runs["bf16"].score(timeline.periods[5], slice(0, 4), candidates)
+    assert served.dtype == torch.float32 and torch.isfinite(served).all()
 
 
 def test_precision_setting_is_checked():
@@ -295,3 +301,36 @@ def test_precision_setting_is_checked():
 
     with pytest.raises(ConfigError, match="precision"):
         replay_settings({"precision": "fp16"})
+
+
+def test_cold_row_rides_in_the_warm_rows_call_and_gets_the_same_value_and_gradient():
+    timeline = tiny_timeline()
+    sml = make_sml(timeline)
+    for period in timeline.periods[2:4]:
+        sml.update(period)
+    users = torch.arange(timeline.log.n_users).repeat(2)
+    items = torch.arange(timeline.log.n_items).flip(0)
+    assert sml._n_seen("item") < timeline.log.n_items        # cold items in the batch
+    user_hat, item_hat = sml.hat.user.weight.detach(), sml.hat.item.weight.detach()
+
+    def reference():    # each row by itself: f(W_prev, Ŵ) for seen ids, f(c, c) for unseen ones
+        out = []
+        for table, ids, hat in (("user", users, user_hat), ("item", items, item_hat)):
+            transfer = sml.user_transfer if table == "user" else sml.item_transfer
+            prev, cold = getattr(sml, f"{table}_prev"), getattr(sml, f"{table}_cold").detach()
+            rows = [transfer(prev[i: i + 1], hat[i: i + 1]) if i < sml._n_seen(table) else transfer(cold[None], cold[None])
+                    for i in ids.tolist()]
+            out.append(torch.cat(rows))
+        return out
+
+    results = {}
+    for name, compute in (("fast", lambda: sml._transferred_rows(users, items, user_hat.__getitem__,
+                                                                    item_hat.__getitem__)),
+                          ("reference", reference)):
+        sml.transfer_optimizer.zero_grad()
+        vectors = compute()
+        (vectors[0].sum() + (vectors[1] ** 2).sum()).backward()
+        grads = [p.grad.clone() for m in (sml.user_transfer, sml.item_transfer) for p in m.parameters()]
+        results[name] = ([v.detach() for v in vectors], grads)
+    for fast, slow in zip(*(results[n][0] + results[n][1] for n in ("fast", "reference"))):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)

@@ -339,15 +339,23 @@ class SML(Strategy):
             rows, inverse = torch.unique(ids, return_inverse=True)
             transfer = self.user_transfer if table == "user" else self.item_transfer
             prev = getattr(self, f"{table}_prev")
-            cold = self._cold_output(table)
-            if cold is None:
-                vectors = transfer(prev[rows], hat(rows))
-            else:
-                # Ids are numbered by first appearance: the unseen ones are the last distinct rows.
-                n_warm = int(torch.searchsorted(rows, self._n_seen(table)))
-                warm = rows[:n_warm]
+            rule = self._rule(table)
+            # Ids are numbered by first appearance: the unseen ones are the last distinct rows.
+            n_warm = len(rows) if rule in ("every-row", "untrained") \
+                else int(torch.searchsorted(rows, self._n_seen(table)))
+            warm = rows[:n_warm]
+            n_cold = len(rows) - n_warm
+            if n_cold == 0:
+                vectors = transfer(prev[warm], hat(warm))
+            elif rule == "transfer":
+                # f is row-wise, so the cold row c rides in the warm rows' call (one call, not two:
+                # 10% of a Yelp-scale update): f(c, c) comes out last.
+                cold = getattr(self, f"{table}_cold").detach()[None, :]
+                merged = transfer(torch.cat([prev[warm], cold]), torch.cat([hat(warm), cold]))
+                vectors = torch.cat([merged[:n_warm], merged[n_warm:].expand(n_cold, -1)])
+            else:   # learned: the cold row itself, trained in step 2
                 vectors = torch.cat([transfer(prev[warm], hat(warm)),
-                                     cold.expand(len(rows) - n_warm, -1)])
+                                     self._cold_output(table).expand(n_cold, -1)])
             out.append(vectors[inverse])
         return out[0], out[1]
 
