@@ -245,6 +245,17 @@ def measure_full_ranking(strategy, period, device: str, rows: int = 4096) -> dic
             "interactions_per_s": n / seconds}
 
 
+def resident_bytes() -> int:
+    """Resident memory of this process now (VmRSS; 0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def high_water_bytes() -> int:
     """Peak resident memory of this process so far (VmHWM)."""
     try:
@@ -358,7 +369,12 @@ def replay_phase(config: dict) -> dict:
 
     from smlrec.data.loading import return_freed_memory
 
+    out["memory_after"] = {}   # strategy -> (VmHWM, VmRSS) when its replay ended: who raises the peak
+
     def finish(name):
+        out["memory_after"][name] = (high_water_bytes(), resident_bytes())
+        say(f"{name}: replay done; peak {out['memory_after'][name][0] / 1e9:.2f} GB, "
+            f"resident {out['memory_after'][name][1] / 1e9:.2f} GB")
         strategy = live.pop(name)
         epochs_setting[name] = getattr(strategy.settings, "epochs", None)
         if name == names[0]:
