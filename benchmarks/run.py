@@ -351,11 +351,11 @@ def replay_phase(config: dict) -> dict:
         candidates.get(period)
     out["candidates"] = {"rows": sum(len(p) for p in scored), "seconds": time.perf_counter() - began}
 
-    # Only the first strategy outlives its replay (its served model is measured afterwards). The
-    # others are saved to disk when their replay ends and dropped, so the peak memory is the
-    # replay's, not the sum of every strategy's tables; they are reloaded one at a time for their
-    # FLOP count and profile after the replay's peak is read, because torch.profiler's event
-    # buffers stay resident afterwards (read in between, Adressa's figure was 5.85 GB, not 2.9).
+    # Every strategy is saved to disk when its replay ends and dropped, so the peak memory is the
+    # replay's, not the sum of every strategy's tables. After the replay's peak is read they are
+    # reloaded one at a time: the first for the throughput passes, the others for their FLOP count
+    # and profile (torch.profiler's event buffers stay resident afterwards: read in between,
+    # Adressa's figure was 5.85 GB).
     kept: dict = {}
     live: dict = {}
     saved: dict = {}
@@ -377,9 +377,7 @@ def replay_phase(config: dict) -> dict:
             f"resident {out['memory_after'][name][1] / 1e9:.2f} GB")
         strategy = live.pop(name)
         epochs_setting[name] = getattr(strategy.settings, "epochs", None)
-        if name == names[0]:
-            kept[name] = strategy
-        elif name not in MF_ANALYTIC:
+        if name == names[0] or name not in MF_ANALYTIC:
             saved[name] = states / f"{name}.pt"
             torch.save(strategy.state_dict(), saved[name])
         del strategy
@@ -430,6 +428,9 @@ def replay_phase(config: dict) -> dict:
         finish(current)
     out["replay_seconds"] = time.perf_counter() - began
     out["peak_rss_replay_bytes"] = high_water_bytes()
+    if names:
+        kept[names[0]] = build(names[0])
+        kept[names[0]].load_state_dict(torch.load(saved.pop(names[0]), weights_only=False))
     for name, path in saved.items():
         say(f"{name}: two more updates on period {test_periods[-1].index}, counted and profiled")
         strategy = build(name)
@@ -660,6 +661,10 @@ def render_markdown(result: dict) -> str:
                          f"whole process, the throughput passes and profiles above included: {p['peak_rss_bytes'] / 1e9:.2f} GB")
         else:
             lines.append(f"- peak resident memory of the replay process: **{p['peak_rss_bytes'] / 1e9:.2f} GB**")
+        if p.get("memory_after"):
+            lines.append("  - when each strategy's replay ended (before it was dropped), peak so far / resident: "
+                         + "; ".join(f"{name} {peak / 1e9:.2f} / {now / 1e9:.2f} GB"
+                                     for name, (peak, now) in p["memory_after"].items()))
         if "peak_cuda_bytes" in p:
             lines.append(f"- peak CUDA memory {p['peak_cuda_bytes'] / 1e9:.2f} GB")
         for name, ops in p.get("profiles", {}).items():
