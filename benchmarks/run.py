@@ -245,26 +245,26 @@ def measure_full_ranking(strategy, period, device: str, rows: int = 4096) -> dic
             "interactions_per_s": n / seconds}
 
 
-def resident_bytes() -> int:
-    """Resident memory of this process now (VmRSS; 0 where /proc is missing)."""
+def proc_status_bytes(field: str) -> int | None:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; None without /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def resident_bytes() -> int:
+    """Resident memory of this process now (VmRSS; 0 where /proc is missing)."""
+    return proc_status_bytes("VmRSS") or 0
 
 
 def high_water_bytes() -> int:
-    """Peak resident memory of this process so far (VmHWM)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # not Linux: never reset
+    """Peak resident memory of this process so far (VmHWM; ru_maxrss where /proc is missing)."""
+    peak = proc_status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def count_update_flops(strategy, period, top: int = 12) -> tuple[float, list[dict]]:

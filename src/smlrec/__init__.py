@@ -15,7 +15,7 @@ import sys as _sys
 #   on an idle machine and close to PASSIVE on a busy one (BENCHMARKS.md, "Waiting threads").
 # OpenMP reads these when torch loads, so a script that imported torch first gets the default;
 # strategies/factory.py:configure_threads then uses one thread on a busy machine and warns.
-# A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left alone. (Intel's OpenMP, in some conda
+# A user's own OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME is left alone. (Intel's OpenMP, in some conda
 # builds of torch, reads KMP_BLOCKTIME instead: 0 there is its PASSIVE.)
 _WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 _USER_CHOSE_WAIT = any(name in _os.environ for name in _WAIT_SETTINGS)
