@@ -31,7 +31,8 @@ def pick_threads(requested: int | None, spinning: bool, cores: int, load: float)
     ``requested`` (``--threads``) always wins. Otherwise every available core, unless torch's
     OpenMP threads spin without bound while they wait (torch imported before smlrec, so smlrec's
     bounded spin, GOMP_SPINCOUNT, came too late) and the machine is busy (1-minute load average
-    above ``cores - 0.5``): then spinning threads steal each other's cores (an SML replay measured >6x slower), so one thread.
+    above ``cores - 0.5``): then spinning threads steal each other's cores (an SML replay
+    measured >6x slower), so one thread.
     """
     if requested:
         return requested, None
