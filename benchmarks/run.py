@@ -350,6 +350,7 @@ def replay_phase(config: dict) -> dict:
     for period in scored:
         candidates.get(period)
     out["candidates"] = {"rows": sum(len(p) for p in scored), "seconds": time.perf_counter() - began}
+    say(f"candidates drawn in {out['candidates']['seconds']:.1f} s; replaying")
 
     # Every strategy is saved to disk when its replay ends and dropped, so the peak memory is the
     # replay's, not the sum of every strategy's tables. After the replay's peak is read they are
@@ -398,6 +399,10 @@ def replay_phase(config: dict) -> dict:
         return make_strategy(name, timeline, settings)
 
     def factory(name):
+        # The replay calls this when the previous strategy's last period is scored: finish that
+        # one first, so its tables are gone before the next strategy allocates its own.
+        for previous in list(live):
+            finish(previous)
         strategy = build(name)
         update = strategy.update
 
@@ -413,19 +418,14 @@ def replay_phase(config: dict) -> dict:
     records = []
     per_strategy_seconds: dict = {}
     began = time.perf_counter()
-    current = None
     for record in iter_replay(timeline, settings, names, initial, candidates, progress=False,
                               factory=factory):
-        if record.strategy != current:
-            if current is not None:
-                finish(current)
-            current = record.strategy
         say(f"{record.strategy} period {record.period}: update {record.update_seconds:.2f} s")
         records.append({"strategy": record.strategy, "period": record.period, "role": record.role,
                         "interactions": record.interactions, "update_seconds": record.update_seconds,
                         "recall@20": record.metrics["recall@20"], "ndcg@20": record.metrics["ndcg@20"]})
-    if current is not None:
-        finish(current)
+    for name in list(live):
+        finish(name)
     out["replay_seconds"] = time.perf_counter() - began
     out["peak_rss_replay_bytes"] = high_water_bytes()
     if names:

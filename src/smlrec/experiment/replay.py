@@ -125,6 +125,8 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
             if period.index < timeline.periods[-1].index:
                 last_update = strategy.update(period)
         bar.close()
+        # Dropped before the next strategy is built, so two strategies' tables never coexist.
+        del strategy
 
 
 def score_period(protocol: str, strategy: Strategy, period, candidates: CandidateStore,
