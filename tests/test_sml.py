@@ -84,6 +84,32 @@ def test_bf16_transfer_returns_float32_close_to_fp32():
     assert not torch.equal(reduced, exact)
 
 
+def test_bf16_transfer_pads_rows_without_touching_results_or_gradients():
+    # On a CPU, bf16 batches are padded with zero rows to a multiple of 128 (one compiled kernel
+    # per padded size): the output has the caller's rows, and the zero rows change no gradient.
+    from smlrec.models.transfer import BF16_CPU_ROW_MULTIPLE
+
+    torch.manual_seed(6)
+    transfer = Transfer(dim=16, precision="bf16")
+    rows = BF16_CPU_ROW_MULTIPLE + 3
+    w, w_hat = torch.randn(rows, 16), torch.randn(rows, 16, requires_grad=True)
+    out = transfer(w, w_hat)
+    assert out.shape == (rows, 16) and out.dtype == torch.float32
+    out.pow(2).sum().backward()
+    padded_grads = [p.grad.clone() for p in transfer.parameters()]
+    hat_grad = w_hat.grad.clone()
+
+    # The same rows filling a batch of exactly 2 x 128 with rows of zeros by hand: equal.
+    transfer.zero_grad()
+    w_hat.grad = None
+    filler = BF16_CPU_ROW_MULTIPLE * 2 - rows
+    full = transfer(torch.cat([w, torch.zeros(filler, 16)]), torch.cat([w_hat, torch.zeros(filler, 16)]))
+    assert torch.equal(full[:rows], out)
+    full[:rows].pow(2).sum().backward()
+    assert torch.equal(w_hat.grad, hat_grad)
+    assert all(torch.equal(p.grad, g) for p, g in zip(transfer.parameters(), padded_grads))
+
+
 def test_paper_transfer_has_about_197k_parameters():
     t = Transfer(dim=64)
     n = sum(p.numel() for p in t.parameters())

@@ -36,6 +36,11 @@ TRANSFER_KINDS = ("cnn", "no-cnn", "no-fc", "linear", "mlp")
 
 
 GELU_SCALE = 1.702
+# bf16 on a CPU: oneDNN builds (JIT-compiles) and caches a kernel per batch shape, and SML's batches
+# of distinct rows take a new size nearly every step. Measured with 1,500 batches of 700-2,048 rows:
+# +1.2 GB resident, against +0.14 GB with rows padded to a multiple of 128 (at most 128 rows of
+# zeros per batch, which add nothing to any gradient).
+BF16_CPU_ROW_MULTIPLE = 128
 
 
 def gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +88,13 @@ class Transfer(nn.Module):
     def forward(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
         if self.precision == "fp32":
             return self._folded(w_prev, w_hat)
+        rows = w_prev.shape[0]
+        pad = -rows % BF16_CPU_ROW_MULTIPLE if w_prev.device.type == "cpu" else 0
+        if pad:
+            w_prev, w_hat = F.pad(w_prev, (0, 0, 0, pad)), F.pad(w_hat, (0, 0, 0, pad))
         with autocast(self.precision, w_prev.device):
             out = self._folded(w_prev, w_hat)
-        return out.float()
+        return out[:rows].float()
 
     def _folded(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
         """f with the GELU scale folded into the weights (module doc); s_k = a·g(z_k)."""
