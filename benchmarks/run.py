@@ -578,6 +578,27 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
+MATRIX_PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm")
+
+
+def flop_bound_gaps(analysis: dict, phase: dict) -> list[str]:
+    """For each profiled autograd strategy: what share of its profile is matrix products (all the
+    FLOP bound counts) and how many seconds the rest stands for at the measured update time."""
+    lines = []
+    for name, ops in phase.get("profiles", {}).items():
+        row = analysis["phases"].get(f"update:{name}")
+        if not row or not row["flop_bound_s"]:
+            continue
+        products = sum(o["share"] for o in ops if o["op"] in MATRIX_PRODUCTS)
+        rest = (1 - products) * row["seconds"]
+        lines.append(f"- {name}: {row['seconds'] / row['flop_bound_s']:.2f}x its FLOP bound. Matrix products "
+                     f"are {products:.0%} of its profile; the other {1 - products:.0%} (activations and their "
+                     f"gradients, row gathers and scatters, copies, the optimisers: memory-bound work the "
+                     f"bound does not count) stand for ~{rest:.1f} s of its {row['seconds']:.1f} s, "
+                     f"{rest / row['flop_bound_s']:.2f}x the bound by themselves.")
+    return lines + [""] if lines else []
+
+
 def render_markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# smlrec benchmarks", "",
@@ -687,7 +708,7 @@ def render_markdown(result: dict) -> str:
         for name, t in a["targets"].items():
             met = "n/a" if t["met"] is None else ("met" if t["met"] else "**missed**")
             lines.append(f"| {name} | {_fmt(t['value'])} | {t['sense']} {_fmt(float(t['target']))} | {met} |")
-        lines.append("")
+        lines += [""] + flop_bound_gaps(a, p)
     if result.get("import_order"):
         io = result["import_order"]
         lines += ["## Import order on a busy machine", "",

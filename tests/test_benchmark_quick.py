@@ -124,3 +124,17 @@ def test_waiting_threads_table_has_a_row_per_busy_count_and_a_column_per_setting
     table = text.split("### Waiting threads")[1]
     assert f"| busy processes | {default} | {passive} |" in table
     assert "| 0 | 2.5 | 3.5 |" in table and "| 2 | timed out | 6.0 |" in table
+
+
+def test_flop_bound_gap_splits_the_update_into_products_and_the_rest(bench):
+    # 40 s measured against a 20 s bound; matrix products 60% of the profile: the other 40% is
+    # 16 s, 0.80x the bound by itself. Strategies without a FLOP bound are left out.
+    analysis = {"phases": {"update:sml": {"seconds": 40.0, "flop_bound_s": 20.0},
+                           "update:fine-tune": {"seconds": 1.0, "flop_bound_s": 0.0}}}
+    ops = [{"op": "aten::addmm", "share": 0.35}, {"op": "aten::silu", "share": 0.3},
+           {"op": "aten::mm", "share": 0.2}, {"op": "aten::bmm", "share": 0.05},
+           {"op": "aten::index", "share": 0.1}]
+    lines = bench.flop_bound_gaps(analysis, {"profiles": {"sml": ops, "fine-tune": ops}})
+    assert len(lines) == 2 and lines[1] == ""
+    assert lines[0].startswith("- sml: 2.00x its FLOP bound. Matrix products are 60% of its profile")
+    assert "~16.0 s of its 40.0 s, 0.80x the bound by themselves" in lines[0]
