@@ -108,7 +108,9 @@ def test_steady_state_excludes_the_first_update_from_means_ratios_and_targets(be
     assert analysis["first_update"]["sml"] == {"period": 4, "seconds": 7.5}
     assert analysis["mean_update_seconds"]["full-retrain"] == 115.0
     assert analysis["ratios"]["full-retrain/sml"] == 115.0 / 165.0
-    assert analysis["targets"]["sml_update_vs_flop_bound"]["value"] == 165.0 / 10.0   # 1e12 / 1e11 s
+    # The FLOP count repeats one more update like the latest one (t=7: 170 s), not the mean's.
+    assert analysis["targets"]["sml_update_vs_flop_bound"]["value"] == 170.0 / 10.0   # 1e12 / 1e11 s
+    assert analysis["phases"]["update:sml"]["seconds"] == 170.0 and analysis["last_test"] == 7
 
 
 def test_waiting_threads_table_has_a_row_per_busy_count_and_a_column_per_setting(bench):
@@ -138,3 +140,8 @@ def test_flop_bound_gap_splits_the_update_into_products_and_the_rest(bench):
     assert len(lines) == 2 and lines[1] == ""
     assert lines[0].startswith("- sml: 2.00x its FLOP bound. Matrix products are 60% of its profile")
     assert "~16.0 s of its 40.0 s, 0.80x the bound by themselves" in lines[0]
+
+    # sml-bf16's own count includes its padding rows: it is set against fp32 SML's bound (20 s).
+    analysis["phases"]["update:sml-bf16"] = {"seconds": 30.0, "flop_bound_s": 25.0}
+    lines = bench.flop_bound_gaps(analysis, {"profiles": {"sml-bf16": ops}})
+    assert lines[0].startswith("- sml-bf16: 1.50x its FLOP bound (sml's).")
