@@ -613,7 +613,7 @@ def flop_bound_gaps(analysis: dict, phase: dict) -> list[str]:
         lines.append(f"- {name}: {row['seconds'] / bound:.2f}x its FLOP bound{of}. Matrix products "
                      f"are {products:.0%} of its profile; the other {1 - products:.0%} (activations and their "
                      f"gradients, row gathers and scatters, copies, the optimisers: memory-bound work the "
-                     f"bound does not count) stand for ~{rest:.1f} s of its {row['seconds']:.1f} s, "
+                     f"bound does not count) stand for ~{rest:.3g} s of its {row['seconds']:.3g} s, "
                      f"{rest / bound:.2f}x the bound by themselves.")
     return lines + [""] if lines else []
 

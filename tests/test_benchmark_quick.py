@@ -139,7 +139,7 @@ def test_flop_bound_gap_splits_the_update_into_products_and_the_rest(bench):
     lines = bench.flop_bound_gaps(analysis, {"profiles": {"sml": ops, "fine-tune": ops}})
     assert len(lines) == 2 and lines[1] == ""
     assert lines[0].startswith("- sml: 2.00x its FLOP bound. Matrix products are 60% of its profile")
-    assert "~16.0 s of its 40.0 s, 0.80x the bound by themselves" in lines[0]
+    assert "~16 s of its 40 s, 0.80x the bound by themselves" in lines[0]
 
     # sml-bf16's own count includes its padding rows: it is set against fp32 SML's bound (20 s).
     analysis["phases"]["update:sml-bf16"] = {"seconds": 30.0, "flop_bound_s": 25.0}
