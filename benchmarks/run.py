@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
+from smlrec import WAIT_SETTINGS  # noqa: E402
 from smlrec.data.synth import SCALE_PLANS, generate, synth_settings, write_log  # noqa: E402
 
 DEFAULT_STRATEGIES = ("full-retrain", "full-retrain-converged", "fine-tune", "sml", "sml-bf16", "sml-s")
@@ -416,7 +417,6 @@ def replay_phase(config: dict) -> dict:
         return strategy
 
     records = []
-    per_strategy_seconds: dict = {}
     began = time.perf_counter()
     for record in iter_replay(timeline, settings, names, initial, candidates, progress=False,
                               factory=factory):
@@ -878,7 +878,6 @@ print(json.dumps({{"seconds": seconds, "threads": torch.get_num_threads(),
 """
 
 
-WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 WAIT_CASES = {"smlrec's default (GOMP_SPINCOUNT=1000)": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
@@ -990,11 +989,21 @@ def parse_args(argv=None):
     return args
 
 
+def report_paths(args) -> tuple[Path, Path]:
+    """The report and results files: --markdown / --json, else the committed ones (--quick:
+    under runs/bench-quick/)."""
+    quick_dir = ROOT / "runs" / "bench-quick"
+    markdown = Path(args.markdown) if args.markdown else (quick_dir / "BENCHMARKS.md" if args.quick
+                                                          else ROOT / "BENCHMARKS.md")
+    results = Path(args.json) if args.json else (quick_dir / "results.json" if args.quick
+                                                 else ROOT / "benchmarks" / "results.json")
+    return markdown, results
+
+
 def rerender(args) -> int:
     """Analyse a results file's raw measurements again and rewrite it and its report; measures
     nothing (for a change of analysis or wording after a long run)."""
-    results = Path(args.json) if args.json else ROOT / "benchmarks" / "results.json"
-    markdown = Path(args.markdown) if args.markdown else ROOT / "BENCHMARKS.md"
+    markdown, results = report_paths(args)
     result = json.loads(results.read_text())
     for scale in result["scales"]:
         scale["analysis"] = analyse(scale["name"], scale["phase"], result["machine"])
@@ -1022,11 +1031,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown scale {unknown[0]!r} (known: {', '.join(known)})")
-    quick_dir = ROOT / "runs" / "bench-quick"
-    markdown = Path(args.markdown) if args.markdown else (quick_dir / "BENCHMARKS.md" if args.quick
-                                                          else ROOT / "BENCHMARKS.md")
-    results = Path(args.json) if args.json else (quick_dir / "results.json" if args.quick
-                                                 else ROOT / "benchmarks" / "results.json")
+    markdown, results = report_paths(args)
     previous = json.loads(results.read_text()) if results.exists() else None
     began = time.perf_counter()
     print("measuring the machine ...", flush=True)

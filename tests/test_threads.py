@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from smlrec import WAIT_SETTINGS
 from smlrec.strategies.factory import available_cores, pick_threads
 
 
@@ -30,9 +31,6 @@ def test_spinning_threads_on_an_idle_machine_keep_the_cores_and_warn():
 def test_available_cores_follow_the_affinity_mask():
     expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert available_cores() == expected
-
-
-WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def _after(imports: str, **environment: str) -> list[str]:

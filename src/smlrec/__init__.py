@@ -17,8 +17,8 @@ import sys as _sys
 # strategies/factory.py:configure_threads then uses one thread on a busy machine and warns.
 # A user's own OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME is left alone. (Intel's OpenMP, in some conda
 # builds of torch, reads KMP_BLOCKTIME instead: 0 there is its PASSIVE.)
-_WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-_USER_CHOSE_WAIT = any(name in _os.environ for name in _WAIT_SETTINGS)
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")   # how OpenMP threads wait
+_USER_CHOSE_WAIT = any(name in _os.environ for name in WAIT_SETTINGS)
 SPINNING_OPENMP = "torch" in _sys.modules and not _USER_CHOSE_WAIT
 if not _USER_CHOSE_WAIT:
     _os.environ["GOMP_SPINCOUNT"] = "1000"
