@@ -63,7 +63,8 @@ def server(tmp_path):
 
 def test_server_answers_and_picks_up_a_new_version_without_dropping_requests(server):
     base, registry, batches = server
-    assert httpx.get(f"{base}/health").json() == {"status": "ok", "version": 1, "failed": None}
+    assert httpx.get(f"{base}/health").json() == {"status": "ok", "version": 1, "latest": 1, "failed": None,
+                                                  "problem": None}
     first = httpx.get(f"{base}/recommend", params={"user": "1000", "k": 5}).json()
     assert first["version"] == 1 and first["fallback"] is False and len(first["items"]) == 5
     scores = [entry["score"] for entry in first["items"]]

@@ -41,9 +41,10 @@ def entry() -> None:
     runs after a clean ``destroy_process_group``), which torchrun would report as a failed job.
     """
     status = main()
-    from ..models.distributed import joined_a_group
-
-    if joined_a_group():
+    # Only a process that imported the distributed module can have joined a group (importing it
+    # just to ask would load torch: seconds for `smlrec recommend`, which never needs it).
+    distributed = sys.modules.get("smlrec.models.distributed")
+    if distributed is not None and distributed.joined_a_group():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

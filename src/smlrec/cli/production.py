@@ -12,6 +12,7 @@ matplotlib at start-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -188,19 +189,50 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
 @command("recommend", _recommend_arguments)
 def run_recommend(args: argparse.Namespace) -> int:
     """Top-K items per user from the latest version (CSV: user,rank,item,score,fallback,version)."""
-    from ..production.recommender import recommend
+    from ..production.served import open_served
 
     users = [args.user] if args.user is not None else _read_users(Path(args.users))
-    frame = recommend(args.registry, users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict,
-                      version=args.version)
+    # A version with served tables is answered with numpy alone (no torch, no pandas: start-up is
+    # a fraction of a second); other strategies rebuild the strategy (torch).
+    model = open_served(args.registry, args.version)
+    if model is None:
+        from ..production.recommender import Recommender
+
+        model = Recommender.from_registry(args.registry, args.version)
+    answers = model.top_k(users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
     if args.out:
-        out = Path(args.out)
-        temp = out.with_name(f".{out.name}.tmp")
-        frame.to_csv(temp, index=False)
-        temp.replace(out)
+        _write_new_file(Path(args.out), lambda handle: _write_answers(handle, answers, model.version))
     else:
-        frame.to_csv(sys.stdout, index=False)
+        _write_answers(sys.stdout, answers, model.version)
     return 0
+
+
+def _write_answers(handle, answers, version: int) -> None:
+    """CSV user,rank,item,score,fallback,version (what pandas' to_csv writes for the same frame)."""
+    import csv
+
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(("user", "rank", "item", "score", "fallback", "version"))
+    for answer in answers:
+        writer.writerows((answer.user, rank, item, repr(float(score)), answer.fallback, version)
+                         for rank, (item, score) in enumerate(zip(answer.items, answer.scores), start=1))
+
+
+def _write_new_file(out: Path, write) -> None:
+    """Write through a fresh temp file beside ``out`` (created exclusively, so a symlink planted at
+    a guessable temp name is never followed), then rename it over ``out``."""
+    import os
+    import tempfile
+
+    descriptor, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            write(handle)
+        os.replace(temp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def _read_users(path: Path) -> list[str]:
@@ -218,31 +250,62 @@ def _read_users(path: Path) -> list[str]:
     return users
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds such as 2 or 0.5, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (the server checks LATEST that "
+                                         f"often), got {text!r}")
+    return value
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..production.served import CACHE_K
+
     parser.add_argument("--registry", required=True, help="registry folder")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; any other address gets a warning: the "
+                             "server has no authentication)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--poll", type=float, default=2.0, help="seconds between checks for a new version")
+    parser.add_argument("--poll", type=_positive_seconds, default=2.0,
+                        help="seconds between checks for a new version (> 0; default 2)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for scoring (default 1: a request's product is too small to split)")
+                        help="BLAS/torch threads for scoring (default 1: requests run side by side instead)")
+    parser.add_argument("--max-k", type=int, default=1_000, help="most items per user a request may ask (default 1000)")
+    parser.add_argument("--max-users", type=int, default=10_000, help="most users per batch request (default 10000)")
+    parser.add_argument("--max-results", type=int, default=200_000,
+                        help="most users x k per request (default 200000)")
+    parser.add_argument("--max-body", type=int, default=1_000_000,
+                        help="largest request body in bytes (default 1000000); larger ones get a 413")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    parser.epilog = (f"Queries with k <= {CACHE_K} are answered from a table of every user's top items "
+                     "computed when a version loads.")
     _log_json_argument(parser)
 
 
 @command("serve", _serve_arguments)
 def run_serve(args: argparse.Namespace) -> int:
     """Serve top-K recommendations over HTTP; picks up new versions as they land."""
-    import torch
-    import uvicorn
-
-    from ..production.serve import create_app
-
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     configure_logging(json_lines=args.log_json)      # swaps and fallbacks print by default
+    from ..production.serve import Limits, create_app, host_warning
+
+    limits = Limits(max_k=args.max_k, max_users=args.max_users, max_results=args.max_results,
+                    max_body=args.max_body)
+    warning = host_warning(args.host)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    import threadpoolctl
+    import torch
+    import uvicorn
+
     torch.set_num_threads(args.threads)
-    app = create_app(args.registry, poll_seconds=args.poll)
+    threadpoolctl.threadpool_limits(args.threads)      # numpy's BLAS scores the served tables
+    app = create_app(args.registry, poll_seconds=args.poll, limits=limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
     return 0

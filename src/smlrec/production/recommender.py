@@ -2,47 +2,41 @@
 
 A :class:`Recommender` holds one loaded version. Everything that does not depend on the query is
 prepared when the version is loaded (the moment ``serve`` swaps it in), so a query is a lookup, one
-matrix product and a ``topk``:
+matrix product and a top-k selection (served.py does both, with numpy):
 
 * the raw-id -> row dictionary, under the ids rule of ``ingest.py`` (whitespace stripped; number
   ids accept "42", " 42 " and "42.0");
-* the items each user already has, as CSR arrays (``seen_indptr``, ``seen_items``) cut from the
-  sorted (user, item) keys, so excluding them is one indexed assignment per batch;
+* the items each user already has, as CSR arrays cut from the sorted (user, item) keys, so
+  excluding them is one indexed assignment per batch;
 * for strategies that serve an inner product (``Strategy.served_tables()``: the MF strategies and
   SML), the user table and the transposed item table as contiguous float32 matrices: the scores
-  of a batch of users are ``user_table[rows] @ item_table_t``. Other strategies (sequential
-  models, popularity) go through their own ``score``, the generic path;
+  of a batch of users are ``user_table[rows] @ item_table_t``, in fixed-shape blocks (served.py).
+  Other strategies (sequential models, popularity) go through their own ``score``, the generic
+  path (torch), which is also the fast path's slow twin in the tests;
 * the scores of an unknown user (the strategy's cold-user rule, or popularity), computed once.
 
 An unknown user gets the cold-user rule (``fallback``; exactly what the replay serves a user it has
-never trained on), or a DataError when ``strict``.
+never trained on), or a DataError when ``strict``. ``smlrec recommend`` on a version with served
+tables does not come here at all: it answers from served.py without importing torch or pandas.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data.periods import Period
-from ..errors import ConfigError, DataError
-from .ingest import id_kind, normalise_query
 from .registry import Checkpoint, ModelRegistry
+from .served import Answer, Selector, block_scores
 from .update import PRODUCTION_ROLE, cold_user_scores, strategy_from
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-@dataclass
-class Answer:
-    """The top items of one queried user (raw item ids, best first)."""
-
-    user: Any
-    items: list
-    scores: list[float]
-    fallback: bool
+__all__ = ["Answer", "Recommender", "recommend", "answers_frame"]
 
 
 class Recommender:
@@ -58,31 +52,27 @@ class Recommender:
         self._strategy = None
         self.n_items = checkpoint.n_items
         self.item_ids = checkpoint.item_ids
-        self.user_kind = id_kind(checkpoint.user_ids)
-        self.user_row = {uid: row for row, uid in enumerate(checkpoint.user_ids.tolist())}
-        cumulative = checkpoint.cumulative
-        self.cumulative = cumulative
-        self.pair_keys = cumulative.pair_keys
-        # Seen items as CSR: the keys are sorted by user, then item (key = user << 32 | item).
-        owners = self.pair_keys >> 32
-        self.seen_indptr = np.searchsorted(owners, np.arange(checkpoint.n_users + 1, dtype=np.int64))
-        self.seen_items = torch.from_numpy((self.pair_keys & 0xFFFFFFFF).astype(np.int64))
-        # Popularity fallback: distinct users per item over everything applied.
-        self.popularity = np.bincount(self.seen_items.numpy(), minlength=checkpoint.n_items)
-        self.user_table: torch.Tensor | None = None
-        self.item_table_t: torch.Tensor | None = None
-        self._cold: torch.Tensor | None = None
+        self.cumulative = checkpoint.cumulative
+        self.user_table: np.ndarray | None = None
+        self.item_table_t: np.ndarray | None = None
+        cold: np.ndarray | None = None
+        self._cold_from_strategy = served is None     # stored tables without "cold": popularity
         if served is None:
             tables = self.strategy.served_tables()
             served = None if tables is None else {"user": tables[0], "item": tables[1]}
-        elif "cold" not in served:   # the strategy has no cold-user rule: popularity
-            self._cold = torch.from_numpy(self.popularity.astype(np.float32))
         if served is not None:
             with torch.no_grad():
-                self.user_table = served["user"].detach().float().cpu().contiguous()
-                self.item_table_t = served["item"].detach().float().cpu().T.contiguous()
+                self.user_table = served["user"].detach().float().cpu().contiguous().numpy()
+                self.item_table_t = np.ascontiguousarray(served["item"].detach().float().cpu().numpy().T)
                 if "cold" in served:
-                    self._cold = served["cold"].float().cpu()
+                    cold = served["cold"].float().cpu().numpy()
+        self.selector = Selector(self.version, checkpoint.user_ids, checkpoint.item_ids,
+                                 self.cumulative.pair_keys, self._score_rows, self._cold_scores)
+        self._cold = cold
+
+    @property
+    def user_row(self) -> dict:
+        return self.selector.user_row
 
     @property
     def strategy(self):
@@ -107,29 +97,29 @@ class Recommender:
         """True when queries are scored with one matrix product (the strategy serves tables)."""
         return self.user_table is not None
 
+    def prepare(self) -> "Recommender":
+        """Precompute every known user's top items (see served.Selector.prepare); ``serve`` calls
+        this while loading a version, off the request path."""
+        self.selector.prepare()
+        return self
+
     def lookup(self, user_ids: Sequence[Any]) -> np.ndarray:
         """Table rows of raw user ids (-1 for unknown), under the ids rule (" 42 " finds 42)."""
-        kind, rows = self.user_kind, self.user_row
-        return np.fromiter((rows.get(normalise_query(q, kind), -1) for q in user_ids), dtype=np.int64,
-                           count=len(user_ids))
+        return self.selector.lookup(user_ids)
 
     def seen_mask(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row in ``users``, item) of every pair each user has: a sparse mask, from the CSR arrays."""
-        users = np.asarray(users, dtype=np.int64)
-        lo, hi = self.seen_indptr[users], self.seen_indptr[users + 1]
-        counts = hi - lo
-        rows = np.repeat(np.arange(len(users)), counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        return rows, self.seen_items.numpy()[np.repeat(lo, counts) + offsets]
+        """(row in ``users``, item) of every pair each user has."""
+        return self.selector.seen_mask(users)
+
+    def _score_rows(self, users: np.ndarray) -> np.ndarray:
+        if self.fast:
+            return block_scores(self.user_table, self.item_table_t, users)
+        return self.generic_scores(users).numpy()
 
     def scores(self, users: np.ndarray) -> torch.Tensor:
-        """Scores ``[len(users), n_items]`` of every item: one product when the strategy serves
-        tables, else through the strategy's ``score``."""
-        users = np.asarray(users, np.int64)
-        if self.fast:
-            with torch.no_grad():
-                return self.user_table[torch.from_numpy(users)] @ self.item_table_t
-        return self.generic_scores(users)
+        """Scores ``[len(users), n_items]`` of every item: one product (in fixed-shape blocks) when
+        the strategy serves tables, else through the strategy's ``score``."""
+        return torch.from_numpy(self._score_rows(np.asarray(users, np.int64)))
 
     def generic_scores(self, users: np.ndarray) -> torch.Tensor:
         """Scores through the strategy's own ``score`` (every strategy; the fast path's twin)."""
@@ -155,40 +145,10 @@ class Recommender:
 
         Excluded items never appear, so a user who has nearly every item gets fewer than ``k``.
         """
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
-        user_ids = list(user_ids)
-        index = self.lookup(user_ids)
-        unknown = index < 0
-        if strict and unknown.any():
-            raise DataError(f"unknown user {user_ids[int(np.argmax(unknown))]!r} (not in version {self.version}); "
-                            "drop --strict to serve the cold-start rule")
-        answers: list[Answer | None] = [None] * len(user_ids)
-        known = np.flatnonzero(~unknown)
-        width = min(k, self.n_items)
-        if known.size:
-            users = index[known]
-            scores = self.scores(users)
-            if exclude_seen:
-                rows, items = self.seen_mask(users)
-                scores[torch.from_numpy(rows), torch.from_numpy(items)] = -torch.inf
-            values, order = torch.topk(scores, width, dim=1)
-            for position, query in enumerate(known):
-                answers[query] = self._answer(user_ids[query], values[position], order[position], False)
-        if unknown.any():
-            values, order = torch.topk(self.cold_scores(), width)
-            cold = self._answer(None, values, order, True)
-            for query in np.flatnonzero(unknown):
-                answers[query] = Answer(user_ids[query], cold.items, cold.scores, True)
-        return answers  # type: ignore[return-value]
-
-    def _answer(self, user: Any, values: torch.Tensor, order: torch.Tensor, fallback: bool) -> Answer:
-        values_np = values.numpy().astype(np.float64)
-        keep = np.isfinite(values_np)                 # drop excluded items (score -inf)
-        return Answer(user, self.item_ids[order.numpy()[keep]].tolist(), values_np[keep].tolist(), fallback)
+        return self.selector.top_k(user_ids, k, exclude_seen, strict)
 
     def recommend(self, user_ids: Sequence[Any], k: int = 20, exclude_seen: bool = True,
-                  strict: bool = False) -> pd.DataFrame:
+                  strict: bool = False) -> "pd.DataFrame":
         """Top-``k`` items per user: columns user, rank, item, score, fallback, version.
 
         An unknown user gets the strategy's cold-user rule (``Strategy.score_new_users``) with
@@ -196,26 +156,38 @@ class Recommender:
         most popular items (distinct users per item, the popularity as score). ``strict`` makes an
         unknown user a DataError.
         """
-        answers = self.top_k(user_ids, k, exclude_seen, strict)
-        counts = [len(a.items) for a in answers]
-        return pd.DataFrame({
-            "user": np.repeat(np.asarray([a.user for a in answers], dtype=object), counts),
-            "rank": np.concatenate([np.arange(1, n + 1) for n in counts]) if answers else np.zeros(0, np.int64),
-            "item": [item for a in answers for item in a.items],
-            "score": np.asarray([s for a in answers for s in a.scores], dtype=np.float64),
-            "fallback": np.repeat([a.fallback for a in answers], counts).astype(bool),
-            "version": self.version})
+        return answers_frame(self.top_k(user_ids, k, exclude_seen, strict), self.version)
+
+    def _cold_scores(self) -> np.ndarray | None:
+        if self._cold is None and self._cold_from_strategy:
+            cold = cold_user_scores(self.strategy)
+            self._cold = None if cold is None else cold.numpy()
+            self._cold_from_strategy = False
+        return self._cold
 
     def cold_scores(self) -> torch.Tensor:
-        """Scores of every item for a user this version has never seen (computed once)."""
-        if self._cold is None:
-            cold = cold_user_scores(self.strategy)
-            self._cold = torch.from_numpy(self.popularity.astype(np.float32)) if cold is None else cold
-        return self._cold
+        """Scores of every item for a user this version has never seen (the cold rule, else
+        popularity)."""
+        cold = self._cold_scores()
+        return torch.from_numpy(self.selector.popularity.astype(np.float32) if cold is None else cold)
+
+
+def answers_frame(answers: list[Answer], version: int) -> "pd.DataFrame":
+    """Answers as a frame: columns user, rank, item, score, fallback, version."""
+    import pandas as pd
+
+    counts = [len(a.items) for a in answers]
+    return pd.DataFrame({
+        "user": np.repeat(np.asarray([a.user for a in answers], dtype=object), counts),
+        "rank": np.concatenate([np.arange(1, n + 1) for n in counts]) if answers else np.zeros(0, np.int64),
+        "item": [item for a in answers for item in a.items],
+        "score": np.asarray([s for a in answers for s in a.scores], dtype=np.float64),
+        "fallback": np.repeat([a.fallback for a in answers], counts).astype(bool),
+        "version": version})
 
 
 def recommend(registry: str | Path | ModelRegistry, user_ids: Sequence[Any], k: int = 20,
-              exclude_seen: bool = True, strict: bool = False, version: int | None = None) -> pd.DataFrame:
+              exclude_seen: bool = True, strict: bool = False, version: int | None = None) -> "pd.DataFrame":
     """Top-``k`` items for each of ``user_ids`` from the latest version, or ``version``
     (see Recommender.recommend)."""
     return Recommender.from_registry(registry, version).recommend(user_ids, k, exclude_seen, strict)

@@ -2,46 +2,128 @@
 
 A background thread polls ``LATEST`` every ``poll_seconds``. When it names another version (a new
 one, or an older one after ``smlrec rollback``), that version is loaded completely off the request
-path, including everything a query needs precomputed (see recommender.py), and then swapped in
-with one reference assignment, so every request is answered by exactly one whole version and none
-is dropped. A version that fails to load (corrupt file) is logged and skipped; the previous one
-keeps serving. Every swap and every fallback to an older version is logged on
-``smlrec.production`` (``smlrec serve`` prints them).
+path, including everything a query needs precomputed (see recommender.py and served.py: the top
+items of every known user), and then swapped in with one reference assignment, so every request
+is answered by exactly one whole version and none is dropped. A version that fails to load
+(corrupt file) is logged and skipped; the previous one keeps serving. Every swap and every
+fallback to an older version is logged on ``smlrec.production`` (``smlrec serve`` prints them).
 
 Endpoints::
 
     GET  /recommend?user=ID&k=20&include_seen=false&strict=false
          -> {"user", "version", "fallback", "items": [{"item", "score"}, ...]}
     POST /recommend/batch  {"users": [ID, ...], "k": 20, "include_seen": false, "strict": false}
-         -> {"version", "results": [{"user", "fallback", "items": [...]}, ...]}   (one product)
+         -> {"version", "results": [{"user", "fallback", "items": [...]}, ...]}
     GET  /version -> {"version", "strategy", "created", "periods", "n_users", "n_items"}
-    GET  /health  -> {"status": "ok", "version", "failed"} (failed: a version that did not load, or null)
+    GET  /health  -> {"status": "ok" | "degraded", "version", "latest", "failed", "problem"}
     GET  /metrics -> Prometheus text: requests and latency per endpoint, served version, swaps
+    GET  /openapi.json, GET /docs (a self-contained page: no CDN, works offline)
 
-The handlers are ``async``: a query is a few hundred microseconds of arithmetic, cheaper on the
-event loop than a hop to a worker thread and back; answers are encoded with ``json`` directly
-(no response model to validate).
+Where the work runs: an answer that is a lookup in the precomputed table (one user, ``k`` up to
+served.CACHE_K, seen items excluded: the common query) is encoded on the event loop, which costs
+less than a hop to a worker thread; every other request (batches, large ``k``, ``include_seen``,
+a version too large to precompute) is parsed, scored and encoded in a worker thread, so ``/health``
+and small queries keep being answered while it runs.
+
+Limits (:class:`Limits`, ``smlrec serve --max-k/--max-users/--max-results/--max-body``): a
+request body over ``max_body`` bytes is a 413; ``k`` over ``max_k``, more than ``max_users`` users
+or more than ``max_results`` (users x k) items in one answer is a 422 naming the limit. A 422 never
+echoes a long input: values are cut to ``ECHO`` characters.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import json
+import html
+import ipaddress
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import CheckpointError, ConfigError, DataError
 from .events import emit
 from .recommender import Answer, Recommender
 from .registry import ModelRegistry
+from .served import CACHE_K
 
-MAX_BATCH = 10_000
-MAX_K = 10_000
 # Latency buckets (seconds) of the Prometheus histogram: 0.5 ms .. 2.5 s.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ECHO = 80      # characters of an offending input a 422 repeats
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (documented in docs/production.md, "Serving")."""
+
+    max_k: int = 1_000               # items per user
+    max_users: int = 10_000          # users per batch
+    max_results: int = 200_000       # users x k per request (10,000 users at k = 20)
+    max_body: int = 1_000_000        # bytes of a request body (10,000 ids of ~50 characters)
+
+    def __post_init__(self) -> None:
+        for name in ("max_k", "max_users", "max_results", "max_body"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"serving limit {name} must be a whole number >= 1, got {value!r}")
+
+
+class BatchRequest(BaseModel):
+    """The body of POST /recommend/batch."""
+
+    users: list[str | int] = Field(..., description="raw user ids (text or numbers)")
+    k: int = Field(20, ge=1, description="items per user")
+    include_seen: bool = Field(False, description="keep items the user already has")
+    strict: bool = Field(False, description="404 for an unknown user instead of the cold-start rule")
+
+
+class RequestError(Exception):
+    """A refused request: HTTP status and a message (answered as {"detail": message})."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail
+
+
+def host_warning(host: str) -> str | None:
+    """The warning ``smlrec serve`` prints for an address reachable from other machines."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"serving on {host}: reachable from other machines, without authentication or TLS; "
+            "put a proxy in front of it or use --host 127.0.0.1")
+
+
+def _short(value: Any) -> Any:
+    """An input value as a 422 may repeat it: numbers and short text as they are, the rest cut."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= ECHO else text[:ECHO] + f"... ({len(text)} characters)"
+
+
+def _errors(errors: list[dict[str, Any]], limit: int = 10) -> list[dict[str, Any]]:
+    """Validation errors without the full input (a 10,000-id list is not sent back)."""
+    out = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),
+            "input": _short(e.get("input"))} for e in errors[:limit]]
+    if len(errors) > limit:
+        out.append({"loc": [], "msg": f"... and {len(errors) - limit} more errors", "type": "truncated"})
+    return out
 
 
 class ModelHolder:
@@ -50,31 +132,64 @@ class ModelHolder:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         checkpoint, skipped = registry.load_latest_good()
-        self.current: Recommender = Recommender(checkpoint)
+        try:
+            served = registry.load_served(checkpoint)
+        except CheckpointError:       # rebuilt from the strategy's state instead (slower, same answers)
+            served = None
+        self.current: Recommender = self._ready(Recommender(checkpoint, served=served))
         self.failed: int | None = None
+        self.latest: int | None = checkpoint.version
+        self.latest_error: str | None = None     # LATEST unreadable or garbage (the last poll said so)
         self.swaps = 0
         self.load_failures = len(skipped)
         if skipped:
-            with contextlib.suppress(CheckpointError):
-                self.failed = registry.latest_version()    # do not retry it on every poll
+            try:
+                self.latest = registry.latest_version()
+                self.failed = self.latest          # do not retry it on every poll
+            except CheckpointError as err:
+                self.latest, self.latest_error = None, str(err)
             emit("fallback", f"serving version {checkpoint.version}, older than LATEST: "
                  + "; ".join(skipped), level="warning", version=checkpoint.version, errors=skipped)
         else:
             emit("serving", f"serving version {checkpoint.version}", version=checkpoint.version)
+
+    @staticmethod
+    def _ready(model: Recommender) -> Recommender:
+        return model.prepare()
+
+    def health(self) -> dict[str, Any]:
+        """"ok" when the served version is the one LATEST names; "degraded" (still serving) when
+        LATEST is unreadable or names a version that did not load."""
+        problem = None
+        if self.latest_error is not None:
+            problem = self.latest_error
+        elif self.failed is not None:
+            problem = f"version {self.failed} (LATEST) does not load; serving version {self.current.version}"
+        return {"status": "ok" if problem is None else "degraded", "version": self.current.version,
+                "latest": self.latest, "failed": self.failed, "problem": problem}
 
     def refresh(self) -> bool:
         """Load the version LATEST names if it is not the served one; True when it was swapped in."""
         try:
             latest = self.registry.latest_version()
         except CheckpointError as err:
-            emit("latest_unreadable", f"cannot read LATEST; still serving version {self.current.version}: {err}",
-                 level="warning", version=self.current.version, error=str(err))
+            if self.latest_error != str(err):    # once per problem, not on every poll
+                emit("latest_unreadable", f"cannot read LATEST; still serving version {self.current.version}: "
+                     f"{err}", level="warning", version=self.current.version, error=str(err))
+            self.latest, self.latest_error = None, str(err)
             return False
-        if latest is None or latest == self.current.version or latest == self.failed:
+        self.latest, self.latest_error = latest, None
+        if latest is None:
+            self.latest_error = f"{self.registry.latest_path}: missing"
+            return False
+        if latest == self.current.version:
+            self.failed = None                  # e.g. a rollback past a corrupt version
+            return False
+        if latest == self.failed:
             return False
         began = time.perf_counter()
         try:
-            loaded = Recommender.from_registry(self.registry, latest)
+            loaded = self._ready(Recommender.from_registry(self.registry, latest))
         except CheckpointError as err:
             emit("fallback", f"version {latest} does not load; still serving version {self.current.version}: "
                  f"{err}", level="error", version=self.current.version, failed=latest, error=str(err))
@@ -144,11 +259,51 @@ def _items(answer: Answer) -> list[dict[str, Any]]:
     return [{"item": item, "score": score} for item, score in zip(answer.items, answer.scores)]
 
 
-def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0):
-    """The FastAPI application serving ``registry``."""
-    from fastapi import Body, FastAPI, HTTPException, Query
-    from fastapi.responses import PlainTextResponse, Response
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(content=orjson.dumps(payload), status_code=status, media_type="application/json")
 
+
+def _cheap(model: Recommender, k: int, include_seen: bool) -> bool:
+    """Whether one user's answer is a lookup in the precomputed table (answered on the loop)."""
+    return model.selector.cache is not None and not include_seen and k <= CACHE_K
+
+
+def _check_size(limits: Limits, users: int, k: int) -> None:
+    if k > limits.max_k:
+        raise RequestError(422, f"k = {k} is over this server's limit of {limits.max_k} items per user "
+                                "(smlrec serve --max-k)")
+    if users > limits.max_users:
+        raise RequestError(422, f"{users} users in one batch is over this server's limit of "
+                                f"{limits.max_users} (smlrec serve --max-users); split the batch")
+    if users * k > limits.max_results:
+        raise RequestError(422, f"{users} users x k = {k} asks for {users * k} items, over this server's "
+                                f"limit of {limits.max_results} per request (smlrec serve --max-results); "
+                                "split the batch or lower k")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes (before reading it all
+    when the client announces its length)."""
+    declared = request.headers.get("content-length")
+    too_big = RequestError(413, f"request body over this server's limit of {limit} bytes "
+                                "(smlrec serve --max-body); split the batch")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0,
+               limits: Limits | None = None) -> FastAPI:
+    """The FastAPI application serving ``registry``."""
+    if not isinstance(poll_seconds, (int, float)) or not poll_seconds > 0:
+        raise ConfigError(f"poll_seconds must be > 0 (seconds between checks of LATEST), got {poll_seconds!r}")
+    limits = limits or Limits()
     registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
     holder = ModelHolder(registry)
     metrics = Metrics()
@@ -169,60 +324,127 @@ def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0):
         stop.set()
         thread.join(timeout=poll_seconds + 5)
 
-    app = FastAPI(title="smlrec", lifespan=lifespan)
+    app = FastAPI(title="smlrec", description="Top-K recommendations from a smlrec model registry.",
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.limits = limits
 
-    def answer(endpoint: str, began: float, build) -> Response:
-        model = holder.current      # one version for the whole request
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> Response:
+        endpoint = "recommend_batch" if request.url.path.endswith("/batch") else "recommend"
+        metrics.observe(endpoint, 422, 0.0)
+        return _json({"detail": _errors(list(err.errors()))}, 422)
+
+    def answer(endpoint: str, began: float, build: Callable[[Recommender], tuple[Any, int]]) -> Response:
+        """Run ``build`` on one version (the whole request sees one); errors become 404/413/422."""
+        model = holder.current
         try:
             payload, fallbacks = build(model)
+            body = orjson.dumps(payload)
+        except RequestError as err:
+            metrics.observe(endpoint, err.status, time.perf_counter() - began)
+            return _json({"detail": err.detail}, err.status)
         except (DataError, ConfigError) as err:
             metrics.observe(endpoint, 404, time.perf_counter() - began)
-            raise HTTPException(status_code=404, detail=str(err)) from None
-        body = json.dumps(payload).encode()
+            return _json({"detail": str(err)}, 404)
         metrics.observe(endpoint, 200, time.perf_counter() - began, fallbacks)
         return Response(content=body, media_type="application/json")
 
-    @app.get("/recommend")
-    async def recommend(user: str, k: int = Query(20, ge=1, le=MAX_K), include_seen: bool = False,
-                        strict: bool = False) -> Response:
+    @app.get("/recommend", summary="Top-k items for one user")
+    async def recommend(user: str = Query(..., description="raw user id"),
+                        k: int = Query(20, ge=1, description=f"items (at most --max-k, default {limits.max_k})"),
+                        include_seen: bool = Query(False, description="keep items the user already has"),
+                        strict: bool = Query(False, description="404 for an unknown user")) -> Response:
         began = time.perf_counter()
 
-        def build(model: Recommender):
+        def build(model: Recommender) -> tuple[Any, int]:
+            _check_size(limits, 1, k)
             top = model.top_k([user], k=k, exclude_seen=not include_seen, strict=strict)[0]
             return ({"user": user, "version": model.version, "fallback": top.fallback, "items": _items(top)},
                     int(top.fallback))
 
-        return answer("recommend", began, build)
+        if _cheap(holder.current, k, include_seen):
+            return answer("recommend", began, build)
+        return await run_in_threadpool(answer, "recommend", began, build)
 
-    @app.post("/recommend/batch")
-    async def recommend_batch(users: list[str | int] = Body(..., max_length=MAX_BATCH),
-                              k: int = Body(20, ge=1, le=MAX_K), include_seen: bool = Body(False),
-                              strict: bool = Body(False)) -> Response:
+    @app.post("/recommend/batch", summary="Top-k items for each of a batch of users",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": BatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+    async def recommend_batch(request: Request) -> Response:
         began = time.perf_counter()
+        try:
+            raw = await _body(request, limits.max_body)
+        except RequestError as err:
+            metrics.observe("recommend_batch", err.status, time.perf_counter() - began)
+            return _json({"detail": err.detail}, err.status)
 
-        def build(model: Recommender):
-            answers = model.top_k(users, k=k, exclude_seen=not include_seen, strict=strict)
+        def build(model: Recommender) -> tuple[Any, int]:
+            try:
+                query = BatchRequest.model_validate_json(raw)
+            except ValidationError as err:
+                raise RequestError(422, _errors(err.errors(include_url=False))) from None
+            _check_size(limits, len(query.users), query.k)
+            answers = model.top_k(query.users, k=query.k, exclude_seen=not query.include_seen, strict=query.strict)
             results = [{"user": a.user, "fallback": a.fallback, "items": _items(a)} for a in answers]
             return {"version": model.version, "results": results}, sum(a.fallback for a in answers)
 
-        return answer("recommend_batch", began, build)
+        return await run_in_threadpool(answer, "recommend_batch", began, build)
 
-    @app.get("/version")
-    async def version() -> dict:
+    @app.get("/version", summary="The served version")
+    async def version() -> Response:
         model = holder.current
         manifest = model.checkpoint.manifest
-        return {"version": model.version, "strategy": manifest.get("strategy"),
-                "created": manifest.get("created"), "periods": manifest.get("periods"),
-                "n_users": manifest.get("n_users"), "n_items": manifest.get("n_items")}
+        return _json({"version": model.version, "strategy": manifest.get("strategy"),
+                      "created": manifest.get("created"), "periods": manifest.get("periods"),
+                      "n_users": manifest.get("n_users"), "n_items": manifest.get("n_items")})
 
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "version": holder.current.version, "failed": holder.failed}
+    @app.get("/health", summary="Served version and whether it is the one LATEST names")
+    async def health() -> Response:
+        return _json(holder.health())
 
-    @app.get("/metrics")
+    @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(holder), media_type="text/plain; version=0.0.4")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi()))
+
     return app
+
+
+def docs_page(spec: dict[str, Any]) -> str:
+    """A self-contained HTML page describing the API from its OpenAPI document (no scripts, no
+    CDN: it works on a machine without internet access). The full document is at /openapi.json."""
+    esc = html.escape
+    info = spec.get("info", {})
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(info.get('title', 'API'))}</title>"
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}code,pre{background:#f4f4f4}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}"
+             "</style></head><body>",
+             f"<h1>{esc(info.get('title', 'API'))} {esc(str(info.get('version', '')))}</h1>",
+             f"<p>{esc(info.get('description', ''))}</p>",
+             "<p>Machine-readable description: <a href='/openapi.json'>/openapi.json</a>.</p>"]
+    for path, methods in spec.get("paths", {}).items():
+        for method, op in methods.items():
+            parts.append(f"<h2><code>{esc(method.upper())} {esc(path)}</code></h2><p>{esc(op.get('summary', ''))}</p>")
+            params = op.get("parameters", [])
+            if params:
+                parts.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>default</th>"
+                             "<th>description</th></tr>")
+                for p in params:
+                    schema = p.get("schema", {})
+                    parts.append(f"<tr><td>{esc(p.get('name', ''))}{' (required)' if p.get('required') else ''}"
+                                 f"</td><td>{esc(p.get('in', ''))}</td><td>{esc(str(schema.get('type', '')))}</td>"
+                                 f"<td>{esc(str(schema.get('default', '')))}</td>"
+                                 f"<td>{esc(p.get('description', ''))}</td></tr>")
+                parts.append("</table>")
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                parts.append("<p>JSON body:</p><pre>" + esc(orjson.dumps(body, option=orjson.OPT_INDENT_2)
+                                                           .decode()) + "</pre>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+

@@ -1,0 +1,375 @@
+"""Top-K answers from a version's served tables with numpy alone (no torch, no pandas).
+
+What ``smlrec recommend`` and ``smlrec serve`` use for strategies that serve an inner product
+(``served.safetensors``: the user table, the item table and the cold user's scores). Importing this
+module costs numpy and safetensors, so a one-user ``smlrec recommend`` starts in a fraction of a
+second instead of paying for torch and pandas (BENCHMARKS.md, "Serving").
+
+Scores are ``user_table[rows] @ item_table_t``, computed in fixed-shape blocks of ``BLOCK`` rows
+(the last block padded with zeros), so every user's scores come from a product of the same shape
+whether the user was asked alone or among thousands: the BLAS kernel a product runs depends on its
+shape, and a 1-row product (a matrix-vector kernel) rounds differently from a many-row one. Top-k
+order is by score, then by item index (ties broken the same way whatever k).
+
+``prepare()`` (called by ``serve`` when a version is swapped in, never on the request path)
+computes every known user's top ``CACHE_K`` unseen items once; a query with ``k <= CACHE_K`` that
+excludes seen items then reads its answer from that table. The table holds exactly what the
+on-demand computation gives (same blocks, same selection), so cached and computed answers agree.
+
+This module reads a registry's files itself (LATEST, the manifest, sha256 checks) because the
+registry module imports torch; the rules are the registry's (see registry.py), and a test
+compares the two readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, DataError
+
+BLOCK = 64            # rows per scoring product (fixed: see the module docstring)
+CACHE_K = 100         # top items per known user kept by prepare()
+CACHE_ENTRIES = 50_000_000   # prepare() caches only when n_users * CACHE_K stays below this (~400 MB)
+VERSION_RE = re.compile(r"^v(\d{6})$")
+_WHOLE = re.compile(r"^([+-]?\d+)(?:\.0*)?$")
+NUMBER, TEXT = "number", "text"
+
+
+@dataclass
+class Answer:
+    """The top items of one queried user (raw item ids, best first)."""
+
+    user: Any
+    items: list
+    scores: list[float]
+    fallback: bool
+
+
+def id_kind(ids: np.ndarray) -> str:
+    """"number" for integer id arrays, else "text" (the ids rule of ingest.py)."""
+    return NUMBER if np.asarray(ids).dtype.kind in "iu" else TEXT
+
+
+def normalise_query(value: Any, kind: str) -> Any:
+    """A queried raw id (HTTP, ``recommend``) under the ids rule; None when it cannot be an id of
+    this kind (an unknown user). Whole numbers are parsed exactly ("9007199254740993" stays that
+    number; a float would round it to ...992)."""
+    text = str(value).strip()
+    if kind == TEXT:
+        return text
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    match = _WHOLE.match(text)
+    if match:
+        return int(match.group(1))
+    try:
+        number = float(text)              # "1e3"
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number != math.floor(number) or abs(number) >= 2**53:
+        return None
+    return int(number)
+
+
+def block_scores(user_table: np.ndarray, item_table_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``user_table[rows] @ item_table_t`` as float32, in products of exactly ``BLOCK`` rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    out = np.empty((n, item_table_t.shape[1]), dtype=np.float32)
+    padded = np.zeros((BLOCK, user_table.shape[1]), dtype=np.float32)
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        padded[: hi - lo] = user_table[rows[lo:hi]]
+        padded[hi - lo:] = 0.0
+        out[lo:hi] = (padded @ item_table_t)[: hi - lo]
+    return out
+
+
+def select_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items, values) ``[rows, min(k, n_items)]``: best first, ties by item index; vectorised.
+
+    Every item tied with the k-th score is a candidate, so the order of the first k does not
+    depend on k (the cache of prepare() and an on-demand query agree)."""
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    n_rows, n_items = scores.shape
+    width = min(k, n_items)
+    if n_rows == 0 or width == 0:
+        return np.zeros((n_rows, width), np.int64), np.zeros((n_rows, width), scores.dtype)
+    if width < n_items:
+        kth = -np.partition(-scores, width - 1, axis=1)[:, width - 1]
+        rows, items = np.nonzero(scores >= kth[:, None])
+    else:
+        rows, items = np.divmod(np.arange(n_rows * n_items), n_items)
+    values = scores[rows, items]
+    order = np.lexsort((items, -values, rows))
+    rows, items, values = rows[order], items[order], values[order]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < width
+    out_items = np.empty((n_rows, width), np.int64)
+    out_values = np.empty((n_rows, width), scores.dtype)
+    out_items[rows[keep], rank[keep]] = items[keep]
+    out_values[rows[keep], rank[keep]] = values[keep]
+    return out_items, out_values
+
+
+class Selector:
+    """Everything a top-K query needs besides the scores: ids, seen items, the cold answer.
+
+    ``score_rows(rows) -> float32 [len(rows), n_items]`` scores known users (the served tables'
+    product, or a strategy's own ``score`` for the generic path in recommender.py);
+    ``cold_scores() -> float32 [n_items]`` scores a user the version has never seen.
+    """
+
+    def __init__(self, version: int, user_ids: np.ndarray, item_ids: np.ndarray, pair_keys: np.ndarray,
+                 score_rows: Callable[[np.ndarray], np.ndarray],
+                 cold_scores: Callable[[], np.ndarray] | None = None) -> None:
+        self.version = version
+        self.user_ids = user_ids
+        self.item_ids = item_ids
+        self.n_items = len(item_ids)
+        self.user_kind = id_kind(user_ids)
+        self.user_row = {uid: row for row, uid in enumerate(user_ids.tolist())}
+        self.item_list = item_ids.tolist()              # raw ids as Python values, for answers
+        # Seen items as CSR: the keys are sorted by user, then item (key = user << 32 | item).
+        pair_keys = np.asarray(pair_keys, np.int64)
+        self.seen_indptr = np.searchsorted(pair_keys >> 32, np.arange(len(user_ids) + 1, dtype=np.int64))
+        self.seen_items = pair_keys & 0xFFFFFFFF
+        self.popularity = np.bincount(self.seen_items, minlength=self.n_items)
+        self.score_rows = score_rows
+        self._cold_scores = cold_scores
+        self._cold: tuple[np.ndarray, np.ndarray] | None = None      # (items, values), best first
+        self.cache: tuple[np.ndarray, np.ndarray] | None = None      # prepare(): [n_users, CACHE_K]
+
+    def lookup(self, user_ids: Sequence[Any]) -> np.ndarray:
+        """Table rows of raw user ids (-1 for unknown), under the ids rule (" 42 " finds 42)."""
+        kind, rows = self.user_kind, self.user_row
+        return np.fromiter((rows.get(normalise_query(q, kind), -1) for q in user_ids), dtype=np.int64,
+                           count=len(user_ids))
+
+    def seen_mask(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in ``users``, item) of every pair each user has: a sparse mask, from the CSR arrays."""
+        users = np.asarray(users, dtype=np.int64)
+        lo, hi = self.seen_indptr[users], self.seen_indptr[users + 1]
+        counts = hi - lo
+        rows = np.repeat(np.arange(len(users)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return rows, self.seen_items[np.repeat(lo, counts) + offsets]
+
+    def ranked(self, users: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(items, values) of the top ``k`` of known table rows ``users`` (excluded items: -inf)."""
+        users = np.asarray(users, np.int64)
+        if exclude_seen and self.cache is not None and k <= self.cache[0].shape[1]:
+            return self.cache[0][users, :k], self.cache[1][users, :k]
+        items, values = [], []
+        step = BLOCK * 16                        # bounds the [step, n_items] score block in memory
+        for lo in range(0, len(users), step):
+            part = users[lo:lo + step]
+            scores = np.asarray(self.score_rows(part), dtype=np.float32)
+            if exclude_seen:
+                rows, seen = self.seen_mask(part)
+                scores[rows, seen] = -np.inf
+            top = select_top(scores, k)
+            items.append(top[0])
+            values.append(top[1])
+        width = min(k, self.n_items)
+        if not items:
+            return np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
+        return np.concatenate(items), np.concatenate(values)
+
+    def prepare(self) -> None:
+        """Cache every known user's top ``CACHE_K`` unseen items (a few ms for thousands of users;
+        skipped when the table would pass ``CACHE_ENTRIES``)."""
+        if len(self.user_ids) * CACHE_K > CACHE_ENTRIES:
+            return
+        self.cache = self.ranked(np.arange(len(self.user_ids)), CACHE_K, exclude_seen=True)
+        self.cold(CACHE_K)
+
+    def cold(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, values) of the top ``k`` for an unknown user (the cold rule, else popularity)."""
+        if self._cold is None or self._cold[0].shape[0] < min(k, self.n_items):
+            scores = self._cold_scores() if self._cold_scores is not None else None
+            if scores is None:
+                scores = self.popularity
+            items, values = select_top(np.asarray(scores, np.float32)[None, :], max(k, CACHE_K))
+            self._cold = (items[0], values[0])
+        return self._cold[0][:k], self._cold[1][:k]
+
+    def check(self, user_ids: Sequence[Any], k: int, strict: bool) -> np.ndarray:
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        index = self.lookup(user_ids)
+        if strict and (index < 0).any():
+            raise DataError(f"unknown user {user_ids[int(np.argmax(index < 0))]!r} (not in version "
+                            f"{self.version}); drop --strict to serve the cold-start rule")
+        return index
+
+    def top_k(self, user_ids: Sequence[Any], k: int = 20, exclude_seen: bool = True,
+              strict: bool = False) -> list[Answer]:
+        """Top-``k`` items per user, in query order. Excluded items never appear, so a user who
+        has nearly every item gets fewer than ``k``. An unknown user gets the cold rule
+        (``fallback``), or a DataError when ``strict``."""
+        user_ids = list(user_ids)
+        index = self.check(user_ids, k, strict)
+        answers: list[Answer | None] = [None] * len(user_ids)
+        known = np.flatnonzero(index >= 0)
+        if known.size:
+            items, values = self.ranked(index[known], k, exclude_seen)
+            values64 = values.astype(np.float64)
+            finite = np.isfinite(values64)
+            names = self.item_list
+            for position, query in enumerate(known.tolist()):
+                keep = finite[position]
+                answers[query] = Answer(user_ids[query], [names[i] for i in items[position][keep].tolist()],
+                                        values64[position][keep].tolist(), False)
+        if known.size < len(user_ids):
+            items, values = self.cold(k)
+            values64 = values.astype(np.float64)
+            keep = np.isfinite(values64)
+            cold_items = [self.item_list[i] for i in items[keep].tolist()]
+            cold_scores = values64[keep].tolist()
+            for query in np.flatnonzero(index < 0).tolist():
+                answers[query] = Answer(user_ids[query], cold_items, cold_scores, True)
+        return answers  # type: ignore[return-value]
+
+
+class ServedTables(Selector):
+    """A version's served tables as numpy arrays, answering top-K queries (no torch)."""
+
+    def __init__(self, version: int, user_ids: np.ndarray, item_ids: np.ndarray, pair_keys: np.ndarray,
+                 user_table: np.ndarray, item_table: np.ndarray, cold: np.ndarray | None = None,
+                 manifest: dict[str, Any] | None = None) -> None:
+        self.user_table = np.ascontiguousarray(user_table, dtype=np.float32)
+        self.item_table_t = np.ascontiguousarray(np.asarray(item_table, dtype=np.float32).T)
+        self.manifest = manifest or {}
+        cold_scores = None if cold is None else (lambda: np.asarray(cold, np.float32))
+        super().__init__(version, user_ids, item_ids, pair_keys, self.scores, cold_scores)
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """Scores ``[len(users), n_items]`` of every item (fixed-shape blocks)."""
+        return block_scores(self.user_table, self.item_table_t, users)
+
+
+# -- reading a version without the registry module (which imports torch) ----------------------------
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+
+
+def _json(path: Path, payload: bytes | None = None) -> Any:
+    try:
+        return json.loads((_read(path) if payload is None else payload).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt or truncated JSON ({err})") from None
+
+
+def _checked(path: Path, expected: Any) -> bytes:
+    if not isinstance(expected, dict) or "sha256" not in expected:
+        raise CheckpointError(f"{path}: not listed in the manifest")
+    payload = _read(path)
+    if len(payload) != expected.get("bytes") or hashlib.sha256(payload).hexdigest() != expected["sha256"]:
+        raise CheckpointError(f"{path}: corrupt or truncated ({len(payload)} bytes, expected "
+                              f"{expected.get('bytes')}; sha256 does not match the manifest)")
+    return payload
+
+
+def _ids(values: list) -> np.ndarray:
+    """Raw ids from vocab.json, as the registry reads them (integers stay int64, else text)."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        try:
+            return np.asarray(values, dtype=np.int64)
+        except OverflowError:
+            return np.asarray(values, dtype=object)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+def latest_version(root: Path) -> int | None:
+    path = root / "LATEST"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    match = VERSION_RE.match(text)
+    if not match:
+        raise CheckpointError(f"{path}: corrupt (expected a version such as v000001, found {text[:40]!r})")
+    return int(match.group(1))
+
+
+def _committed(root: Path, version: int, latest: int) -> bool:
+    """A version at or below LATEST, or one the journal records as committed (kept by a rollback)."""
+    if version <= latest:
+        return True
+    try:
+        lines = (root / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return False
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "commit" and int(event.get("version", -1)) == version:
+            return True
+        if event.get("event") == "rollback" and version in event.get("committed", []):
+            return True
+    return False
+
+
+def open_served(registry: str | Path, version: int | None = None) -> ServedTables | None:
+    """The served tables of ``version`` (default: LATEST), every file read checked against the
+    manifest; None when the version stores none (a strategy without an inner product: use
+    recommender.Recommender). A bad file is a CheckpointError naming it."""
+    root = Path(registry)
+    latest = latest_version(root)
+    if latest is None:
+        raise CheckpointError(f"{root}: no model registry here (no LATEST file); create one with `smlrec init`")
+    version = latest if version is None else version
+    folder = root / f"v{version:06d}"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: version {version} is missing")
+    if not _committed(root, version, latest):
+        raise CheckpointError(f"{folder}: version {version} was never committed (left over from an "
+                              "interrupted update); see `smlrec versions`")
+    manifest = _json(folder / "manifest.json")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("version") != version or not isinstance(files, dict):
+        raise CheckpointError(f"{folder / 'manifest.json'}: not a manifest of version {version}")
+    if "served.safetensors" not in files:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as load_numpy
+
+    vocab = _json(folder / "vocab.json", _checked(folder / "vocab.json", files.get("vocab.json")))
+    tables: dict[str, np.ndarray] = {}
+    for name in ("served.safetensors", "weights.safetensors"):
+        payload = _checked(folder / name, files.get(name))
+        try:
+            tables.update({f"{name}:{key}": value for key, value in load_numpy(payload).items()})
+        except (SafetensorError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{folder / name}: corrupt safetensors file ({err})") from None
+    try:
+        return ServedTables(version, _ids(vocab["users"]), _ids(vocab["items"]),
+                            tables["weights.safetensors:state.cumulative.pair_keys"],
+                            tables["served.safetensors:user"], tables["served.safetensors:item"],
+                            tables.get("served.safetensors:cold"), manifest)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder}: incomplete checkpoint ({type(err).__name__}: {err})") from None
