@@ -260,6 +260,7 @@ def test_two_updates_from_the_same_version_are_byte_identical_on_two_threads(tmp
 # -- defect 8 (start-up): `smlrec recommend` loads only what it needs --------------------------------
 
 def test_recommend_imports_neither_the_web_stack_nor_plotting_nor_the_compiler(reg, tmp_path):
+    """Nor torch and pandas (issue 25): a version with served tables is answered with numpy."""
     import os
     import subprocess
     import sys
@@ -267,8 +268,8 @@ def test_recommend_imports_neither_the_web_stack_nor_plotting_nor_the_compiler(r
     root, _ = reg
     script = ("import sys\nfrom smlrec.cli import main\n"
               f"assert main(['recommend', '--registry', {str(root)!r}, '--user', '1000', '--k', '3']) == 0\n"
-              "print(sorted(m for m in ('matplotlib', 'fastapi', 'uvicorn', 'starlette', 'torch._dynamo') "
-              "if m in sys.modules))\n")
+              "print(sorted(m for m in ('matplotlib', 'fastapi', 'uvicorn', 'starlette', 'torch._dynamo', "
+              "'torch', 'pandas') if m in sys.modules))\n")
     src = str(Path(__file__).resolve().parent.parent / "src")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=src), timeout=120)
