@@ -1,28 +1,29 @@
-"""Load test of `smlrec serve` on the bundled MovieLens data: requests/s and latency at fixed
-concurrency, with a version swap in the middle of every run.
+"""Load test of `smlrec serve` on the bundled MovieLens data, against a minimal FastAPI app measured
+in the same run.
 
     python benchmarks/load.py                      # builds the registry once, measures, writes results
-    python benchmarks/load.py --duration 10 --levels 1,8
-    python benchmarks/load.py --src /tmp/old/src --label before   # serve another source tree
+    python benchmarks/load.py --duration 10 --levels 8 --markdown
 
-What it does (wrk-style, loopback 127.0.0.1 only):
+What it does (loopback 127.0.0.1 only):
 
 1. Builds (once, into ``--registry``) an SML registry: ``init`` on the first 95% of the bundled
    ratings (by time; 19 equal-count periods, plan 5,13,0,1), then ``update`` with the last 5%:
-   versions 1 and 2. LATEST is put back on version 1 before the runs.
-2. Starts ``smlrec serve`` in a subprocess (``--src`` chooses the source tree, to compare with an
-   older commit under the same conditions).
-3. For each concurrency level: that many client threads, each with one keep-alive connection,
-   send ``GET /recommend?user=U&k=20`` back to back for ``--duration`` seconds (at most
-   ``--max-requests`` in all), U drawn uniformly from the registry's users (``--cold`` of them
-   unknown). Halfway through, LATEST is moved to the other version (a swap the server picks up by
-   polling); every answer's version is recorded, so the run shows the swap and whether any
-   request failed across it.
-4. Writes ``--out`` (JSON) and, with ``--markdown``, replaces its own section at the end of
+   versions 1 and 2. LATEST is put on version 2.
+2. For each server (a minimal FastAPI app whose one route returns 20 ints, run by uvicorn with the
+   same settings; then ``smlrec serve``), and each concurrency level: ``wrk`` (Debian's package;
+   ``--client python`` uses this script's thread client instead, e.g. where wrk is missing) sends
+   ``GET /recommend?user=U&k=20`` on that many keep-alive connections for ``--duration`` seconds,
+   U drawn from the registry's users (5% unknown). Reported: requests/s, p50/p99 latency (wrk's),
+   and the server's CPU seconds per request (utime + stime of the server process from /proc, so
+   the client's CPU is not counted), and smlrec's ratios to the minimal app.
+3. The batch endpoint: ``--batch`` users per POST at k = 20 from 2 client threads; users/s.
+4. ``smlrec recommend --user U --k 20`` from a cold process (``hyperfine`` when installed, else
+   timed here; median of ``--startup-runs``) against ``python -c "import torch, pandas"``.
+5. Writes ``--out`` (JSON) and, with ``--markdown``, replaces its own section at the end of
    BENCHMARKS.md (the rest of that file belongs to benchmarks/run.py).
 
 The client runs on the same machine as the server and competes with it for the CPUs; the results
-record the core count and the load average before and after each run.
+record the CPU model, the commit and the load average.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-SECTION = "## Serving: load test (benchmarks/load.py)"
+SECTION = "## Serving (benchmarks/load.py)"
 HOST = "127.0.0.1"   # loopback only: this script never talks to another machine
 
 
@@ -98,8 +99,9 @@ def set_latest(registry: Path, version: int) -> None:
 
 
 def run_level(port: int, users: list[str], concurrency: int, duration: float, max_requests: int,
-              k: int, registry: Path, swap_to: int, seed: int) -> dict:
-    """``concurrency`` threads hammering /recommend for ``duration`` s; LATEST moves halfway."""
+              k: int, registry: Path | None, swap_to: int | None, seed: int) -> dict:
+    """``concurrency`` threads hammering /recommend for ``duration`` s (the --client python
+    fallback); with ``registry``, LATEST moves to ``swap_to`` halfway."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     versions: list[list[int]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -128,7 +130,9 @@ def run_level(port: int, users: list[str], concurrency: int, duration: float, ma
                     errors[index] += 1
                     continue
                 latencies[index].append(elapsed)
-                versions[index].append(json.loads(body)["version"])
+                answer = json.loads(body)
+                if isinstance(answer, dict):      # the minimal app answers a bare list
+                    versions[index].append(answer["version"])
             except (OSError, http.client.HTTPException, ValueError):
                 errors[index] += 1
                 connection.close()
@@ -144,7 +148,7 @@ def run_level(port: int, users: list[str], concurrency: int, duration: float, ma
     began = time.perf_counter()
     swapped_at = None
     while time.perf_counter() - began < duration and any(t.is_alive() for t in threads):
-        if swapped_at is None and time.perf_counter() - began >= duration / 2:
+        if registry is not None and swapped_at is None and time.perf_counter() - began >= duration / 2:
             set_latest(registry, swap_to)
             swapped_at = time.perf_counter() - began
         time.sleep(0.01)
@@ -210,56 +214,166 @@ def run_batch_level(port: int, users: list[str], concurrency: int, duration: flo
             "errors": sum(errors)}
 
 
-def recommend_startup(registry: Path, src: Path, repeats: int = 3) -> dict:
-    """Wall seconds of `smlrec recommend --user U --k 20` (a fresh process each time)."""
+MINIMAL_APP = """
+import sys, uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+TWENTY = list(range(20))
+@app.get("/recommend")
+async def recommend():
+    return TWENTY
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+WRK_SCRIPT = """
+local users = {}
+for line in io.lines("%s") do users[#users + 1] = line end
+math.randomseed(%d)
+request = function()
+  return wrk.format("GET", "/recommend?user=" .. users[math.random(#users)] .. "&k=%d")
+end
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (from /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_level(port: int, users_file: Path, concurrency: int, duration: float, k: int, seed: int,
+              scratch: Path) -> dict:
+    """One wrk run; requests/s and wrk's latency percentiles."""
+    script = scratch / f"load-{seed}.lua"
+    script.write_text(WRK_SCRIPT % (users_file, seed, k))
+    threads = min(2, concurrency)
+    done = subprocess.run(["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{int(duration)}s", "--latency",
+                           "-s", str(script), f"http://{HOST}:{port}"], capture_output=True, text=True, check=True)
+    out = done.stdout
+    result = {"concurrency": concurrency, "client": "wrk"}
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            result["requests_per_s"] = float(words[1])
+        elif words and words[0] in ("50%", "99%") and len(words) == 2:
+            result[f"p{words[0][:-1]}_ms"] = _ms(words[1])
+        elif "requests in" in line:
+            result["requests"] = int(words[0])
+        elif line.strip().startswith("Non-2xx") or line.strip().startswith("Socket errors"):
+            result["errors"] = line.strip()
+    return result
+
+
+def _ms(text: str) -> float:
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return round(float(text[: -len(unit)]) * scale, 3)
+    return float(text)
+
+
+def measure_server(command: list[str], env: dict, port: int, users: list[str], users_file: Path, levels: list[int],
+                   duration: float, k: int, client: str, scratch: Path) -> list[dict]:
+    """Start a server, run every level against it, record its CPU per request; stop it."""
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = []
+    try:
+        wait_healthy(port, server)
+        if client == "wrk":    # warm-up (first requests build caches in both servers)
+            wrk_level(port, users_file, 2, 2, k, 99, scratch)
+        for i, concurrency in enumerate(levels):
+            load = round(os.getloadavg()[0], 2)
+            before = cpu_seconds(server.pid)
+            if client == "wrk":
+                row = wrk_level(port, users_file, concurrency, duration, k, i, scratch)
+            else:
+                row = run_level(port, users, concurrency, duration, 10**9, k, None, None, i)
+            row["server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
+            row["server_cpu_ms_per_request"] = round(1000 * row["server_cpu_s"] / max(row["requests"], 1), 3)
+            row["load_average_before"] = load
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            time.sleep(1.0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return rows
+
+
+def batch_throughput(command: list[str], env: dict, port: int, users: list[str], batch: int, k: int,
+                     duration: float) -> dict:
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(port, server)
+        run_batch_level(port, users, 2, 2.0, batch, k)              # warm-up
+        before = cpu_seconds(server.pid)
+        row = run_batch_level(port, users, 2, duration, batch, k)
+        row["server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
+        row["k"] = k
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return row
+
+
+def recommend_startup(registry: Path, src: Path, runs: int, user: str) -> dict:
+    """Cold-process seconds of `smlrec recommend --user U --k 20` and of `import torch, pandas`."""
     env = dict(os.environ, PYTHONPATH=str(src))
-    user = "1"
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "smlrec", "recommend", "--registry", str(registry), "--user", user,
-                        "--k", "20"], env=env, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - began)
-    probe = subprocess.run([sys.executable, "-c", "import sys, smlrec.cli; print(sorted(m for m in "
-                            "('matplotlib', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules))"],
-                           env=env, capture_output=True, text=True)
-    return {"seconds": [round(t, 2) for t in times], "median_s": round(statistics.median(times), 2),
-            "heavy_modules_at_cli_import": probe.stdout.strip()}
+    commands = {"recommend": shlex.join([sys.executable, "-m", "smlrec", "recommend", "--registry", str(registry),
+                                         "--user", user, "--k", "20"]),
+                "import_torch_pandas": shlex.join([sys.executable, "-c", "import torch, pandas"])}
+    out: dict = {"tool": "hyperfine" if shutil.which("hyperfine") else "perf_counter"}
+    for name, command in commands.items():
+        if out["tool"] == "hyperfine":
+            export = Path(f"/tmp/load-hyperfine-{os.getpid()}.json")
+            subprocess.run(["hyperfine", "--warmup", "1", "--runs", str(runs), "--export-json", str(export),
+                            "--output", "null", command], env=env, check=True, capture_output=True)
+            times = json.loads(export.read_text())["results"][0]["times"]
+            export.unlink()
+        else:
+            times = []
+            for _ in range(runs):
+                began = time.perf_counter()
+                subprocess.run(shlex.split(command), env=env, check=True, stdout=subprocess.DEVNULL)
+                times.append(time.perf_counter() - began)
+        out[name] = {"median_s": round(statistics.median(times), 3), "seconds": [round(t, 3) for t in times]}
+    return out
 
 
 def markdown(results: dict) -> str:
+    run = results
+    cond = run["conditions"]
     lines = [SECTION, "",
              "Written by `python benchmarks/load.py --markdown` (results in benchmarks/results-serve.json); "
-             "`benchmarks/run.py` does not touch this section.", ""]
-    for label, run in results["runs"].items():
-        cond = run["conditions"]
-        lines += [f"### {label}: {run['description']}", "",
-                  f"{cond['registry']}; {cond['cores']} cores ({cond['cpu']}), server and client on the same "
-                  f"machine, loopback; {cond['duration_s']} s per level, k = {cond['k']}, "
-                  f"{int(100 * cond['cold'])}% unknown users; a swap (LATEST moved to the other version) "
-                  f"halfway through each level; load average {cond['load_average_start']} at start "
-                  f"(other jobs were running); command: `{run['command']}`.", "",
-                  "| concurrency | requests/s | p50 ms | p95 ms | p99 ms | max ms | errors | answers by version "
-                  "(swap) | client CPU s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for level in run["levels"]:
-            versions = ", ".join(f"v{v}: {n}" for v, n in level["answers_by_version"].items())
-            order = "in order" if level["versions_in_order"] else "OUT OF ORDER"
-            lines.append(f"| {level['concurrency']} | {level['requests_per_s']:,.0f} | {level['p50_ms']} | "
-                         f"{level['p95_ms']} | {level['p99_ms']} | {level['max_ms']} | {level['errors']} | "
-                         f"{versions} ({order}) | {level['client_cpu_s']} |")
-        if run.get("batch"):
-            b = run["batch"]
-            lines += ["", f"Batch endpoint: {b['users_per_s']:,.0f} users/s (POST /recommend/batch, {b['batch']} "
-                          f"users per request, concurrency {b['concurrency']}, {b['errors']} errors)."]
-        if run.get("recommend_startup"):
-            s = run["recommend_startup"]
-            lines += ["", f"`smlrec recommend --user 1 --k 20` (fresh process): median {s['median_s']} s "
-                          f"({', '.join(map(str, s['seconds']))}); heavy modules loaded by importing the CLI: "
-                          f"{s['heavy_modules_at_cli_import']}."]
-        lines.append("")
-    if results.get("notes"):
-        lines += [results["notes"], ""]
+             "`benchmarks/run.py` keeps this section when it rewrites the rest of the file.", "",
+             f"Command: `{run['command']}`. Commit {cond['commit']}; CPU {cond['cpu']} ({cond['cores']} cores), "
+             f"Python {cond['python']}; {cond['registry']}; server and client ({cond['client']}) on the same "
+             f"machine over loopback; {cond['duration_s']} s per level, k = {cond['k']}, 5% unknown users; "
+             f"load average {cond['load_average_start']} at start.", "",
+             "| server | concurrency | requests/s | p50 ms | p99 ms | server CPU ms/request | requests |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("minimal", "smlrec"):
+        for row in run["servers"][name]:
+            lines.append(f"| {name} | {row['concurrency']} | {row['requests_per_s']:,.0f} | {row.get('p50_ms')} | "
+                         f"{row.get('p99_ms')} | {row['server_cpu_ms_per_request']} | {row['requests']:,} |")
+    lines.append("")
+    for ratio in run["ratios"]:
+        lines.append(f"- concurrency {ratio['concurrency']}: smlrec / minimal requests/s = {ratio['requests_ratio']}; "
+                     f"server CPU per request {ratio['cpu_ratio']}x the minimal app's.")
+    b = run.get("batch")
+    if b:
+        lines.append(f"- batch endpoint: {b['users_per_s']:,.0f} users/s at k = {b['k']} ({b['batch']} users per "
+                     f"POST, {b['concurrency']} client threads, {b['errors']} errors).")
+    s = run.get("startup")
+    if s:
+        lines.append(f"- `smlrec recommend --user U --k 20` from a cold process: median {s['recommend']['median_s']} s "
+                     f"of {len(s['recommend']['seconds'])} ({s['tool']}); `python -c 'import torch, pandas'` alone: "
+                     f"{s['import_torch_pandas']['median_s']} s.")
+    if run.get("notes"):
+        lines += ["", run["notes"]]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -272,26 +386,32 @@ def write_section(path: Path, text: str) -> None:
     temp.replace(path)
 
 
+def cpu_model() -> str:
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", default=str(ROOT / "runs" / "serve-registry"),
                         help="registry to serve (built on first use)")
     parser.add_argument("--strategy", default="sml")
     parser.add_argument("--src", default=str(SRC), help="source tree the server runs (default: this one)")
-    parser.add_argument("--label", default="after", help="name of this run in the results file")
-    parser.add_argument("--description", default="this branch")
-    parser.add_argument("--levels", default="1,8,32")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
-    parser.add_argument("--max-requests", type=int, default=200_000, help="bound per level")
+    parser.add_argument("--levels", default="8,32")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--cold", type=float, default=0.05, help="share of unknown users in the queries")
-    parser.add_argument("--batch", type=int, default=100, help="users per batch request (0: skip)")
+    parser.add_argument("--batch", type=int, default=1000, help="users per batch request (0: skip)")
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--startup-runs", type=int, default=5)
     parser.add_argument("--server-arg", action="append", default=[], help="extra `smlrec serve` argument")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-serve.json"))
     parser.add_argument("--markdown", action="store_true", help="rewrite this script's section of BENCHMARKS.md")
     parser.add_argument("--markdown-only", action="store_true",
                         help="only rewrite the section from --out (no measurement)")
-    parser.add_argument("--note", help="text stored in --out and printed under the tables")
+    parser.add_argument("--note", help="text stored in --out and printed under the table")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.markdown_only:
@@ -308,55 +428,60 @@ def main(argv: list[str] | None = None) -> int:
         if registry.exists():
             shutil.rmtree(registry)
         build_registry(registry, args.strategy)
-    set_latest(registry, 1)
-    vocab = json.loads((registry / "v000001" / "vocab.json").read_text())
+    set_latest(registry, 2)
+    vocab = json.loads((registry / "v000002" / "vocab.json").read_text())
     rng = random.Random(0)
     known = [str(u) for u in vocab["users"]]
     users = [rng.choice(known) if rng.random() >= args.cold else f"stranger-{i}" for i in range(20_000)]
-
-    port = free_port()
+    scratch = Path(f"/tmp/smlrec-load-{os.getpid()}")
+    scratch.mkdir(exist_ok=True)
+    users_file = scratch / "users.txt"
+    users_file.write_text("\n".join(users) + "\n")
+    levels = [int(c) for c in args.levels.split(",")]
     env = dict(os.environ, PYTHONPATH=args.src)
-    server = subprocess.Popen([sys.executable, "-m", "smlrec", "serve", "--registry", str(registry), "--host", HOST,
-                               "--port", str(port), "--poll", "0.5", *args.server_arg], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    levels = []
-    try:
-        wait_healthy(port, server)
-        load_start = round(os.getloadavg()[0], 2)
-        current = 1
-        for i, concurrency in enumerate(int(c) for c in args.levels.split(",")):
-            target = 2 if current == 1 else 1
-            level = run_level(port, users, concurrency, args.duration, args.max_requests, args.k, registry,
-                              target, seed=i)
-            current = target
-            print(json.dumps(level), flush=True)
-            levels.append(level)
-            time.sleep(1.0)                                       # let the swap's load settle
-        batch = run_batch_level(port, users, 8, min(args.duration, 10.0), args.batch, args.k) \
-            if args.batch else None
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    startup = recommend_startup(registry, Path(args.src))
+    load_start = round(os.getloadavg()[0], 2)
+    servers = {}
+    port = free_port()
+    servers["minimal"] = measure_server([sys.executable, "-c", MINIMAL_APP, str(port)], env, port, users, users_file,
+                                        levels, args.duration, args.k, args.client, scratch)
+    port = free_port()
+    smlrec = [sys.executable, "-m", "smlrec", "serve", "--registry", str(registry), "--host", HOST,
+              "--port", str(port), "--poll", "1", *args.server_arg]
+    servers["smlrec"] = measure_server(smlrec, env, port, users, users_file, levels, args.duration, args.k,
+                                       args.client, scratch)
+    ratios = [{"concurrency": a["concurrency"],
+               "requests_ratio": round(b["requests_per_s"] / a["requests_per_s"], 2),
+               "cpu_ratio": round(b["server_cpu_ms_per_request"] / a["server_cpu_ms_per_request"], 2)}
+              for a, b in zip(servers["minimal"], servers["smlrec"])]
+    batch = None
+    if args.batch:
+        port = free_port()
+        smlrec[smlrec.index("--port") + 1] = str(port)
+        batch = batch_throughput(smlrec, env, port, users, args.batch, args.k, min(args.duration, 10.0))
+    startup = recommend_startup(registry, Path(args.src), args.startup_runs, known[0]) if args.startup_runs else None
+    shutil.rmtree(scratch, ignore_errors=True)
     manifest = json.loads((registry / "v000002" / "manifest.json").read_text())
-    conditions = {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "src"],
+                           capture_output=True, text=True).stdout.strip()
+    conditions = {"cores": os.cpu_count(), "cpu": cpu_model(), "commit": commit + (" (src modified)" if dirty else ""),
                   "python": platform.python_version(), "duration_s": args.duration, "k": args.k, "cold": args.cold,
+                  "client": args.client,
                   "registry": f"{manifest['strategy']} registry of the bundled MovieLens data "
                               f"({manifest['n_users']} users, {manifest['n_items']} items, "
                               f"{manifest['settings']['mf']['dim']}-d)",
                   "load_average_start": load_start, "server_args": args.server_arg}
-    results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    results = {"conditions": conditions, "servers": servers, "ratios": ratios, "batch": batch, "startup": startup,
+               "command": shlex.join(["python", "benchmarks/load.py", *(argv or sys.argv[1:])])}
     if args.note:
         results["notes"] = args.note
-    results["runs"][args.label] = {"description": args.description, "conditions": conditions, "levels": levels,
-                                   "batch": batch, "recommend_startup": startup,
-                                   "command": shlex.join(["python", "benchmarks/load.py", *(argv or sys.argv[1:])])}
     temp = out.with_name(f".{out.name}.tmp")
     temp.write_text(json.dumps(results, indent=1) + "\n")
     temp.replace(out)
     if args.markdown:
         write_section(ROOT / "BENCHMARKS.md", markdown(results))
-    print(json.dumps({"startup": startup, "batch": batch}))
+    print(json.dumps({"ratios": ratios, "batch": batch, "startup": startup}))
     return 0
 
 

@@ -769,6 +769,18 @@ def render_markdown(result: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------
 
+SERVING_SECTION = "## Serving (benchmarks/load.py)"   # written by benchmarks/load.py, kept here
+
+
+def with_serving_section(path: Path, text: str) -> str:
+    """``text`` followed by the serving section the report at ``path`` already has (load.py
+    writes it; a regeneration here must not drop it)."""
+    current = path.read_text(encoding="utf-8") if path.exists() else ""
+    if SERVING_SECTION not in current:
+        return text
+    return text.rstrip("\n") + "\n\n" + SERVING_SECTION + current.split(SERVING_SECTION, 1)[1]
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -1009,7 +1021,7 @@ def rerender(args) -> int:
         scale["analysis"] = analyse(scale["name"], scale["phase"], result["machine"])
     result["rerendered"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     write_atomic(results, json.dumps(result, indent=1, default=float))
-    write_atomic(markdown, render_markdown(result))
+    write_atomic(markdown, with_serving_section(markdown, render_markdown(result)))
     print(f"wrote {markdown} and {results} from the measurements of {result['date']}")
     return 0
 
@@ -1064,7 +1076,7 @@ def main(argv=None) -> int:
             print(f"  vs previous: {line}")
     result["total_seconds"] = time.perf_counter() - began
     write_atomic(results, json.dumps(result, indent=1, default=float))
-    write_atomic(markdown, render_markdown(result))
+    write_atomic(markdown, with_serving_section(markdown, render_markdown(result)))
     print(f"wrote {markdown} and {results} ({result['total_seconds']:.0f} s in all)")
     return 0
 
