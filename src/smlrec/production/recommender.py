@@ -100,7 +100,8 @@ class Recommender:
     def prepare(self) -> "Recommender":
         """Precompute every known user's top items (see served.Selector.prepare); ``serve`` calls
         this while loading a version, off the request path."""
-        self.selector.prepare()
+        # a strategy scoring through its own network is costed as a 256-d product
+        self.selector.prepare(256 if self.user_table is None else self.user_table.shape[1])
         return self
 
     def lookup(self, user_ids: Sequence[Any]) -> np.ndarray:

@@ -38,6 +38,8 @@ from ..errors import CheckpointError, ConfigError, DataError
 BLOCK = 64            # rows per scoring product (fixed: see the module docstring)
 CACHE_K = 100         # top items per known user kept by prepare()
 CACHE_ENTRIES = 50_000_000   # prepare() caches only when n_users * CACHE_K stays below this (~400 MB)
+CACHE_WORK = 10**12          # ... and n_users * n_items * dim below this (tens of seconds of one core)
+STEP_ENTRIES = 1 << 24       # scores held at once while ranking many users (64 MB of float32)
 VERSION_RE = re.compile(r"^v(\d{6})$")
 _WHOLE = re.compile(r"^([+-]?\d+)(?:\.0*)?$")
 NUMBER, TEXT = "number", "text"
@@ -172,7 +174,7 @@ class Selector:
         if exclude_seen and self.cache is not None and k <= self.cache[0].shape[1]:
             return self.cache[0][users, :k], self.cache[1][users, :k]
         items, values = [], []
-        step = BLOCK * 16                        # bounds the [step, n_items] score block in memory
+        step = max(BLOCK, STEP_ENTRIES // max(self.n_items, 1) // BLOCK * BLOCK)   # bounds memory
         for lo in range(0, len(users), step):
             part = users[lo:lo + step]
             scores = np.asarray(self.score_rows(part), dtype=np.float32)
@@ -187,10 +189,11 @@ class Selector:
             return np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
         return np.concatenate(items), np.concatenate(values)
 
-    def prepare(self) -> None:
-        """Cache every known user's top ``CACHE_K`` unseen items (a few ms for thousands of users;
-        skipped when the table would pass ``CACHE_ENTRIES``)."""
-        if len(self.user_ids) * CACHE_K > CACHE_ENTRIES:
+    def prepare(self, dim: int = 64) -> None:
+        """Cache every known user's top ``CACHE_K`` unseen items (tens of ms for thousands of
+        users; skipped when the table would pass ``CACHE_ENTRIES`` or the work ``CACHE_WORK``)."""
+        n_users = len(self.user_ids)
+        if n_users * CACHE_K > CACHE_ENTRIES or n_users * self.n_items * dim > CACHE_WORK:
             return
         self.cache = self.ranked(np.arange(len(self.user_ids)), CACHE_K, exclude_seen=True)
         self.cold(CACHE_K)
