@@ -238,6 +238,43 @@ end
 """
 
 
+WRK_BATCH = """
+local bodies = {}
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/recommend/batch", {["Content-Type"] = "application/json"}, bodies[n %% #bodies + 1])
+end
+"""
+
+
+def wrk_batch(port: int, users: list[str], batch: int, k: int, concurrency: int, duration: float,
+              scratch: Path) -> dict:
+    """POST /recommend/batch with ``batch`` users per request from wrk: users answered per second."""
+    rng = random.Random(1)
+    bodies = scratch / "bodies.txt"
+    bodies.write_text("\n".join(json.dumps({"users": [rng.choice(users) for _ in range(batch)], "k": k})
+                                for _ in range(20)) + "\n")
+    script = scratch / "batch.lua"
+    script.write_text(WRK_BATCH % bodies)
+    done = subprocess.run(["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{int(duration)}s", "--latency",
+                           "-s", str(script), f"http://{HOST}:{port}"], capture_output=True, text=True, check=True)
+    row = {"concurrency": concurrency, "batch": batch, "client": "wrk", "errors": 0}
+    for line in done.stdout.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            row["requests_per_s"] = float(words[1])
+            row["users_per_s"] = round(float(words[1]) * batch, 1)
+        elif words and words[0] == "99%" and len(words) == 2:
+            row["p99_ms"] = _ms(words[1])
+        elif line.strip().startswith(("Non-2xx", "Socket errors")):
+            row["errors"] = line.strip()
+        elif "requests in" in line:
+            row["requests"] = int(words[0])
+    return row
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (from /proc), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -274,42 +311,63 @@ def _ms(text: str) -> float:
     return float(text)
 
 
-def measure_server(command: list[str], env: dict, port: int, users: list[str], users_file: Path, levels: list[int],
-                   duration: float, k: int, client: str, scratch: Path) -> list[dict]:
-    """Start a server, run every level against it, record its CPU per request; stop it."""
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = []
+def measure_servers(commands: dict[str, tuple[list[str], int]], env: dict, users: list[str], users_file: Path,
+                    levels: list[int], duration: float, k: int, client: str, scratch: Path,
+                    rounds: int) -> dict[str, list[dict]]:
+    """Start every server, then run each level ``rounds`` times against each in turn (alternating
+    which goes first), recording the server's CPU per request; the median round per level is kept.
+    Alternating short runs is what makes the servers comparable on a machine others are using."""
+    servers = {name: subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for name, (command, _) in commands.items()}
+    runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in commands}
     try:
-        wait_healthy(port, server)
-        if client == "wrk":    # warm-up (first requests build caches in both servers)
-            wrk_level(port, users_file, 2, 2, k, 99, scratch)
-        for i, concurrency in enumerate(levels):
-            load = round(os.getloadavg()[0], 2)
-            before = cpu_seconds(server.pid)
-            if client == "wrk":
-                row = wrk_level(port, users_file, concurrency, duration, k, i, scratch)
-            else:
-                row = run_level(port, users, concurrency, duration, 10**9, k, None, None, i)
-            row["server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
-            row["server_cpu_ms_per_request"] = round(1000 * row["server_cpu_s"] / max(row["requests"], 1), 3)
-            row["load_average_before"] = load
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            time.sleep(1.0)
+        for name, process in servers.items():
+            port = commands[name][1]
+            wait_healthy(port, process)
+            if client == "wrk":    # warm-up
+                wrk_level(port, users_file, 2, 2, k, 99, scratch)
+        for r in range(rounds):
+            order = list(commands) if r % 2 == 0 else list(reversed(commands))
+            for concurrency in levels:
+                for name in order:
+                    port, pid = commands[name][1], servers[name].pid
+                    load = round(os.getloadavg()[0], 2)
+                    before = cpu_seconds(pid)
+                    if client == "wrk":
+                        row = wrk_level(port, users_file, concurrency, duration, k, r, scratch)
+                    else:
+                        row = run_level(port, users, concurrency, duration, 10**9, k, None, None, r)
+                    row["server_cpu_s"] = round(cpu_seconds(pid) - before, 2)
+                    row["server_cpu_ms_per_request"] = round(1000 * row["server_cpu_s"] / max(row["requests"], 1), 3)
+                    row["load_average_before"] = load
+                    row["round"] = r
+                    runs[name][concurrency].append(row)
+                    print(name, json.dumps(row), flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    return rows
+        for process in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+    out = {}
+    for name, per_level in runs.items():
+        out[name] = []
+        for concurrency, rows in per_level.items():
+            middle = sorted(rows, key=lambda row: row["requests_per_s"])[len(rows) // 2]
+            out[name].append(dict(middle, rounds=[{key: row.get(key) for key in (
+                "requests_per_s", "p99_ms", "server_cpu_ms_per_request", "load_average_before")} for row in rows]))
+    return out
 
 
 def batch_throughput(command: list[str], env: dict, port: int, users: list[str], batch: int, k: int,
-                     duration: float) -> dict:
+                     duration: float, client: str, scratch: Path) -> dict:
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(port, server)
         run_batch_level(port, users, 2, 2.0, batch, k)              # warm-up
         before = cpu_seconds(server.pid)
-        row = run_batch_level(port, users, 2, duration, batch, k)
+        if client == "wrk":
+            row = wrk_batch(port, users, batch, k, 2, duration, scratch)
+        else:
+            row = run_batch_level(port, users, 2, duration, batch, k)
         row["server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
         row["k"] = k
     finally:
@@ -350,7 +408,8 @@ def markdown(results: dict) -> str:
              "`benchmarks/run.py` keeps this section when it rewrites the rest of the file.", "",
              f"Command: `{run['command']}`. Commit {cond['commit']}; CPU {cond['cpu']} ({cond['cores']} cores), "
              f"Python {cond['python']}; {cond['registry']}; server and client ({cond['client']}) on the same "
-             f"machine over loopback; {cond['duration_s']} s per level, k = {cond['k']}, 5% unknown users; "
+             f"machine over loopback; {cond['duration_s']} s per run, k = {cond['k']}, 5% unknown users; "
+             f"{cond.get('rounds', 1)} alternating runs per server and level, the median run (by requests/s) shown; "
              f"load average {cond['load_average_start']} at start.", "",
              "| server | concurrency | requests/s | p50 ms | p99 ms | server CPU ms/request | requests |",
              "|---|---|---|---|---|---|---|"]
@@ -400,11 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="sml")
     parser.add_argument("--src", default=str(SRC), help="source tree the server runs (default: this one)")
     parser.add_argument("--levels", default="8,32")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--cold", type=float, default=0.05, help="share of unknown users in the queries")
     parser.add_argument("--batch", type=int, default=1000, help="users per batch request (0: skip)")
     parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server and level (median kept)")
     parser.add_argument("--startup-runs", type=int, default=5)
     parser.add_argument("--server-arg", action="append", default=[], help="extra `smlrec serve` argument")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-serve.json"))
@@ -440,15 +500,15 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.levels.split(",")]
     env = dict(os.environ, PYTHONPATH=args.src)
     load_start = round(os.getloadavg()[0], 2)
-    servers = {}
-    port = free_port()
-    servers["minimal"] = measure_server([sys.executable, "-c", MINIMAL_APP, str(port)], env, port, users, users_file,
-                                        levels, args.duration, args.k, args.client, scratch)
-    port = free_port()
     smlrec = [sys.executable, "-m", "smlrec", "serve", "--registry", str(registry), "--host", HOST,
-              "--port", str(port), "--poll", "1", *args.server_arg]
-    servers["smlrec"] = measure_server(smlrec, env, port, users, users_file, levels, args.duration, args.k,
-                                       args.client, scratch)
+              "--port", "PORT", "--poll", "1", *args.server_arg]
+    minimal_port, smlrec_port = free_port(), free_port()
+    while smlrec_port == minimal_port:
+        smlrec_port = free_port()
+    servers = measure_servers({"minimal": ([sys.executable, "-c", MINIMAL_APP, str(minimal_port)], minimal_port),
+                               "smlrec": ([a if a != "PORT" else str(smlrec_port) for a in smlrec], smlrec_port)},
+                              env, users, users_file, levels, args.duration, args.k, args.client, scratch,
+                              args.rounds)
     ratios = [{"concurrency": a["concurrency"],
                "requests_ratio": round(b["requests_per_s"] / a["requests_per_s"], 2),
                "cpu_ratio": round(b["server_cpu_ms_per_request"] / a["server_cpu_ms_per_request"], 2)}
@@ -457,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch:
         port = free_port()
         smlrec[smlrec.index("--port") + 1] = str(port)
-        batch = batch_throughput(smlrec, env, port, users, args.batch, args.k, min(args.duration, 10.0))
+        batch = batch_throughput(smlrec, env, port, users, args.batch, args.k, 10.0, args.client, scratch)
     startup = recommend_startup(registry, Path(args.src), args.startup_runs, known[0]) if args.startup_runs else None
     shutil.rmtree(scratch, ignore_errors=True)
     manifest = json.loads((registry / "v000002" / "manifest.json").read_text())
@@ -467,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                            capture_output=True, text=True).stdout.strip()
     conditions = {"cores": os.cpu_count(), "cpu": cpu_model(), "commit": commit + (" (src modified)" if dirty else ""),
                   "python": platform.python_version(), "duration_s": args.duration, "k": args.k, "cold": args.cold,
-                  "client": args.client,
+                  "client": args.client, "rounds": args.rounds,
                   "registry": f"{manifest['strategy']} registry of the bundled MovieLens data "
                               f"({manifest['n_users']} users, {manifest['n_items']} items, "
                               f"{manifest['settings']['mf']['dim']}-d)",

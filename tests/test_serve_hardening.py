@@ -62,6 +62,7 @@ def test_openapi_answers_and_docs_work_offline(reg):
     assert spec.status_code == 200
     paths = spec.json()["paths"]
     assert {"/recommend", "/recommend/batch", "/health", "/version", "/metrics"} <= set(paths)
+    assert [p["name"] for p in paths["/recommend"]["get"]["parameters"]] == ["user", "k", "include_seen", "strict"]
     body = paths["/recommend/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"users", "k", "include_seen", "strict"} <= set(body["properties"])
     docs = client.get("/docs")
@@ -286,3 +287,24 @@ def test_the_torch_free_reader_refuses_what_the_registry_refuses(reg):
     (reg / "LATEST").write_text("junk")
     with pytest.raises(Exception, match="LATEST: corrupt"):
         open_served(reg)
+
+
+def test_precomputed_json_answers_equal_the_computed_ones(reg):
+    """The server's pre-encoded answers (a slice of bytes per user) against top_k encoded afresh:
+    the same items and the same scores, for known users, users with fewer unseen items than k,
+    unknown users, and in the batch endpoint."""
+    client = TestClient(create_app(reg))
+    model = client.app.state.holder.current
+    assert model.encoded is not None
+    width = model.encoded.width
+    users = [str(u) for u in model.checkpoint.user_ids[:12]] + ["nobody"]
+    for k in (1, 7, width):
+        expected = model.top_k(users, k=k)
+        for user, answer in zip(users, expected):
+            got = client.get("/recommend", params={"user": user, "k": k}).json()
+            assert got["fallback"] == answer.fallback and got["version"] == model.version
+            assert got["items"] == [{"item": i, "score": s} for i, s in zip(answer.items, answer.scores)]
+        batch = client.post("/recommend/batch", json={"users": users, "k": k}).json()
+        assert [r["items"] for r in batch["results"]] == [
+            [{"item": i, "score": s} for i, s in zip(a.items, a.scores)] for a in expected]
+    assert len(model.top_k([users[0]], k=width)[0].items) < width          # seen items left out
