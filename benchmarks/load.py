@@ -250,17 +250,18 @@ end
 
 
 def wrk_batch(port: int, users: list[str], batch: int, k: int, concurrency: int, duration: float,
-              scratch: Path) -> dict:
+              scratch: Path, include_seen: bool = False) -> dict:
     """POST /recommend/batch with ``batch`` users per request from wrk: users answered per second."""
     rng = random.Random(1)
     bodies = scratch / "bodies.txt"
-    bodies.write_text("\n".join(json.dumps({"users": [rng.choice(users) for _ in range(batch)], "k": k})
+    bodies.write_text("\n".join(json.dumps({"users": [rng.choice(users) for _ in range(batch)], "k": k,
+                                            "include_seen": include_seen})
                                 for _ in range(20)) + "\n")
     script = scratch / "batch.lua"
     script.write_text(WRK_BATCH % bodies)
     done = subprocess.run(["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{int(duration)}s", "--latency",
                            "-s", str(script), f"http://{HOST}:{port}"], capture_output=True, text=True, check=True)
-    row = {"concurrency": concurrency, "batch": batch, "client": "wrk", "errors": 0}
+    row = {"concurrency": concurrency, "batch": batch, "client": "wrk", "errors": 0, "include_seen": include_seen}
     for line in done.stdout.splitlines():
         words = line.split()
         if line.startswith("Requests/sec:"):
@@ -364,12 +365,20 @@ def batch_throughput(command: list[str], env: dict, port: int, users: list[str],
         wait_healthy(port, server)
         run_batch_level(port, users, 2, 2.0, batch, k)              # warm-up
         before = cpu_seconds(server.pid)
+        time.sleep(10.0)
+        idle = round(100 * (cpu_seconds(server.pid) - before) / 10.0, 1)
+        before = cpu_seconds(server.pid)
         if client == "wrk":
             row = wrk_batch(port, users, batch, k, 2, duration, scratch)
         else:
             row = run_batch_level(port, users, 2, duration, batch, k)
         row["server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
         row["k"] = k
+        row["idle_server_cpu_percent"] = idle
+        if client == "wrk":    # every user scored on demand (include_seen: the precomputed table is not used)
+            before = cpu_seconds(server.pid)
+            row["computed"] = wrk_batch(port, users, batch, k, 2, duration, scratch, include_seen=True)
+            row["computed"]["server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -424,7 +433,15 @@ def markdown(results: dict) -> str:
     b = run.get("batch")
     if b:
         lines.append(f"- batch endpoint: {b['users_per_s']:,.0f} users/s at k = {b['k']} ({b['batch']} users per "
-                     f"POST, {b['concurrency']} client threads, {b['errors']} errors).")
+                     f"POST, {b['concurrency']} connections, {b['errors']} errors), answered from the table "
+                     "precomputed at swap time.")
+        if b.get("computed"):
+            c = b["computed"]
+            lines.append(f"- batch endpoint with `include_seen: true` (every user scored on demand: product, "
+                         f"top-k, encoding): {c['users_per_s']:,.0f} users/s at k = {b['k']}.")
+        if b.get("idle_server_cpu_percent") is not None:
+            lines.append(f"- idle server (polling LATEST every second): {b['idle_server_cpu_percent']}% of a core "
+                         "over 10 s.")
     s = run.get("startup")
     if s:
         lines.append(f"- `smlrec recommend --user U --k 20` from a cold process: median {s['recommend']['median_s']} s "
