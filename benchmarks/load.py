@@ -358,6 +358,40 @@ def measure_servers(commands: dict[str, tuple[list[str], int]], env: dict, users
     return out
 
 
+def health_during_maximal(port: int, users: list[str], max_users: int = 10_000, k: int = 20) -> dict:
+    """/health latencies while one maximal batch (``max_users`` users x ``k``, include_seen: every
+    user scored on demand) is in flight: the event loop must keep answering."""
+    known = [u for u in users if not u.startswith("stranger-")]
+    body = json.dumps({"users": [known[i % len(known)] for i in range(max_users)], "k": k, "include_seen": True})
+    done: dict = {}
+
+    def maximal() -> None:
+        connection = http.client.HTTPConnection(HOST, port, timeout=600)
+        began = time.perf_counter()
+        connection.request("POST", "/recommend/batch", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        done["bytes"] = len(response.read())
+        done["status"] = response.status
+        done["seconds"] = round(time.perf_counter() - began, 2)
+
+    thread = threading.Thread(target=maximal)
+    thread.start()
+    latencies = []
+    connection = http.client.HTTPConnection(HOST, port, timeout=60)
+    while thread.is_alive():
+        began = time.perf_counter()
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+        latencies.append(time.perf_counter() - began)
+        time.sleep(0.01)
+    thread.join()
+    latencies.sort()
+    return {"maximal_request": done, "health_requests": len(latencies),
+            "health_p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
+            "health_max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+            "load_average": round(os.getloadavg()[0], 2)}
+
+
 def batch_throughput(command: list[str], env: dict, port: int, users: list[str], batch: int, k: int,
                      duration: float, client: str, scratch: Path) -> dict:
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -379,6 +413,7 @@ def batch_throughput(command: list[str], env: dict, port: int, users: list[str],
             before = cpu_seconds(server.pid)
             row["computed"] = wrk_batch(port, users, batch, k, 2, duration, scratch, include_seen=True)
             row["computed"]["server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
+        row["health_during_maximal"] = health_during_maximal(port, users)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -439,6 +474,12 @@ def markdown(results: dict) -> str:
             c = b["computed"]
             lines.append(f"- batch endpoint with `include_seen: true` (every user scored on demand: product, "
                          f"top-k, encoding): {c['users_per_s']:,.0f} users/s at k = {b['k']}.")
+        h = b.get("health_during_maximal")
+        if h:
+            lines.append(f"- `/health` while one maximal batch (10,000 users x k = 20, scored on demand: "
+                         f"{h['maximal_request']['seconds']} s, {h['maximal_request']['bytes']:,} bytes) was in "
+                         f"flight: {h['health_requests']} answers, median {h['health_p50_ms']} ms, "
+                         f"max {h['health_max_ms']} ms (load average {h['load_average']}).")
         if b.get("idle_server_cpu_percent") is not None:
             lines.append(f"- idle server (polling LATEST every second): {b['idle_server_cpu_percent']}% of a core "
                          "over 10 s.")

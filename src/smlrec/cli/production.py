@@ -262,8 +262,6 @@ def _positive_seconds(text: str) -> float:
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..production.served import CACHE_K
-
     parser.add_argument("--registry", required=True, help="registry folder")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; any other address gets a warning: the "
@@ -280,8 +278,6 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body", type=int, default=1_000_000,
                         help="largest request body in bytes (default 1000000); larger ones get a 413")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
-    parser.epilog = (f"Queries with k <= {CACHE_K} are answered from a table of every user's top items "
-                     "computed when a version loads.")
     _log_json_argument(parser)
 
 

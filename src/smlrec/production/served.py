@@ -174,7 +174,9 @@ class Selector:
         if exclude_seen and self.cache is not None and k <= self.cache[0].shape[1]:
             return self.cache[0][users, :k], self.cache[1][users, :k]
         items, values = [], []
-        step = max(BLOCK, STEP_ENTRIES // max(self.n_items, 1) // BLOCK * BLOCK)   # bounds memory
+        # bounds memory, and how long one numpy call holds the GIL (the server answers /health
+        # from another thread meanwhile)
+        step = max(BLOCK, min(4 * BLOCK, STEP_ENTRIES // max(self.n_items, 1) // BLOCK * BLOCK))
         for lo in range(0, len(users), step):
             part = users[lo:lo + step]
             scores = np.asarray(self.score_rows(part), dtype=np.float32)
