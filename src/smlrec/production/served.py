@@ -39,7 +39,6 @@ BLOCK = 64            # rows per scoring product (fixed: see the module docstrin
 CACHE_K = 100         # top items per known user kept by prepare()
 CACHE_ENTRIES = 50_000_000   # prepare() caches only when n_users * CACHE_K stays below this (~400 MB)
 CACHE_WORK = 10**12          # ... and n_users * n_items * dim below this (tens of seconds of one core)
-STEP_ENTRIES = 1 << 24       # scores held at once while ranking many users (64 MB of float32)
 VERSION_RE = re.compile(r"^v(\d{6})$")
 _WHOLE = re.compile(r"^([+-]?\d+)(?:\.0*)?$")
 NUMBER, TEXT = "number", "text"
@@ -174,9 +173,9 @@ class Selector:
         if exclude_seen and self.cache is not None and k <= self.cache[0].shape[1]:
             return self.cache[0][users, :k], self.cache[1][users, :k]
         items, values = [], []
-        # bounds memory, and how long one numpy call holds the GIL (the server answers /health
-        # from another thread meanwhile)
-        step = max(BLOCK, min(4 * BLOCK, STEP_ENTRIES // max(self.n_items, 1) // BLOCK * BLOCK))
+        # one block at a time: bounds memory, and how long one numpy call holds the GIL (the
+        # server answers /health from another thread meanwhile)
+        step = BLOCK
         for lo in range(0, len(users), step):
             part = users[lo:lo + step]
             scores = np.asarray(self.score_rows(part), dtype=np.float32)
