@@ -226,6 +226,7 @@ def test_select_top_agrees_with_a_plain_sort_ties_included():
             assert values[row].tolist() == scores[row, expected].tolist()
 
 
+@pytest.mark.numerics
 def test_a_users_scores_do_not_depend_on_who_shares_the_request():
     """Up to a stated tolerance (the BLAS kernel is the CPU's choice); the blocks have one shape."""
     rng = np.random.default_rng(0)
@@ -237,6 +238,7 @@ def test_a_users_scores_do_not_depend_on_who_shares_the_request():
     assert BLOCK > 1                     # never a matrix-vector product for a lone user
 
 
+@pytest.mark.numerics
 def test_the_precomputed_table_gives_what_the_query_computes(reg):
     served = Recommender.from_registry(reg)
     users = list(served.checkpoint.user_ids[:25]) + ["stranger"]
@@ -257,6 +259,7 @@ def test_number_ids_are_parsed_exactly():
     assert normalise_query(" u1 ", "text") == "u1"
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("strategy", ["fine-tune", "sml"])
 def test_the_torch_free_path_gives_the_torch_paths_top_k(tmp_path, strategy):
     history, _ = write_periods(synthetic_log(6), tmp_path / "data", HISTORY)
