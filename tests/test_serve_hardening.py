@@ -218,12 +218,14 @@ def test_select_top_agrees_with_a_plain_sort_ties_included():
     scores = rng.integers(0, 5, size=(7, 40)).astype(np.float32)     # many ties
     scores[2, :] = -np.inf
     scores[3, 5:] = -np.inf
+    scores[4, [7, 9]] = np.nan                                       # ranks last, as -inf
+    plain = np.where(np.isnan(scores), -np.inf, scores)
     for k in (1, 3, 10, 40, 60):
         items, values = select_top(scores, k)
         for row in range(len(scores)):
-            expected = sorted(range(40), key=lambda i: (-scores[row, i], i))[:k]
+            expected = sorted(range(40), key=lambda i: (-plain[row, i], i))[:k]
             assert items[row].tolist() == expected
-            assert values[row].tolist() == scores[row, expected].tolist()
+            assert values[row].tolist() == plain[row, expected].tolist()
 
 
 @pytest.mark.numerics

@@ -101,13 +101,14 @@ def select_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Every item tied with the k-th score is a candidate, so the order of the first k does not
     depend on k (the cache of prepare() and an on-demand query agree)."""
-    scores = np.where(np.isnan(scores), -np.inf, scores)
     n_rows, n_items = scores.shape
     width = min(k, n_items)
     if n_rows == 0 or width == 0:
         return np.zeros((n_rows, width), np.int64), np.zeros((n_rows, width), scores.dtype)
+    if np.isnan(scores).any():                   # a NaN ranks last (copying only when there is one)
+        scores = np.where(np.isnan(scores), -np.inf, scores)
     if width < n_items:
-        kth = -np.partition(-scores, width - 1, axis=1)[:, width - 1]
+        kth = np.partition(scores, n_items - width, axis=1)[:, n_items - width]
         rows, items = np.nonzero(scores >= kth[:, None])
     else:
         rows, items = np.divmod(np.arange(n_rows * n_items), n_items)
