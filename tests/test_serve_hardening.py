@@ -188,7 +188,7 @@ def test_a_version_corrupt_at_start_and_rolled_back_past_is_forgotten(reg):
 
 
 def test_poll_must_be_positive(reg, capsys, cli_logging):
-    for bad in (0, -1, float("nan")):
+    for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="poll_seconds must be > 0"):
             create_app(reg, poll_seconds=bad)
     for bad in ("0", "-1", "nan", "soon"):

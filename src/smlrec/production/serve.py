@@ -391,8 +391,9 @@ async def _body(request: Request, limit: int) -> bytes:
 def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0,
                limits: Limits | None = None) -> FastAPI:
     """The FastAPI application serving ``registry``."""
-    if not isinstance(poll_seconds, (int, float)) or not poll_seconds > 0:
-        raise ConfigError(f"poll_seconds must be > 0 (seconds between checks of LATEST), got {poll_seconds!r}")
+    if not isinstance(poll_seconds, (int, float)) or not 0 < poll_seconds < float("inf"):
+        raise ConfigError(f"poll_seconds must be > 0 and finite (seconds between checks of LATEST), "
+                          f"got {poll_seconds!r}")
     limits = limits or Limits()
     registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
     holder = ModelHolder(registry)
