@@ -154,6 +154,11 @@ def test_shared_storage_resumes_and_refuses_another_setup(tmp_path):
     with pytest.raises(ConfigError, match="other data, settings, space or metric"):
         run_tune(layers(tmp_path, log), ["pop-recent"], budget=3, metric="ndcg@5", storage=storage,
                  study="s")
+    # Another strategy in the same command leaves pop-recent's study valid (and full).
+    both = run_tune(layers(tmp_path, log), ["pop-recent", "pop"], budget=5, metric="recall@5",
+                    storage=storage, study="s", space_overrides={"pop": {"decay": FloatRange(0.5, 1.0)}})
+    assert [t.trials for t in both.tunings] == [5, 5]
+    assert both.tunings[0].params == more.tunings[0].params
 
 
 def test_parallel_workers_share_the_budget(tmp_path):
@@ -219,6 +224,11 @@ def test_bad_spaces_and_strategies_give_clear_errors(tmp_path):
                             ({"sampler": "grid"}, "--sampler grid needs listed values; pop-recent.decay")):
         with pytest.raises(ConfigError, match=message):
             run_tune(layers(tmp_path, log), ["pop-recent"], **{"budget": 2, **kwargs})
+    with pytest.raises(ConfigError, match="name the strategies to tune"):
+        run_tune(layers(tmp_path, log), [], budget=2)
+    no_validation = [*layers(tmp_path, log), {"plan": {"pretrain": 2, "offline": 3, "validation": 0, "test": 2}}]
+    with pytest.raises(ConfigError, match="the plan has none"):
+        run_tune(no_validation, ["pop-recent"], budget=2)
     assert not (tmp_path / "cache").exists()       # every error came before any replay
 
 

@@ -274,7 +274,7 @@ class TuneJob:
     storage: str | None               # None: in-memory (one process only)
     study: str
     sampler: str
-    fingerprint: str
+    fingerprints: dict[str, str]      # per strategy: what its study's trials depend on
     fixed_seed: bool                  # one process, private storage: the sampler gets settings.seed
 
 
@@ -338,9 +338,9 @@ def _open_study(job: TuneJob, name: str, storage, seed: int):
                                 direction=_direction(job.metric), load_if_exists=True)
     attrs = study.user_attrs
     if "fingerprint" not in attrs:
-        study.set_user_attr("fingerprint", job.fingerprint)
+        study.set_user_attr("fingerprint", job.fingerprints[name])
         study.set_user_attr("space", {k: describe_spec(v) for k, v in job.spaces[name].items()})
-    elif attrs["fingerprint"] != job.fingerprint:
+    elif attrs["fingerprint"] != job.fingerprints[name]:
         raise ConfigError(f"study {study_name!r} in {job.storage} was made with other data, settings, "
                           "space or metric; choose another --study name")
     return study
@@ -410,12 +410,15 @@ def _tune_worker(item: tuple[int, TuneJob, bool]) -> int:
     return worker
 
 
-def _fingerprint(settings: ReplaySettings, spaces: dict, metric: str, protocol: str, sampler: str) -> str:
-    machine_only = {"device", "threads", "cache_dir", "eval_batch_size", "bootstrap_resamples",
-                    "bootstrap_unit", "tuned", "strategies"}
-    described = {k: v for k, v in to_dict(settings).items() if k not in machine_only}
-    described["spaces"] = {n: {k: repr(v) for k, v in s.items()} for n, s in spaces.items()}
-    described.update(metric=metric, protocol=protocol, sampler=sampler)
+def _fingerprint(settings: ReplaySettings, name: str, space: dict[str, Spec], metric: str, protocol: str,
+                 sampler: str) -> str:
+    """What the trials of ``name``'s study depend on: a study reused with anything else is refused."""
+    ignored = {"device", "threads", "cache_dir", "eval_batch_size", "bootstrap_resamples",
+               "bootstrap_unit", "tuned", "strategies", "strategy"}
+    described = {k: v for k, v in to_dict(settings).items() if k not in ignored}
+    described.update(strategy=name, overrides=settings.strategy.get(name, {}),
+                     space={k: repr(v) for k, v in space.items()}, metric=metric, protocol=protocol,
+                     sampler=sampler)
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -437,7 +440,12 @@ def run_tune(base_layers: Sequence[dict], strategies: Sequence[str], budget: int
         raise ConfigError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
     if metric not in ALL_METRICS:
         raise ConfigError(f"unknown metric {metric!r} (known: {', '.join(ALL_METRICS)})")
+    if not strategies:
+        raise ConfigError("name the strategies to tune, e.g. --strategies pop-recent,fine-tune")
     settings = replay_settings(*base_layers, {"strategies": list(strategies)})
+    if settings.plan.validation < 1:
+        raise ConfigError("tune chooses settings on validation periods, and the plan has none; "
+                          "give --plan P,O,V,T with V >= 1")
     names = resolve_strategies(settings)
     if len(settings.protocols) != 1:
         raise ConfigError(f"tune scores under one protocol, got {', '.join(settings.protocols)}")
@@ -467,8 +475,10 @@ def run_tune(base_layers: Sequence[dict], strategies: Sequence[str], budget: int
         for period in timeline.periods[timeline.plan.pretrain:]:
             if period.role in SCORED_ROLES:
                 candidates.get(period)   # drawn once here; workers only read the cached files
+    fingerprints = {name: _fingerprint(settings, name, spaces[name], metric, protocol, sampler)
+                    for name in names}
     job = TuneJob(settings, timeline, initial, candidates, spaces, budget, metric, protocol, store_path,
-                  study, sampler, _fingerprint(settings, spaces, metric, protocol, sampler), fixed_seed)
+                  study, sampler, fingerprints, fixed_seed)
     try:
         if jobs == 1:
             shared = make_storage(None) if store_path is None else make_storage(store_path)
@@ -483,10 +493,14 @@ def run_tune(base_layers: Sequence[dict], strategies: Sequence[str], budget: int
         tunings = []
         for name in names:
             found = optuna.load_study(study_name=f"{study}:{name}", storage=shared)
+            complete = found.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not complete:
+                raise ConfigError(f"study {study}:{name} has no complete trial yet "
+                                  f"({len(found.get_trials(deepcopy=False))} started elsewhere); "
+                                  "run the same command again once they finish")
             best = found.best_trial
             tunings.append(StrategyTuning(
-                name, spaces[name], dict(best.params), float(best.value), best.number,
-                len(found.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+                name, spaces[name], dict(best.params), float(best.value), best.number, len(complete),
                 f"{study}:{name}"))
     finally:
         if scratch is not None:
