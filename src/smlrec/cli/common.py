@@ -177,6 +177,25 @@ class JsonLines(logging.Formatter):
 _HANDLER_FLAG = "_smlrec_cli_handler"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain ``StreamHandler(sys.stderr)`` keeps the stream it was built with; when that stream is
+    replaced and closed (pytest's capture, an application redirecting stderr), every later record
+    fails with "I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:   # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
 def configure_logging(json_lines: bool = False, level: int = logging.INFO) -> logging.Handler:
     """Print smlrec's log records (updates, swaps, fallbacks) on stderr at ``level`` and above.
 
@@ -187,7 +206,7 @@ def configure_logging(json_lines: bool = False, level: int = logging.INFO) -> lo
     logger = logging.getLogger("smlrec")
     for handler in [h for h in logger.handlers if getattr(h, _HANDLER_FLAG, False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     setattr(handler, _HANDLER_FLAG, True)
     handler.setFormatter(JsonLines() if json_lines else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
