@@ -16,7 +16,7 @@ from smlrec.config import replay_settings
 from smlrec.data.candidates import CandidateStore
 from smlrec.errors import ConfigError
 from smlrec.experiment.tune import (SEARCH_SPACES, Categorical, FloatRange, IntRange, load_space_file,
-                                    parse_space, parse_spec, resolve_spaces, run_tune, to_toml,
+                                    make_storage, parse_space, parse_spec, resolve_spaces, run_tune, to_toml,
                                     tuned_toml, write_tuned)
 from smlrec.strategies import STRATEGIES
 from smlrec.strategies.popularity import Popularity
@@ -161,13 +161,20 @@ def test_shared_storage_resumes_and_refuses_another_setup(tmp_path):
     assert both.tunings[0].params == more.tunings[0].params
 
 
-def test_parallel_workers_share_the_budget(tmp_path):
+def test_parallel_workers_share_the_budget_and_cover_the_grid(tmp_path):
+    import optuna
+
     log = shifting_log(tmp_path / "log.csv")
+    grid = (0.1, 0.5, 0.9, 1.0)
+    storage = str(tmp_path / "journal.log")
     result = run_tune(layers(tmp_path, log), ["pop-recent"], budget=4, metric="ndcg@5", jobs=2,
-                      sampler="grid", space_overrides={"pop-recent": {"decay": Categorical((0.1, 0.5, 0.9, 1.0))}})
+                      sampler="grid", space_overrides={"pop-recent": {"decay": Categorical(grid)}},
+                      storage=storage, study="p")
     (tuning,) = result.tunings
     assert tuning.params == {"decay": 0.1}
     assert 4 <= tuning.trials <= 5                   # each worker checks the count before a trial
+    study = optuna.load_study(study_name="p:pop-recent", storage=make_storage(storage))
+    assert {t.params["decay"] for t in study.trials} == set(grid)   # both workers, one grid order
 
 
 def test_parse_space_and_space_file(tmp_path):

@@ -330,7 +330,9 @@ def _open_study(job: TuneJob, name: str, storage, seed: int):
     import optuna
 
     if job.sampler == "grid":
-        sampler = optuna.samplers.GridSampler(_grid(job.spaces[name], name), seed=seed)
+        # One seed everywhere: the sampler maps trial number k to grid point k of its own shuffle,
+        # so workers with different shuffles would evaluate some points twice and skip others.
+        sampler = optuna.samplers.GridSampler(_grid(job.spaces[name], name), seed=job.settings.seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     study_name = f"{job.study}:{name}"
