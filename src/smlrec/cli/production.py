@@ -189,7 +189,8 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--user", help="one raw user id")
     who.add_argument("--users", help="file with one raw user id per line (a header 'user' is skipped)")
     parser.add_argument("--k", type=int, default=20, help="items per user (default 20)")
-    parser.add_argument("--version", type=_version_number, help="serve this version instead of the latest")
+    parser.add_argument("--version", type=_version_number,
+                        help="serve this committed version (one that `smlrec versions` lists) instead of the latest")
     parser.add_argument("--include-seen", action="store_true", help="do not exclude items the user already has")
     parser.add_argument("--strict", action="store_true", help="fail on an unknown user instead of serving the cold-start rule")
     parser.add_argument("--out", help="CSV file to write (default: standard output); written to a new "
