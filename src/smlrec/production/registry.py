@@ -48,7 +48,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -67,18 +66,15 @@ from safetensors.torch import save as save_safetensors
 from .. import __version__
 from ..data.pairs import PairIndex, pair_keys
 from ..errors import CheckpointError
+from . import committed
+from .committed import VERSION_RE, version_name
 from .events import emit
 from .state import flatten, unflatten
 
 FORMAT = 1
-VERSION_RE = re.compile(r"^v(\d{6})$")
 FILES = ("weights.safetensors", "state.json", "vocab.json")
 SERVED = "served.safetensors"   # optional: the served tables, precomputed for queries (recommender.py)
 FILE_MODE, FOLDER_MODE = 0o600, 0o700   # vocab.json holds raw user ids: private to the owner
-
-
-def version_name(version: int) -> str:
-    return f"v{version:06d}"
 
 
 @dataclass
@@ -186,17 +182,7 @@ class ModelRegistry:
 
     def latest_version(self) -> int | None:
         """The committed version named by ``LATEST`` (None for an empty registry)."""
-        try:
-            text = self.latest_path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{self.latest_path}: unreadable ({err})") from None
-        match = VERSION_RE.match(text)
-        if not match:
-            raise CheckpointError(f"{self.latest_path}: corrupt (expected a version such as v000001, "
-                                  f"found {text[:40]!r})")
-        return int(match.group(1))
+        return committed.latest_version(self.root)
 
     @property
     def journal_path(self) -> Path:
@@ -204,36 +190,15 @@ class ModelRegistry:
 
     def journal(self) -> list[dict[str, Any]]:
         """The journal's events, oldest first (a torn last line, from a crash, is skipped)."""
-        try:
-            lines = self.journal_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        events = []
-        for line in lines:
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return events
+        return committed.journal(self.root)
 
     def _journaled(self) -> set[int]:
-        """Versions the journal records as committed (including those a rollback stepped back from)."""
-        found: set[int] = set()
-        for event in self.journal():
-            if event.get("event") == "commit":
-                found.add(int(event["version"]))
-            elif event.get("event") == "rollback":
-                found.update(int(v) for v in event.get("committed", []))
-        return found
+        return committed.journaled(self.root)
 
     def versions(self) -> list[int]:
-        """Committed versions on disk (up to LATEST, and any newer ones a rollback left), oldest first."""
-        latest = self.latest_version()
-        if latest is None or not self.root.is_dir():
-            return []
-        journaled = self._journaled()
-        found = [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_RE.match(p.name))]
-        return sorted(v for v in found if v <= latest or v in journaled)
+        """Committed versions on disk (up to LATEST, and any newer ones a rollback left), oldest
+        first: the one rule (committed.py) that ``rollback`` and ``load(N)`` also apply."""
+        return committed.committed_versions(self.root)
 
     def load_served(self, checkpoint: "Checkpoint") -> dict[str, torch.Tensor] | None:
         """The served tables of a loaded version (checked against its manifest), None if it has none."""
@@ -250,15 +215,7 @@ class ModelRegistry:
 
     def require_committed(self, version: int) -> None:
         """CheckpointError unless ``version`` is committed (the rule ``versions`` lists by)."""
-        committed = self.versions()
-        if version in committed:
-            return
-        folder = self.root / version_name(version)
-        listed = f"committed versions: {', '.join(map(str, committed)) or 'none'}"
-        if not folder.exists():
-            raise CheckpointError(f"{folder}: version {version} is missing ({listed})")
-        raise CheckpointError(f"{folder}: version {version} is not a committed version (its folder is left "
-                              f"over from an interrupted update, never committed; {listed})")
+        committed.require_committed(self.root, version)
 
     def load(self, version: int | None = None) -> Checkpoint:
         """Load ``version`` (default: the latest), checking every file; CheckpointError names a bad one.
