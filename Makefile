@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick clean
+.PHONY: demo test test-numerics bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The tests that compare float results of two computations, again under another instruction set
+# (oneDNN, MKL and numba held to AVX2) and two threads: CI machines are Intel or AMD, old or new.
+test-numerics: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 NUMBA_CPU_NAME=haswell SMLREC_TEST_THREADS=2 \
+		$(VENV)/bin/python -m pytest -m numerics $(PYTEST_ARGS)
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py --quick

@@ -78,6 +78,10 @@ def _update_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-future", default="1D",
                         help="refuse a batch whose latest time is beyond now + this (default 1D; 'none' "
                              "turns the check off)")
+    parser.add_argument("--duplicates", choices=["refuse", "drop", "keep"], default="refuse",
+                        help="rows repeating an earlier row of the batch exactly (same user, item, time, "
+                             "e.g. a file concatenated twice): refuse the batch (default), drop the "
+                             "repeats, or keep them as repeated interactions")
     _log_json_argument(parser)
 
 
@@ -93,7 +97,8 @@ def run_update(args: argparse.Namespace) -> int:
     init_from_environment(_registry_device(args.registry))
     leader = is_leader()                      # (asked before leave(): after it every process is "rank 0")
     try:
-        report = update_once(args.registry, args.data, force=args.force, max_future=args.max_future)
+        report = update_once(args.registry, args.data, force=args.force, max_future=args.max_future,
+                             duplicates=args.duplicates)
     finally:
         leave()
     if not leader:
@@ -104,6 +109,10 @@ def run_update(args: argparse.Namespace) -> int:
         return 0
     for warning in report.warnings:
         print(f"warning (forced): {warning}", file=sys.stderr)
+    if report.duplicates:
+        done = "dropped" if report.duplicates["mode"] == "drop" else "kept as repeated interactions"
+        print(f"note: {report.duplicates['rows']} exact duplicate rows {done} (--duplicates "
+              f"{report.duplicates['mode']})", file=sys.stderr)
     print(f"{args.registry}: version {report.version} written (period {report.period}, {report.rows} "
           f"interactions, {report.new_users} new users, {report.new_items} new items, "
           f"update {report.seconds:.2f} s)")
@@ -180,10 +189,13 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--user", help="one raw user id")
     who.add_argument("--users", help="file with one raw user id per line (a header 'user' is skipped)")
     parser.add_argument("--k", type=int, default=20, help="items per user (default 20)")
-    parser.add_argument("--version", type=_version_number, help="serve this version instead of the latest")
+    parser.add_argument("--version", type=_version_number,
+                        help="serve this committed version (one that `smlrec versions` lists) instead of the latest")
     parser.add_argument("--include-seen", action="store_true", help="do not exclude items the user already has")
     parser.add_argument("--strict", action="store_true", help="fail on an unknown user instead of serving the cold-start rule")
-    parser.add_argument("--out", help="CSV file to write (default: standard output)")
+    parser.add_argument("--out", help="CSV file to write (default: standard output); written to a new "
+                                      "temp file beside it, then renamed (a link at OUT is replaced, "
+                                      "never written through)")
 
 
 @command("recommend", _recommend_arguments)
@@ -201,7 +213,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         model = Recommender.from_registry(args.registry, args.version)
     answers = model.top_k(users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
     if args.out:
-        _write_new_file(Path(args.out), lambda handle: _write_answers(handle, answers, model.version))
+        _write_csv(Path(args.out), lambda handle: _write_answers(handle, answers, model.version))
     else:
         _write_answers(sys.stdout, answers, model.version)
     return 0
@@ -218,15 +230,22 @@ def _write_answers(handle, answers, version: int) -> None:
                          for rank, (item, score) in enumerate(zip(answer.items, answer.scores), start=1))
 
 
-def _write_new_file(out: Path, write) -> None:
-    """Write through a fresh temp file beside ``out`` (created exclusively, so a symlink planted at
-    a guessable temp name is never followed), then rename it over ``out``."""
+def _write_csv(out: Path, write) -> None:
+    """Write ``out`` with ``write(handle)`` through a uniquely named temp file beside it (created
+    with O_EXCL, so a planted link is never followed) renamed into place; a link at ``out`` itself
+    is replaced, its target left alone. The file gets the umask's usual permissions."""
     import os
     import tempfile
 
-    descriptor, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+        fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as err:
+        raise ConfigError(f"{out}: cannot write there ({err.strerror})") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             write(handle)
         os.replace(temp, out)
     except BaseException:

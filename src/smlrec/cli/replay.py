@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import command, replay_arguments, settings_layers
+from .common import command, explain_preset_format, replay_arguments, settings_layers
 
 
 @command("replay", replay_arguments)
@@ -14,7 +14,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from ..atomic import check_out_dir
     from ..config import replay_settings
     from ..data.loading import load_timeline
-    from ..errors import ConfigError
+    from ..errors import ConfigError, DataError
     from ..models.distributed import barrier, init_from_environment, is_leader, leave
     from ..experiment.replay import replay
     from ..experiment.results import (default_out_dir, format_summary, periods_frame, summary_frame,
@@ -31,7 +31,10 @@ def run_replay(args: argparse.Namespace) -> int:
     leader = is_leader()
     check_out_dir(out)
     barrier()  # every rank has checked --out before rank 0 can write it
-    timeline = load_timeline(settings)  # fails on bad data before any work or any file
+    try:
+        timeline = load_timeline(settings)  # fails on bad data before any work or any file
+    except DataError as err:
+        raise explain_preset_format(err, args, settings.data.format) from None
     runner = None
     if args.jobs > 1:
         from ..experiment.parallel import pool_runner

@@ -105,6 +105,11 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
                 cold_user = user_first[period.users] >= period.index
                 cold_item = item_first[period.items] >= period.index
                 calibrated = bool(strategy.calibrated_scores)
+                # Drawn or read from the cache before the clock starts: not the first strategy's cost.
+                if "sampled" in settings.protocols:
+                    candidates.load(period)
+                if "auc" in settings.protocols and period.index not in negatives:
+                    negatives[period.index] = auc_negatives(period, settings.seed)
                 for protocol in settings.protocols:
                     began = time.perf_counter()
                     outcome = score_period(protocol, strategy, period, candidates, negatives, settings)

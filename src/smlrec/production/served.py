@@ -16,9 +16,9 @@ computes every known user's top ``CACHE_K`` unseen items once; a query with ``k 
 excludes seen items then reads its answer from that table. The table holds exactly what the
 on-demand computation gives (same blocks, same selection), so cached and computed answers agree.
 
-This module reads a registry's files itself (LATEST, the manifest, sha256 checks) because the
-registry module imports torch; the rules are the registry's (see registry.py), and a test
-compares the two readers.
+This module reads a version's files itself (the manifest, sha256 checks) because the registry
+module imports torch; which versions may be read is committed.py's rule, the registry's own, and
+a test compares the two readers.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DataError
+from .committed import latest_version, require_committed, version_name
 
 BLOCK = 64            # rows per scoring product (fixed: see the module docstring)
 CACHE_K = 100         # top items per known user kept by prepare()
 CACHE_ENTRIES = 50_000_000   # prepare() caches only when n_users * CACHE_K stays below this (~400 MB)
 CACHE_WORK = 10**12          # ... and n_users * n_items * dim below this (tens of seconds of one core)
-VERSION_RE = re.compile(r"^v(\d{6})$")
 _WHOLE = re.compile(r"^([+-]?\d+)(?:\.0*)?$")
 NUMBER, TEXT = "number", "text"
 
@@ -305,40 +305,6 @@ def _ids(values: list) -> np.ndarray:
     return np.asarray([str(v) for v in values], dtype=object)
 
 
-def latest_version(root: Path) -> int | None:
-    path = root / "LATEST"
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    match = VERSION_RE.match(text)
-    if not match:
-        raise CheckpointError(f"{path}: corrupt (expected a version such as v000001, found {text[:40]!r})")
-    return int(match.group(1))
-
-
-def _committed(root: Path, version: int, latest: int) -> bool:
-    """A version at or below LATEST, or one the journal records as committed (kept by a rollback)."""
-    if version <= latest:
-        return True
-    try:
-        lines = (root / "journal.jsonl").read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return False
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == "commit" and int(event.get("version", -1)) == version:
-            return True
-        if event.get("event") == "rollback" and version in event.get("committed", []):
-            return True
-    return False
-
-
 def open_served(registry: str | Path, version: int | None = None) -> ServedTables | None:
     """The served tables of ``version`` (default: LATEST), every file read checked against the
     manifest; None when the version stores none (a strategy without an inner product: use
@@ -347,13 +313,13 @@ def open_served(registry: str | Path, version: int | None = None) -> ServedTable
     latest = latest_version(root)
     if latest is None:
         raise CheckpointError(f"{root}: no model registry here (no LATEST file); create one with `smlrec init`")
-    version = latest if version is None else version
-    folder = root / f"v{version:06d}"
+    if version is None:
+        version = latest
+    else:                                   # the registry's one rule (committed.py)
+        require_committed(root, version)
+    folder = root / version_name(version)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: version {version} is missing")
-    if not _committed(root, version, latest):
-        raise CheckpointError(f"{folder}: version {version} was never committed (left over from an "
-                              "interrupted update); see `smlrec versions`")
     manifest = _json(folder / "manifest.json")
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(manifest, dict) or manifest.get("version") != version or not isinstance(files, dict):
