@@ -122,11 +122,26 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                              "of fp32's at Adressa scale over five benchmark runs (README, Speed)")
 
 
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", metavar="MODULE:CLASS",
+                        help="register a Strategy subclass from your own code (repeatable), e.g. "
+                             "examples.cooccurrence:LastItemCooccurrence; the current directory is "
+                             "importable. Installed plug-ins (entry points 'smlrec.strategies') need no flag")
+
+
+def load_plugins(args: argparse.Namespace) -> list[str]:
+    """Register the ``--plugin module:Class`` strategies; returns their names."""
+    from ..strategies import load_plugin
+
+    return [load_plugin(target) for target in getattr(args, "plugin", None) or []]
+
+
 def replay_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_period_arguments(parser)
     parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
                                              "paper's comparison without the ablations); see `smlrec strategies`")
+    add_plugin_argument(parser)
     parser.add_argument("--protocol", help="evaluation protocol(s), comma-separated: sampled (1 positive + "
                                            "999 sampled negatives, the default), full (every item seen "
                                            "so far), auc (AUC and LogLoss, one negative per positive); "
