@@ -119,7 +119,7 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                         help="arithmetic of SML's transfer networks (default fp32); bf16 runs them under "
                              "autocast where the CPU has bf16 instructions (or on a GPU). Experimental: "
                              "under 1%% accuracy change on the bundled data, but R@20 between -36%% and +0.4%% "
-                             "of fp32's at Adressa scale over five benchmark runs (README, Speed)")
+                             "of fp32's at Adressa scale over five benchmark runs (docs/speed.md)")
 
 
 def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
