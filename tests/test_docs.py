@@ -13,6 +13,7 @@
   (tests/test_scaling_docs.py runs the multi-node one on two local ranks).
 * Pages not in RUN are parsed only, for the reason given in PARSED_ONLY.
 * A block that is not a command (output, a table, TOML, cron) takes another fence: ```text.
+  Every block names its language: a bare ``` fails here, so no command escapes the checks.
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ from smlrec.cli import build_parser, main
 from smlrec.testing import FAST_OVERRIDES, random_rows
 
 REPO = Path(__file__).resolve().parent.parent
-PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
-RUN = {"README.md", "index.md", "strategies.md", "protocols.md", "speed.md", "scaling.md", "bases.md",
-       "results.md", "development.md", "api.md"}
+PAGES = sorted([REPO / "README.md", REPO / "examples" / "README.md", *(REPO / "docs").glob("*.md")])
+RUN = {"README.md", "examples/README.md", *(f"docs/{name}.md" for name in (
+    "index", "strategies", "protocols", "speed", "scaling", "bases", "results", "development", "api"))}
 PARSED_ONLY = {
-    "production.md": "a daily loop on /srv paths, a server and curl; its commands are the README's "
-                     "production block, which runs here",
-    "datasets.md": "the paper's raw Yelp and Adressa files (gigabytes, downloaded by hand)",
+    "docs/production.md": "a daily loop on /srv paths, a server and curl; its commands are the "
+                          "README's production block, which runs here",
+    "docs/datasets.md": "the paper's raw Yelp and Adressa files (gigabytes, downloaded by hand)",
 }
+
+
+def name(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
 SHELL = {"sh", "bash", "shell", "console"}
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
 
@@ -87,12 +92,12 @@ def shell_blocks(page: Path) -> list[tuple[str, int]]:
 # ----------------------------------------------------------------------------------------------
 # Every page: commands parse
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=name)
 def test_every_command_parses(page):
     checked = 0
     for text, line in shell_blocks(page):
         for argv in commands(text):
-            where = f"{page.name}:{line}"
+            where = f"{name(page)}:{line}"
             if argv[0] == "make":
                 assert set(argv[1:2]) <= makefile_targets(), f"{where}: no Makefile target {argv[1]}"
             elif argv[0] == "torchrun":
@@ -106,9 +111,15 @@ def test_every_command_parses(page):
             if (args := smlrec_argv(argv)) is not None:
                 parse(args, where)
                 checked += 1
-    assert page.name in RUN or page.name in PARSED_ONLY, f"add {page.name} to RUN or PARSED_ONLY"
-    if page.name == "README.md":
+    assert name(page) in RUN or name(page) in PARSED_ONLY, f"add {name(page)} to RUN or PARSED_ONLY"
+    if name(page) == "README.md":
         assert checked >= 5
+
+
+@pytest.mark.parametrize("page", PAGES, ids=name)
+def test_every_block_names_its_language(page):
+    bare = [line for lang, _, line in blocks(page) if not lang]
+    assert bare == [], f"{page.name}: blocks at lines {bare} have no language (```sh, ```python, ```text, ...)"
 
 
 def test_the_parse_check_catches_a_renamed_flag():
@@ -182,7 +193,7 @@ def fast_replay(original):
     return replay
 
 
-@pytest.mark.parametrize("page", sorted(p for p in PAGES if p.name in RUN), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", sorted(p for p in PAGES if name(p) in RUN), ids=name)
 def test_the_blocks_run(page, tmp_path, monkeypatch, capsys):
     write_fixtures(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -194,7 +205,7 @@ def test_the_blocks_run(page, tmp_path, monkeypatch, capsys):
     registered = dict(STRATEGIES)
     try:
         for lang, text, line in blocks(page):
-            where = f"{page.name}:{line}"
+            where = f"{name(page)}:{line}"
             if lang in SHELL:
                 for argv in commands(text):
                     args = smlrec_argv(argv)
