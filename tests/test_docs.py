@@ -1,6 +1,6 @@
 """Docs that cannot rot: the commands and Python of README.md and docs/*.md are checked and run.
 
-* Every ```sh / ```bash block of every page: each ``smlrec ...`` command (also ``python -m
+* Every ```python block of every page compiles; every ```sh / ```bash block of every page: each ``smlrec ...`` command (also ``python -m
   smlrec`` and ``torchrun ... -m smlrec``) is parsed by smlrec's own argument parser, and each
   ``torchrun`` launch by torchrun's, so a renamed command or flag fails here. ``make X`` must be a
   target of the Makefile; it is not run (``make demo`` takes minutes, ``make test`` is this suite).
@@ -96,6 +96,9 @@ def shell_blocks(page: Path) -> list[tuple[str, int]]:
 @pytest.mark.parametrize("page", PAGES, ids=name)
 def test_every_command_parses(page):
     checked = 0
+    for lang, text, line in blocks(page):
+        if lang == "python":      # pages that are not run still hold valid Python
+            compile(text, f"{name(page)}:{line}", "exec")
     for text, line in shell_blocks(page):
         for argv in commands(text):
             where = f"{name(page)}:{line}"
