@@ -136,7 +136,21 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                         help="arithmetic of SML's transfer networks (default fp32); bf16 runs them under "
                              "autocast where the CPU has bf16 instructions (or on a GPU). Experimental: "
                              "under 1%% accuracy change on the bundled data, but R@20 between -36%% and +0.4%% "
-                             "of fp32's at Adressa scale over five benchmark runs (README, Speed)")
+                             "of fp32's at Adressa scale over five benchmark runs (docs/speed.md)")
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", metavar="MODULE:CLASS",
+                        help="register a Strategy subclass from your own code (repeatable), e.g. "
+                             "examples.cooccurrence:LastItemCooccurrence; the current directory is "
+                             "importable. Installed plug-ins (entry points 'smlrec.strategies') need no flag")
+
+
+def load_plugins(args: argparse.Namespace) -> list[str]:
+    """Register the ``--plugin module:Class`` strategies; returns their names."""
+    from ..strategies import load_plugin
+
+    return [load_plugin(target) for target in getattr(args, "plugin", None) or []]
 
 
 def replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +158,7 @@ def replay_arguments(parser: argparse.ArgumentParser) -> None:
     add_period_arguments(parser)
     parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
                                              "paper's comparison without the ablations); see `smlrec strategies`")
+    add_plugin_argument(parser)
     parser.add_argument("--protocol", help="evaluation protocol(s), comma-separated: sampled (1 positive + "
                                            "999 sampled negatives, the default), full (every item seen "
                                            "so far), auc (AUC and LogLoss, one negative per positive); "

@@ -531,6 +531,28 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
         raise DataError(err.problem, path=err.path, line=line, column=err.column) from None
 
 
+def log_from_frame(frame: pd.DataFrame, options: ReadOptions | None = None,
+                   source: str = "<DataFrame>") -> InteractionLog:
+    """Validate an in-memory table of interactions as ``read_log`` validates a file.
+
+    Columns are found as in a CSV file (``user``/``item``/``time`` and the usual spellings, or
+    the names in ``options``); ids keep their type (numbers stay numbers, text is stripped);
+    times are unix seconds, ISO-8601 text or datetimes. Errors name ``source`` and the 1-based row.
+    """
+    options = options or ReadOptions()
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame, got {type(frame).__name__}", path=source)
+    if frame.empty:
+        raise DataError("the log has no rows", path=source)
+    selected = _select(frame.reset_index(drop=True), Path(source), options, False)
+    numeric = (bool(options.numeric_user_ids), bool(options.numeric_item_ids))
+    log = _validated_log(selected, Path(source), options, 1, numeric)
+    log.metadata["reading"] = {"format": "dataframe", "sep": None,
+                               "columns": dict(selected.attrs.get("columns", {})),
+                               "numeric_ids": list(numeric), "time_unit": time_unit(selected["time"])}
+    return log
+
+
 TEXT_FORMATS = ("csv", "movielens", "movielens-1m", "movielens-100k", "recbole")
 
 
