@@ -37,6 +37,8 @@ PARSED_ONLY = {
     "docs/production.md": "a daily loop on /srv paths, a server and curl; its commands are the "
                           "README's production block, which runs here",
     "docs/datasets.md": "the paper's raw Yelp and Adressa files (gigabytes, downloaded by hand)",
+    "docs/tuning.md": "shared storages of several machines (PostgreSQL, an NFS journal) and budgets of "
+                      "hundreds of trials; tests/test_tune.py runs tune, --jobs and --storage on small logs",
 }
 
 
