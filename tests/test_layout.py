@@ -4,7 +4,7 @@ Every ``import`` in ``src/smlrec`` is read with ``ast`` (module level, inside fu
 ``TYPE_CHECKING`` alike; relative imports resolved). Layers, lowest first; a module may import
 from its own group and from any lower layer, never from a higher layer or a sibling group:
 
-    0  the package root (__version__), errors, random, atomic
+    0  the package root (__version__), errors, random, atomic, ids
     1  config, data      one layer: config reads Plan from data/periods.py, and data/loading.py
                          names config's settings types (a type-only import)
     2  models
@@ -34,7 +34,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "smlrec"
 
 LAYERS: list[list[set[str]]] = [
-    [{PACKAGE, "errors", "random", "atomic"}],
+    [{PACKAGE, "errors", "random", "atomic", "ids"}],
     [{"config", "data"}],
     [{"models"}],
     [{"strategies"}],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..ids import FLOAT_EXACT, INT64_MAX, WHOLE_TEXT, whole_number  # noqa: F401 (whole_number: re-exported)
 
 USER_COLUMNS = ("user", "user_id", "userid", "userId", "user_id:token", "uid")
 ITEM_COLUMNS = ("item", "item_id", "itemid", "itemId", "item_id:token", "movieId", "movie_id",
@@ -381,10 +381,8 @@ def time_unit(values: pd.Series) -> str:
 
 # Whole-number ids are parsed exactly: never through float64, which rounds ids of 2^53 or more
 # (9007199254740993 -> ...992) and turns ids beyond int64 into one value, merging distinct users.
-INT64_MAX = 2**63 - 1
-FLOAT_EXACT = 2**53          # below this every whole float64 is exact
 ID_OK, ID_NOT_NUMBER, ID_NOT_WHOLE, ID_INEXACT, ID_TOO_LARGE = range(5)
-_WHOLE_TEXT = r"[+-]?[0-9]+(?:\.0*)?"   # digits, optionally with a zero fraction ("339", "339.0")
+
 
 
 def parse_whole_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -412,7 +410,7 @@ def parse_whole_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_float_dtype(values):
         return _whole_floats(values.to_numpy(dtype=np.float64), out, code)
     text = values.astype(str).str.strip()
-    whole = text.str.fullmatch(_WHOLE_TEXT).to_numpy(dtype=bool)
+    whole = text.str.fullmatch(WHOLE_TEXT).to_numpy(dtype=bool)
     if whole.any():
         digits = text[whole].str.replace(r"\.0*$", "", regex=True)
         magnitude = digits.str.lstrip("+-").str.lstrip("0")
@@ -447,23 +445,6 @@ def _whole_floats(numbers: np.ndarray, out: np.ndarray, code: np.ndarray) -> tup
 def _plain(value: object) -> object:
     """A numpy scalar as the Python value (messages show ``1e+18``, not ``np.float64(1e+18)``)."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-def whole_number(text: str) -> int | None:
-    """One id under :func:`parse_whole_numbers`' rule (its scalar twin, for queries): the exact
-    integer, or None when that rule gives a problem code."""
-    text = str(text).strip()
-    if re.fullmatch(_WHOLE_TEXT, text):
-        number = int(text.split(".")[0])
-        return number if abs(number) <= INT64_MAX else None
-    try:
-        # pandas reads neither "1_000" nor non-ASCII digits, which Python's float accepts
-        number = float(text) if text.isascii() and "_" not in text else math.nan
-    except ValueError:
-        return None
-    if not math.isfinite(number) or number != math.floor(number) or abs(number) >= FLOAT_EXACT:
-        return None
-    return int(number)
 
 
 def id_problem(value: object, code: int) -> str:

@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 
 from ..config import ReplaySettings
-from ..data.log import (InteractionLog, ReadOptions, detect_format, parse_whole_numbers, read_log,
-                        whole_number)
+from ..data.log import InteractionLog, ReadOptions, detect_format, parse_whole_numbers, read_log
 from ..errors import ConfigError, DataError
+# The ids rule for queries lives with the torch-free reader (recommend and serve import no pandas).
+from .served import NUMBER, TEXT, id_kind, normalise_query  # noqa: F401
 
-NUMBER, TEXT = "number", "text"
 # Units whose values smlrec converts to seconds exactly; numbers in any other unit are refused.
 SECONDS_UNITS = ("s", "iso", "datetime")
 UNIT_NAMES = {"s": "unix seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds",
@@ -108,10 +108,6 @@ def legacy_reading(settings: ReplaySettings, history_source: str, user_ids: np.n
     return Reading(format=fmt, user_col=data.user_col, item_col=data.item_col, time_col=data.time_col,
                    rating_col=data.rating_col, sep=data.sep, min_rating=data.min_rating,
                    user_ids=id_kind(user_ids), item_ids=id_kind(item_ids))
-
-
-def id_kind(ids: np.ndarray) -> str:
-    return NUMBER if np.asarray(ids).dtype.kind in "iu" else TEXT
 
 
 def as_numbers(ids: np.ndarray) -> np.ndarray:
@@ -190,15 +186,6 @@ def _refuse_decimal_whole(ids: np.ndarray, path: str | Path, column: str | None)
         raise DataError(f"id {value!r} looks like a whole number written as a decimal, but this registry's "
                         f"ids are text, so it cannot tell whether it means {value.split('.')[0]!r}; "
                         "write the ids as in the history", path=str(path), column=column)
-
-
-def normalise_query(value: Any, kind: str) -> Any:
-    """A queried raw id (HTTP, ``recommend``) under the ids rule; None when it cannot be an id of
-    this kind (an unknown user)."""
-    text = str(value).strip()
-    if kind == TEXT:
-        return text
-    return whole_number(text)
 
 
 def parse_horizon(text: str | None) -> float | None:

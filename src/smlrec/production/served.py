@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,13 +32,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..ids import INT64_MAX, whole_number
 from .committed import latest_version, require_committed, version_name
 
 BLOCK = 64            # rows per scoring product (fixed: see the module docstring)
 CACHE_K = 100         # top items per known user kept by prepare()
 CACHE_ENTRIES = 50_000_000   # prepare() caches only when n_users * CACHE_K stays below this (~400 MB)
 CACHE_WORK = 10**12          # ... and n_users * n_items * dim below this (tens of seconds of one core)
-_WHOLE = re.compile(r"^([+-]?\d+)(?:\.0*)?$")
 NUMBER, TEXT = "number", "text"
 
 
@@ -60,26 +58,15 @@ def id_kind(ids: np.ndarray) -> str:
 
 
 def normalise_query(value: Any, kind: str) -> Any:
-    """A queried raw id (HTTP, ``recommend``) under the ids rule; None when it cannot be an id of
-    this kind (an unknown user). Whole numbers are parsed exactly ("9007199254740993" stays that
-    number; a float would round it to ...992)."""
-    text = str(value).strip()
+    """A queried raw id (HTTP, ``recommend``) under the ids rule (smlrec/ids.py); None when it
+    cannot be an id of this kind (an unknown user)."""
     if kind == TEXT:
-        return text
+        return str(value).strip()
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    match = _WHOLE.match(text)
-    if match:
-        return int(match.group(1))
-    try:
-        number = float(text)              # "1e3"
-    except ValueError:
-        return None
-    if not math.isfinite(number) or number != math.floor(number) or abs(number) >= 2**53:
-        return None
-    return int(number)
+        return value if abs(value) <= INT64_MAX else None
+    return whole_number(str(value))
 
 
 def block_scores(user_table: np.ndarray, item_table_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
