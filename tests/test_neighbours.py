@@ -276,3 +276,18 @@ def test_no_update_without_a_plan_freezes_when_first_scored():
     before = strategy.model.user.weight.detach().clone()
     strategy.update(period)
     assert torch.equal(before, strategy.model.user.weight.detach())
+
+
+def test_production_serves_a_repeated_user_as_if_asked_once(tmp_path):
+    from _production_data import synthetic_log, tiny_settings, write_periods
+    from smlrec.production import Recommender, init_registry
+
+    history, _ = write_periods(synthetic_log(6), tmp_path / "data", 4)
+    init_registry(history, tmp_path / "reg", "itemknn", tiny_settings("itemknn", 4))
+    served = Recommender.from_registry(tmp_path / "reg")
+    scores = served.generic_scores(np.array([3, 1, 3, 3]))
+    alone = served.generic_scores(np.array([3]))[0]
+    # the query's placeholder items are not history: every row of user 3 is scored as if asked once
+    for row in (0, 2, 3):
+        torch.testing.assert_close(scores[row], alone, rtol=0, atol=0)
+    assert not torch.equal(scores[1], alone)
