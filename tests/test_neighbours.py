@@ -104,8 +104,10 @@ def test_itemknn_window_keeps_the_last_periods_only():
     np.testing.assert_allclose(everything.similarity.toarray(), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("product", ["sparse x dense", "sparse x sparse"])
 @pytest.mark.parametrize("trial", range(3))
-def test_asymmetric_cosine_equals_its_slow_twin(trial):
+def test_asymmetric_cosine_equals_its_slow_twin(trial, product, monkeypatch):
+    monkeypatch.setattr(neighbours, "SPARSE_PRODUCT_COST", 0.0 if product == "sparse x dense" else 1e12)
     rng = np.random.default_rng(trial)
     users, items = rng.integers(0, 25, 250), rng.integers(0, 20, 250)
     alpha, shrink, k = [(0.5, 0.0, 20), (0.2, 3.0, 3), (0.9, 0.5, 1)][trial]

@@ -247,25 +247,37 @@ def top_per_dense_row(values: np.ndarray, k: int) -> np.ndarray:
     return keep & (values > 0)
 
 
+SPARSE_PRODUCT_COST = 40.0
+"""Cost of one multiply-add of scipy's sparse x sparse product relative to its sparse x dense one
+(measured on the bundled MovieLens log: 3.2 s for 61M pairs against 1.3 s for 980M)."""
+
+
 def asymmetric_cosine(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, alpha: float,
                       shrink: float, neighbours: int, block_elements: int = 1 << 22) -> sp.csr_matrix:
     """Top-``neighbours`` asymmetric cosine of items over the binary user-item matrix of the pairs.
 
-    Computed ``block`` item rows at a time (co-occurrence ``X[:, block]^T X`` as a sparse-dense
-    product, dense per block: faster than a sparse-sparse product once co-occurrences are dense),
-    pruned per block, so the full co-occurrence matrix never exists at once.
+    Computed ``block`` item rows at a time (co-occurrence ``X[:, block]^T X``, dense per block),
+    pruned per block, so the full co-occurrence matrix never exists at once. The block's product
+    is sparse x dense (``nnz(X) * block`` multiply-adds) on a dense log such as MovieLens, where
+    it was 2.4x faster, and sparse x sparse (``sum of squared user degrees`` in all) on a sparse
+    log such as Yelp's, where the dense form would cost ``nnz(X) * n_items``.
     """
     x = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
     x.data[:] = 1.0                                   # binary even if a pair were given twice
     count = np.asarray(x.sum(axis=0)).ravel()         # users per item
     xt = x.T.tocsr()
     xc = x.tocsc()
+    pairs = float((np.diff(x.indptr).astype(np.float64) ** 2).sum())
+    dense_product = SPARSE_PRODUCT_COST * pairs > float(x.nnz) * n_items
     right = count ** (1.0 - alpha)
     block = max(1, block_elements // max(n_items, 1))
     parts = []
     for lo in range(0, n_items, block):
         hi = min(lo + block, n_items)
-        co = np.ascontiguousarray((xt @ xc[:, lo:hi].toarray()).T)
+        if dense_product:
+            co = np.ascontiguousarray((xt @ xc[:, lo:hi].toarray()).T)
+        else:
+            co = (xt[lo:hi] @ x).toarray()
         co[np.arange(hi - lo), np.arange(lo, hi)] = 0.0            # no item is its own neighbour
         with np.errstate(divide="ignore", invalid="ignore"):
             sim = np.where(co > 0, co / (count[lo:hi, None] ** alpha * right[None, :] + shrink), 0.0)
