@@ -189,7 +189,7 @@ def test_every_strategy_declares_the_history_a_scored_row_reads(capsys):
     assert main(["strategies"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("history: ") == len(STRATEGIES)
-    assert "history: last 20 items before the row" in printed          # itemknn, sknn
+    assert "history: last 20 items before the row" in printed          # itemknn
 
 
 def test_precision_flag_reaches_the_settings():

@@ -95,8 +95,8 @@ register("itemknn", ItemKNN, ItemKNNSettings, {},
          history="last 20 items before the row (earlier periods and earlier rows of the scored period)")
 register("sknn", SKNN, SKNNSettings, {},
          "V-SKNN: the most similar recent user histories vote for their items (Ludewig et al. 2021)",
-         history="last 20 items before the row (earlier periods and earlier rows of the scored period); "
-                 "neighbours: other users' last 20 items up to the previous period")
+         history="last 100 items before the row (earlier periods and earlier rows of the scored period); "
+                 "neighbours: other users' last 100 items up to the previous period")
 register("no-update", NoUpdate, RetrainSettings, {"epochs": 5, "graph": "seen"},
          "MF fine-tuned through the offline periods, then never updated (the staleness reference)",
          history="none (the user's row as trained before the freeze)")

@@ -55,11 +55,11 @@ class ItemKNNSettings:
     """Settings of ``itemknn`` (defaults chosen on the bundled data's validation periods: docs/baselines.md)."""
 
     window: int = 0            # periods of training data, most recent first (0: all so far)
-    alpha: float = 0.5         # asymmetric cosine: c_ij / (c_i^alpha * c_j^(1-alpha) + shrink)
+    alpha: float = 0.7         # asymmetric cosine: c_ij / (c_i^alpha * c_j^(1-alpha) + shrink)
     shrink: float = 0.0
     neighbours: int = 100      # most similar items kept per item
     history: int = 20          # last items of the user's history that score a row
-    recency: float = 1.0       # weight x recency per step back in the history (1: no decay)
+    recency: float = 0.8       # weight x recency per step back in the history (1: no decay)
     pop_decay: float = 0.5     # the cold-user popularity floor's decay per period
 
     def __post_init__(self) -> None:
@@ -74,12 +74,12 @@ class ItemKNNSettings:
 
 @dataclass(frozen=True)
 class SKNNSettings:
-    """Settings of ``sknn`` (V-SKNN)."""
+    """Settings of ``sknn`` (V-SKNN; defaults chosen on the bundled data's validation periods)."""
 
-    neighbours: int = 100      # most similar sessions kept per row
+    neighbours: int = 50       # most similar sessions kept per row
     sample: int = 1000         # sessions compared: those of the most recently active users
-    history: int = 20          # items of a session and of a row's history
-    recency: float = 1.0       # weight x recency per step back in the row's history (1: no decay)
+    history: int = 100         # items of a session and of a row's history
+    recency: float = 0.9       # weight x recency per step back in the row's history (1: no decay)
     pop_decay: float = 0.5     # the cold-user popularity floor's decay per period
 
     def __post_init__(self) -> None:
