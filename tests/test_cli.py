@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -203,3 +204,24 @@ def test_precision_flag_reaches_the_settings():
     args = parser.parse_args(["--precision", "bf16"])
     assert replay_settings(*settings_layers(args)).precision == "bf16"
     assert replay_settings(*settings_layers(parser.parse_args([]))).precision == "fp32"
+
+
+def test_the_cli_log_handler_writes_to_the_current_stderr_even_after_the_old_one_closed(monkeypatch):
+    import io
+    import logging
+
+    from smlrec.cli.common import configure_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = configure_logging()
+    try:
+        logging.getLogger("smlrec.production").info("one")
+        first.close()                       # what pytest's capture does between tests
+        monkeypatch.setattr(sys, "stderr", second)
+        errors = []
+        monkeypatch.setattr(handler, "handleError", lambda record: errors.append(record))
+        logging.getLogger("smlrec.production").info("two")
+        assert errors == [] and "two" in second.getvalue() and "one" not in second.getvalue()
+    finally:
+        logging.getLogger("smlrec").removeHandler(handler)

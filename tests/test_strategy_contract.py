@@ -1,18 +1,15 @@
-"""Every registered strategy meets the contract in tests/contract.py (parametrised automatically)."""
+"""Every registered strategy meets the contract of smlrec.testing (parametrised automatically)."""
 
 from __future__ import annotations
 
-
-import numpy as np
 import pytest
 import torch
 
-from smlrec.data.periods import SCORED_ROLES
-from smlrec.errors import DataError
-from smlrec.strategies import STRATEGIES
-
-from contract import (FAST_OVERRIDES, ContractWorld, assert_same, assert_state_round_trip, empty_period,
-                      fast_overrides)
+from smlrec.strategies import STRATEGIES, register_class
+from smlrec.strategies.popularity import Popularity, PopularitySettings
+from smlrec.testing import (FAST_OVERRIDES, ContractWorld, check_deterministic, check_empty_period_refused,
+                            check_indices_beyond_tables_refused, check_scores, check_state_round_trip,
+                            check_strategy, fast_overrides)
 
 NAMES = sorted(STRATEGIES)
 
@@ -33,48 +30,82 @@ def test_fast_overrides_prefix_lookup(monkeypatch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_start_update_score_shapes(world, name):
-    strategy = world.fresh(name)
-    scores = world.walk(strategy, world.replayed)
-    scored = [p for p in world.replayed if p.role in SCORED_ROLES]
-    assert sorted(scores) == [p.index for p in scored]
-    for period in scored:
-        s = scores[period.index]
-        assert s.shape == (len(period), world.candidates[period.index].shape[1])
-        assert s.dtype.is_floating_point
-        assert torch.isfinite(s).all()
-    # scoring is read-only: the same call again gives the same scores
-    last = scored[-1]
-    assert_same({last.index: scores[last.index]}, {last.index: world.score(strategy, last)})
+    check_scores(world, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_deterministic_for_a_seed(world, name):
-    first = world.walk(world.fresh(name), world.replayed)
-    second = world.walk(world.fresh(name), world.replayed)
-    assert_same(first, second)
+    check_deterministic(world, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip(world, name):
-    assert_state_round_trip(world, name)
+    check_state_round_trip(world, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_update_on_empty_period_is_a_data_error(world, name):
-    strategy = world.fresh(name)
-    with pytest.raises(DataError, match="no interactions"):
-        strategy.update(empty_period(world.replayed[0]))
+    check_empty_period_refused(world, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("column", ["users", "items"])
 def test_indices_beyond_tables_are_a_data_error(world, name, column):
-    from dataclasses import replace
+    check_indices_beyond_tables_refused(world, name, column)
 
-    strategy = world.fresh(name)
-    period = world.replayed[0]
-    limit = world.timeline.log.n_users if column == "users" else world.timeline.log.n_items
-    values = getattr(period, column).copy()
-    values[len(values) // 2] = limit
-    with pytest.raises(DataError, match="beyond"):
-        strategy.update(replace(period, **{column: values}))
+
+# ----------------------------------------------------------------------------------------------
+# The checks themselves: each one fails on a strategy that breaks its rule
+
+class _Leaky(Popularity):
+    """Breaks two rules: scoring changes the state, and the state holds a plain object."""
+
+    name = "test-leaky"
+    Settings = PopularitySettings
+
+    def score(self, period, rows, candidates):
+        self.counts = self.counts * 2.0 + 1.0    # scoring must be read-only
+        self._table = None
+        return super().score(period, rows, candidates)
+
+    def _state(self):
+        return {"counts": self.counts.copy(), "clock": object()}
+
+
+class _Nondeterministic(Popularity):
+    name = "test-nondeterministic"
+    Settings = PopularitySettings
+
+    def score(self, period, rows, candidates):
+        return super().score(period, rows, candidates) + torch.rand(candidates.shape)
+
+
+def test_the_checks_catch_broken_strategies(world):
+    leaky = register_class(_Leaky)
+    nondeterministic = register_class(_Nondeterministic)
+    try:
+        with pytest.raises(AssertionError, match="period"):
+            check_scores(world, leaky)
+        with pytest.raises(AssertionError, match="not tensors"):
+            check_state_round_trip(world, leaky)
+        with pytest.raises(AssertionError):
+            check_deterministic(world, nondeterministic)
+        with pytest.raises(AssertionError):
+            check_strategy(_Nondeterministic, world=world)
+    finally:
+        STRATEGIES.pop(leaky)
+        STRATEGIES.pop(nondeterministic)
+
+
+def test_check_strategy_passes_a_sound_plug_in(world):
+    class Recent(Popularity):
+        """A plug-in subclass with its own name and settings."""
+
+        name = "test-recent"
+        Settings = PopularitySettings
+
+    try:
+        assert check_strategy(Recent, overrides={"decay": 0.3}, world=world) == "test-recent"
+        assert STRATEGIES["test-recent"].cls is Recent
+    finally:
+        STRATEGIES.pop("test-recent", None)

@@ -25,3 +25,16 @@ if not _USER_CHOSE_WAIT:
     _os.environ["KMP_BLOCKTIME"] = "0"
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The public API, imported on first use: ``import smlrec`` alone loads no torch, and the
+    # modules below the API never load it (tests/test_layout.py, LAZY_EXPORTS).
+    if name in ("replay", "Results"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'smlrec' has no attribute {name!r}")
+
+
+__all__ = ["Results", "replay", "__version__"]

@@ -17,6 +17,7 @@ TOML layout::
     [ncf]         # hidden
     [strategy.sml]  # settings of one strategy, by its name
     rounds = 10
+    [tuned]         # written by `smlrec tune` (experiment/tune.py): which settings were tuned, how
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class ReplaySettings:
     protocols: tuple[str, ...] = ("sampled",)   # sampled | full | auc; each scores every strategy
     bootstrap_resamples: int = 1000  # resamples for 95% intervals and p-values (0: none)
     bootstrap_unit: str = "user"     # user (a user's rows move together) | interaction
+    tuned: dict = field(default_factory=dict)   # what `smlrec tune` chose and how (a record only:
+                                                # config.json and the report show it; nothing reads it)
 
     def __post_init__(self) -> None:
         require(self.threads is None or self.threads >= 1, "threads", ">= 1", self.threads)

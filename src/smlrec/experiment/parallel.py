@@ -10,9 +10,10 @@ the parent puts the records back in strategy order: the same records as the sequ
 Threads: each worker gets ``--threads`` when given, else ``available cores // K`` (at least 1),
 so K workers never oversubscribe the machine.
 
-Only strategies registered when ``smlrec.strategies`` is imported exist in a worker (a spawned
-interpreter imports the package afresh); a strategy registered at run time (a test double) runs
-only in the sequential loop.
+A spawned interpreter imports the package afresh, so each job carries its strategy's registry
+entry: a plug-in registered at run time (``--plugin``, a class given to ``smlrec.replay``) runs in
+a worker when its class can be imported there by name (a class defined in ``__main__`` or a
+notebook cannot: run it with ``jobs=1``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from ..config import ReplaySettings
 from ..data.candidates import CandidateStore
 from ..data.periods import SCORED_ROLES, Timeline
+from ..strategies import STRATEGIES
 from ..strategies.factory import available_cores
 from .replay import PeriodRecord, iter_replay
 
@@ -76,7 +78,8 @@ def run_in_pool(function: Callable[[T], R], items: Sequence[T], jobs: int, threa
 
 def _replay_one(job: tuple) -> list[PeriodRecord]:
     """One strategy's whole replay (in a worker): exactly the sequential loop for that name."""
-    timeline, settings, name, initial_state, candidates = job
+    timeline, settings, name, initial_state, candidates, spec = job
+    STRATEGIES.setdefault(name, spec)
     return list(iter_replay(timeline, settings, [name], initial_state, candidates, progress=False))
 
 
@@ -89,7 +92,8 @@ def pool_runner(jobs: int) -> Callable[..., Iterable[PeriodRecord]]:
         for period in timeline.periods[timeline.plan.pretrain:]:
             if period.role in SCORED_ROLES:
                 candidates.get(period)  # drawn once here; workers only read the cached files
-        items = [(timeline, settings, name, initial_state, candidates) for name in strategies]
+        items = [(timeline, settings, name, initial_state, candidates, STRATEGIES[name])
+                 for name in strategies]
 
         def announce(index: int, records: list[PeriodRecord]) -> None:
             if progress:

@@ -32,7 +32,7 @@ from ..evaluation.protocols import (FULL_BLOCK_ELEMENTS, auc_negatives, full_blo
                                    pair_scores)
 from ..evaluation.split import fixed_blocks, scored_by_ranks
 from ..models.distributed import world
-from ..strategies import STRATEGIES, Strategy, default_strategies
+from ..strategies import STRATEGIES, Strategy, default_strategies, load_entry_points
 from ..strategies.factory import configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
 
@@ -75,6 +75,9 @@ def resolve_strategies(settings: ReplaySettings) -> list[str]:
         names = list(STRATEGIES)
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
+        load_entry_points()   # installed plug-ins are read only when a name is not built in
+        unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
         raise ConfigError(f"unknown strategy {unknown[0]!r} (known: {', '.join(STRATEGIES)})")
     return names
 
@@ -105,6 +108,11 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
                 cold_user = user_first[period.users] >= period.index
                 cold_item = item_first[period.items] >= period.index
                 calibrated = bool(strategy.calibrated_scores)
+                # Drawn or read from the cache before the clock starts: not the first strategy's cost.
+                if "sampled" in settings.protocols:
+                    candidates.load(period)
+                if "auc" in settings.protocols and period.index not in negatives:
+                    negatives[period.index] = auc_negatives(period, settings.seed)
                 for protocol in settings.protocols:
                     began = time.perf_counter()
                     outcome = score_period(protocol, strategy, period, candidates, negatives, settings)
@@ -201,6 +209,7 @@ class ReplayResult:
     pretrain_losses: list[float]
     pretrain_seconds: float
     wall_seconds: float
+    leader: bool = True      # False on ranks other than 0 of a torchrun job (they write nothing)
 
 
 def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline | None = None,
@@ -221,4 +230,4 @@ def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline |
     candidates = CandidateStore(timeline, settings.seed, settings.n_negatives, settings.cache_dir)
     records = list((runner or iter_replay)(timeline, settings, names, initial, candidates, progress))
     return ReplayResult(records, timeline, settings, names, losses, pretrain_seconds,
-                        time.perf_counter() - began)
+                        time.perf_counter() - began, leader=world()[0] == 0)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,24 +197,47 @@ def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+@dataclass(frozen=True)
+class ResultTables:
+    """The tables of a results directory, computed once (the bootstrap is the costly part)."""
+
+    periods: pd.DataFrame
+    summary: pd.DataFrame          # with the bootstrap's 95% intervals
+    significance: pd.DataFrame
+    breakdown: pd.DataFrame
+    warm_cold: pd.DataFrame
+    bootstrap_seconds: float
+
+
+def result_tables(result) -> ResultTables:
+    """The tables ``write_results`` writes, from a replay's records."""
+    periods = periods_frame(result.records)
+    settings = result.settings
+    protocols = list(getattr(settings, "protocols", (DEFAULT_PROTOCOL,)))
+    began = time.perf_counter()
+    intervals, significance = interval_frames(
+        result.records, result.timeline, protocols, getattr(settings, "bootstrap_resamples", 0),
+        settings.seed, getattr(settings, "bootstrap_unit", "user"))
+    bootstrap_seconds = time.perf_counter() - began
+    return ResultTables(periods, with_intervals(summary_frame(periods), intervals), significance,
+                        breakdown_frame(result.records), breakdown_frame(result.records, "warm_cold"),
+                        bootstrap_seconds)
+
+
 def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
-                  extra_files: dict[str, Any] | None = None) -> Path:
-    """Write the results directory atomically (temporary directory, then rename)."""
+                  extra_files: dict[str, Any] | None = None, tables: ResultTables | None = None) -> Path:
+    """Write the results directory atomically (temporary directory, then rename); ``tables``:
+    already computed by ``result_tables`` (else computed here)."""
+    tables = tables or result_tables(result)
     with atomic_directory(out) as tmp:
-        periods = periods_frame(result.records)
+        periods = tables.periods
         periods.to_csv(tmp / "periods.csv", index=False)
-        settings = result.settings
-        protocols = list(getattr(settings, "protocols", (DEFAULT_PROTOCOL,)))
-        began = time.perf_counter()
-        intervals, significance = interval_frames(
-            result.records, result.timeline, protocols, getattr(settings, "bootstrap_resamples", 0),
-            settings.seed, getattr(settings, "bootstrap_unit", "user"))
-        bootstrap_seconds = time.perf_counter() - began
-        summary = with_intervals(summary_frame(periods), intervals)
-        summary.to_csv(tmp / "summary.csv", index=False)
-        significance.to_csv(tmp / "significance.csv", index=False)
-        breakdown_frame(result.records).to_csv(tmp / "breakdown.csv", index=False)
-        breakdown_frame(result.records, "warm_cold").to_csv(tmp / "warm_cold.csv", index=False)
+        protocols = list(getattr(result.settings, "protocols", (DEFAULT_PROTOCOL,)))
+        bootstrap_seconds = tables.bootstrap_seconds
+        tables.summary.to_csv(tmp / "summary.csv", index=False)
+        tables.significance.to_csv(tmp / "significance.csv", index=False)
+        tables.breakdown.to_csv(tmp / "breakdown.csv", index=False)
+        tables.warm_cold.to_csv(tmp / "warm_cold.csv", index=False)
         timeline = result.timeline
         config = {
             "smlrec_version": __version__,

@@ -11,11 +11,18 @@ Ids, one documented rule:
 * a **number** id column (the history's ids were all whole numbers, whatever the format) accepts
   any text that reads as a whole number and maps it to that number (``" 339 "``, ``"339.0"`` and
   ``339`` are one user); anything else (``"abc"``, ``"339.5"``) is refused, naming the file, line
-  and column;
+  and column. Digits are converted exactly (never through float64): ``9007199254740993`` stays
+  itself, and an id beyond int64 (``99999999999999999999``) is refused with its line and column,
+  so two raw ids never merge into one row;
 * a **text** id column keeps the stripped text, and refuses text that looks like a whole number
   written as a decimal (``"339.0"``): it cannot tell whether that means ``"339"``.
 
-Times: numbers are unix seconds. A batch whose times are in another unit (milliseconds...),
+Duplicates: rows repeating an earlier row of the same batch exactly (same user, item and time,
+e.g. a file concatenated twice) are refused with their count unless ``--duplicates drop`` (apply
+each once) or ``keep`` (apply them as repeated interactions). The replay's log loading keeps them.
+
+Times: numbers are unix seconds; a time that is not finite or overflows int64 seconds is refused
+naming its line and value. A batch whose times are in another unit (milliseconds...),
 detected by magnitude, is refused. So is a batch ending after now + ``max_future`` (default one
 day) unless forced: one wrong clock would otherwise make every later, correct batch look late.
 """
@@ -32,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import ReplaySettings
-from ..data.log import InteractionLog, ReadOptions, detect_format, read_log
+from ..data.log import (InteractionLog, ReadOptions, detect_format, parse_whole_numbers, read_log,
+                        whole_number)
 from ..errors import ConfigError, DataError
 
 NUMBER, TEXT = "number", "text"
@@ -107,15 +115,15 @@ def id_kind(ids: np.ndarray) -> str:
 
 
 def as_numbers(ids: np.ndarray) -> np.ndarray:
-    """``ids`` as int64 when every one is a whole number and no two become the same number
-    (e.g. "339" and "339.0"); otherwise unchanged. Order is kept, so table rows do not move."""
+    """``ids`` as int64 when every one is a whole number that fits int64 exactly and no two become
+    the same number (e.g. "339" and "339.0"); otherwise unchanged. Order is kept, so table rows do
+    not move. Digits are converted exactly (never through float64)."""
     ids = np.asarray(ids)
     if ids.dtype.kind in "iu" or len(ids) == 0:
         return ids
-    numbers = pd.to_numeric(pd.Series(ids, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(numbers).any() or not np.all(np.floor(numbers) == numbers) or np.abs(numbers).max() >= 2**53:
+    whole, code = parse_whole_numbers(pd.Series(ids, dtype=object))
+    if code.any():
         return ids
-    whole = numbers.astype(np.int64)
     return whole if len(np.unique(whole)) == len(whole) else ids
 
 
@@ -138,6 +146,42 @@ def read_batch(path: str | Path, reading: Reading) -> InteractionLog:
     return log
 
 
+DUPLICATE_MODES = ("refuse", "drop", "keep")
+
+
+def exact_duplicates(log: InteractionLog) -> np.ndarray:
+    """Rows that repeat an earlier row of ``log`` exactly (same user, item and time)."""
+    rows = pd.DataFrame({"user": log.user_idx, "item": log.item_idx, "time": log.time})
+    return rows.duplicated(keep="first").to_numpy()
+
+
+def handle_duplicates(log: InteractionLog, mode: str = "refuse") -> InteractionLog:
+    """Apply the batch duplicates rule: ``refuse`` (DataError with the count), ``drop`` (keep each
+    row's first occurrence) or ``keep`` (apply repeats as repeated interactions). A whole file
+    concatenated twice would otherwise count every interaction twice. The count and the mode are
+    recorded in ``log.metadata["duplicates"]``."""
+    if mode not in DUPLICATE_MODES:
+        raise ConfigError(f"--duplicates {mode!r}: expected one of {', '.join(DUPLICATE_MODES)}")
+    repeated = exact_duplicates(log)
+    count = int(repeated.sum())
+    if count == 0:
+        return log
+    if mode == "refuse":
+        row = int(np.argmax(repeated))
+        example = (f"user {log.user_ids[log.user_idx[row]]!r}, item {log.item_ids[log.item_idx[row]]!r} "
+                   f"at {stamp(int(log.time[row]))}")
+        raise DataError(f"{count} of its {len(log)} rows repeat an earlier row exactly (same user, item and "
+                        f"time; e.g. {example}); pass --duplicates drop to apply each once, or --duplicates "
+                        "keep to apply them as repeated interactions", path=log.source)
+    if mode == "drop":
+        kept = ~repeated
+        # Dropping later repeats never removes an id's first appearance: the vocabularies stand.
+        log = InteractionLog(log.user_idx[kept], log.item_idx[kept], log.time[kept], log.user_ids,
+                             log.item_ids, log.source, log.sha256, metadata=dict(log.metadata))
+    log.metadata["duplicates"] = {"mode": mode, "rows": count}
+    return log
+
+
 def _refuse_decimal_whole(ids: np.ndarray, path: str | Path, column: str | None) -> None:
     text = pd.Series(np.asarray(ids, dtype=object)).astype(str)
     bad = text.str.match(_DECIMAL_WHOLE.pattern).to_numpy()
@@ -154,13 +198,7 @@ def normalise_query(value: Any, kind: str) -> Any:
     text = str(value).strip()
     if kind == TEXT:
         return text
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    if not np.isfinite(number) or number != np.floor(number) or abs(number) >= 2**53:
-        return None
-    return int(number)
+    return whole_number(text)
 
 
 def parse_horizon(text: str | None) -> float | None:

@@ -27,17 +27,31 @@ update and is discarded by the next one, unless the journal records it as commit
 above ``LATEST`` after a rollback are kept: versions are never deleted). Loading checks every file against the manifest's sha256,
 so a corrupt or truncated file is a :class:`CheckpointError` naming it, and older versions stay
 loadable. Nothing is pickled and nothing goes through ``torch.load``.
+
+File safety: folders are created 0700 and files 0600 (``vocab.json`` holds raw user ids). No write
+follows a symbolic link: files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` under unique
+names (temp folders by ``mkdtemp``), the journal is appended through ``O_NOFOLLOW``, and the lock
+file is opened read-only with ``O_NOFOLLOW`` and never written, so a refused update changes no
+byte and no mtime in the folder. A symbolic link where the registry expects its lock or journal
+is refused with a CheckpointError naming it.
+
+Committed versions, one rule (:meth:`ModelRegistry.versions`): every version up to ``LATEST``
+and those the journal records as committed. ``versions`` lists exactly these, ``rollback`` and
+``load(N)`` (``recommend --version N``) refuse any other folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
-import re
+import secrets
 import shutil
+import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,17 +66,15 @@ from safetensors.torch import save as save_safetensors
 from .. import __version__
 from ..data.pairs import PairIndex, pair_keys
 from ..errors import CheckpointError
+from . import committed
+from .committed import VERSION_RE, version_name
 from .events import emit
 from .state import flatten, unflatten
 
 FORMAT = 1
-VERSION_RE = re.compile(r"^v(\d{6})$")
 FILES = ("weights.safetensors", "state.json", "vocab.json")
 SERVED = "served.safetensors"   # optional: the served tables, precomputed for queries (recommender.py)
-
-
-def version_name(version: int) -> str:
-    return f"v{version:06d}"
+FILE_MODE, FOLDER_MODE = 0o600, 0o700   # vocab.json holds raw user ids: private to the owner
 
 
 @dataclass
@@ -170,17 +182,7 @@ class ModelRegistry:
 
     def latest_version(self) -> int | None:
         """The committed version named by ``LATEST`` (None for an empty registry)."""
-        try:
-            text = self.latest_path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{self.latest_path}: unreadable ({err})") from None
-        match = VERSION_RE.match(text)
-        if not match:
-            raise CheckpointError(f"{self.latest_path}: corrupt (expected a version such as v000001, "
-                                  f"found {text[:40]!r})")
-        return int(match.group(1))
+        return committed.latest_version(self.root)
 
     @property
     def journal_path(self) -> Path:
@@ -188,36 +190,15 @@ class ModelRegistry:
 
     def journal(self) -> list[dict[str, Any]]:
         """The journal's events, oldest first (a torn last line, from a crash, is skipped)."""
-        try:
-            lines = self.journal_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        events = []
-        for line in lines:
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return events
+        return committed.journal(self.root)
 
     def _journaled(self) -> set[int]:
-        """Versions the journal records as committed (including those a rollback stepped back from)."""
-        found: set[int] = set()
-        for event in self.journal():
-            if event.get("event") == "commit":
-                found.add(int(event["version"]))
-            elif event.get("event") == "rollback":
-                found.update(int(v) for v in event.get("committed", []))
-        return found
+        return committed.journaled(self.root)
 
     def versions(self) -> list[int]:
-        """Committed versions on disk (up to LATEST, and any newer ones a rollback left), oldest first."""
-        latest = self.latest_version()
-        if latest is None or not self.root.is_dir():
-            return []
-        journaled = self._journaled()
-        found = [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_RE.match(p.name))]
-        return sorted(v for v in found if v <= latest or v in journaled)
+        """Committed versions on disk (up to LATEST, and any newer ones a rollback left), oldest
+        first: the one rule (committed.py) that ``rollback`` and ``load(N)`` also apply."""
+        return committed.committed_versions(self.root)
 
     def load_served(self, checkpoint: "Checkpoint") -> dict[str, torch.Tensor] | None:
         """The served tables of a loaded version (checked against its manifest), None if it has none."""
@@ -232,13 +213,26 @@ class ModelRegistry:
         """The manifest of ``version`` alone (no file checks; ``load`` verifies them)."""
         return _read_json(self.root / version_name(version) / "manifest.json")
 
+    def require_committed(self, version: int) -> None:
+        """CheckpointError unless ``version`` is committed (the rule ``versions`` lists by)."""
+        committed.require_committed(self.root, version)
+
     def load(self, version: int | None = None) -> Checkpoint:
-        """Load ``version`` (default: the latest), checking every file; CheckpointError names a bad one."""
+        """Load ``version`` (default: the latest), checking every file; CheckpointError names a bad one.
+
+        A given ``version`` must be committed (see :meth:`versions`): a folder left by an
+        interrupted update is refused, as ``versions`` hides it and ``rollback`` refuses it.
+        """
         if version is None:
             version = self.latest_version()
             if version is None:
                 raise CheckpointError(f"{self.root}: no model registry here (no LATEST file); "
                                       "create one with `smlrec init`")
+        else:
+            self.require_committed(version)
+        return self._load(version)
+
+    def _load(self, version: int) -> Checkpoint:
         folder = self.root / version_name(version)
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: version {version} is missing")
@@ -274,45 +268,49 @@ class ModelRegistry:
                                  if (m := VERSION_RE.match(p.name))), reverse=True)
         for version in candidates:
             try:
-                return self.load(version), skipped
+                return self._load(version), skipped
             except CheckpointError as err:
                 skipped.append(str(err))
         raise CheckpointError(f"{self.root}: no loadable version" + (f" ({'; '.join(skipped)})" if skipped else ""))
 
     # -- writing ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the registry's update lock; a second holder gets a CheckpointError at once."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    def lock(self, create: bool = False) -> Iterator[None]:
+        """Hold the registry's update lock; a second holder gets a CheckpointError at once.
+
+        The lock file is opened read-only and never written (a refused update changes nothing);
+        who holds it is read from the kernel's lock table. ``create`` (``init``) creates the
+        folder (0700); otherwise a missing folder is refused rather than created.
+        """
+        if create:
+            self.root.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise CheckpointError(f"{self.root}: no model registry here (no such folder); "
+                                  "create one with `smlrec init`")
         path = self.root / ".lock"
-        handle = open(path, "a+", encoding="utf-8")
+        fd = _open_lock(path)
         try:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
+                holder = _lock_holder(fd)
                 raise CheckpointError(f"{self.root}: another update holds the registry lock ({holder}); "
                                       "wait for it to finish (the lock frees itself if that process died)") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-            handle.flush()
+            _refuse_link(self.journal_path)   # refused before any work, not after the commit
             yield
         finally:
-            handle.close()  # closing releases the flock
+            os.close(fd)  # closing releases the flock
 
     def write(self, checkpoint: Checkpoint) -> int:
         """Write ``checkpoint`` as the next version and commit it; call while holding ``lock()``."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        _refuse_link(self.journal_path)      # before anything is written, not after the commit
         self._discard_uncommitted()
         # After a rollback the next version goes above every kept one: numbers are never reused.
         version = max([self.latest_version() or 0, *self.versions()]) + 1
         final = self.root / version_name(version)
-        temp = self.root / f".tmp-{version_name(version)}-{os.getpid()}"
-        if temp.exists():
-            shutil.rmtree(temp)
-        temp.mkdir()
+        # A fresh, private (0700) folder under a unique name: nothing there can be a planted link.
+        temp = Path(tempfile.mkdtemp(prefix=f".tmp-{version_name(version)}-", dir=self.root))
         tensors, skeleton = flatten({"strategy": checkpoint.strategy_state,
                                      "cumulative": checkpoint.cumulative.to_state()})
         contents = {
@@ -341,8 +339,7 @@ class ModelRegistry:
         _fsync_dir(temp)
         os.replace(temp, final)
         _fsync_dir(self.root)
-        _write_file(self.root / f".LATEST.tmp-{os.getpid()}", (version_name(version) + "\n").encode())
-        os.replace(self.root / f".LATEST.tmp-{os.getpid()}", self.latest_path)  # the commit point
+        self._point_latest(version)  # the commit point
         _fsync_dir(self.root)
         self._journal({"event": "commit", "version": version, "created": manifest["created"]})
         checkpoint.version, checkpoint.manifest = version, manifest
@@ -362,20 +359,31 @@ class ModelRegistry:
             raise CheckpointError(f"{self.root}: no committed version {version} (versions: "
                                   f"{', '.join(map(str, self.versions()))})")
         self.load(version)                          # refuse to serve a corrupt version
+        _refuse_link(self.journal_path)
         committed = sorted(v for v in self.versions() if v > version)
         self._journal({"event": "rollback", "from": latest, "to": version, "committed": committed,
                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        temp = self.root / f".LATEST.tmp-{os.getpid()}"
-        _write_file(temp, (version_name(version) + "\n").encode())
-        os.replace(temp, self.latest_path)
-        _fsync_dir(self.root)
+        self._point_latest(version)
         emit("rollback", f"LATEST moved from version {latest} back to version {version}", level="warning",
              registry=str(self.root), previous=latest, version=version, kept=committed)
         return latest
 
+    def _point_latest(self, version: int) -> None:
+        """Replace LATEST atomically (a unique temp file renamed over it; a rename replaces a
+        link named LATEST, never its target)."""
+        temp = self.root / f".LATEST.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        _write_file(temp, (version_name(version) + "\n").encode())
+        os.replace(temp, self.latest_path)
+        _fsync_dir(self.root)
+
     def _journal(self, event: dict[str, Any]) -> None:
         """Append one event line and fsync it (not through _write_file: the journal is appended)."""
-        with open(self.journal_path, "a", encoding="utf-8") as handle:
+        try:
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE)
+        except OSError as err:
+            raise _refused_link(self.journal_path, err) from None
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(event) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -389,10 +397,10 @@ class ModelRegistry:
             match = VERSION_RE.match(path.name)
             if path.name.startswith((".tmp-", ".LATEST.tmp-")) or (
                     match and int(match.group(1)) > latest and int(match.group(1)) not in journaled):
-                if path.is_dir():
+                if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 else:
-                    path.unlink()
+                    path.unlink()   # a file, or a link (removing a link never touches its target)
 
 
 def version_summary(registry: ModelRegistry, version: int, latest: int | None = None) -> dict[str, Any]:
@@ -426,10 +434,69 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def _write_file(path: Path, payload: bytes) -> None:
-    with open(path, "wb") as handle:
+    """Create ``path`` (0600) and write ``payload``; refuses an existing file or link at ``path``
+    (every caller writes under a fresh, unique name)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as err:
+        raise _refused_link(path, err) from None
+    with os.fdopen(fd, "wb") as handle:
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _refused_link(path: Path, err: OSError) -> Exception:
+    """The error for a registry file that cannot be opened safely (a link, or already there)."""
+    if err.errno == errno.ELOOP or path.is_symlink():
+        return CheckpointError(f"{path}: is a symbolic link; smlrec never follows links to a registry's "
+                               "files (remove the link and retry)")
+    if err.errno == errno.EEXIST:
+        return CheckpointError(f"{path}: already exists (a temporary file of another writer?); not overwritten")
+    return CheckpointError(f"{path}: cannot be written ({err.strerror})")
+
+
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise CheckpointError(f"{path}: is a symbolic link; smlrec never follows links to a registry's "
+                              "files (remove the link and retry)")
+
+
+def _open_lock(path: Path) -> int:
+    """A read-only descriptor of the lock file, created (0600, empty) if missing; a link is refused."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except FileExistsError:      # another process created it just now: open theirs
+                continue
+            except OSError as err:
+                raise _refused_link(path, err) from None
+        except OSError as err:
+            raise _refused_link(path, err) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CheckpointError(f"{path}: is not a regular file; remove it and retry")
+        return fd
+    raise CheckpointError(f"{path}: cannot be opened")
+
+
+def _lock_holder(fd: int) -> str:
+    """"pid N" of the process holding the flock on ``fd``, from /proc/locks (Linux), else "unknown"."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                    return f"pid {fields[4]}"
+    except OSError:
+        pass
+    return "holder unknown"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -50,8 +50,8 @@ from ..strategies import Strategy, StrategyContext, create_strategy
 from ..strategies.factory import configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
 from .events import emit
-from .ingest import (DEFAULT_MAX_FUTURE, Reading, as_numbers, check_not_future, legacy_reading,
-                     parse_horizon, read_batch, reading_of, stamp)
+from .ingest import (DEFAULT_MAX_FUTURE, DUPLICATE_MODES, Reading, as_numbers, check_not_future,
+                     handle_duplicates, legacy_reading, parse_horizon, read_batch, reading_of, stamp)
 from .registry import Checkpoint, Cumulative, ModelRegistry, PreviousPeriod
 from .state import flatten
 
@@ -68,6 +68,7 @@ class UpdateReport:
     seconds: float
     warnings: list[str]
     already_applied: bool = False     # the batch is the one the latest version was built from
+    duplicates: dict | None = None    # {"mode": "drop" | "keep", "rows": n} when the batch repeated rows
 
 
 @contextlib.contextmanager
@@ -112,7 +113,7 @@ def init_registry(history: str | Path, registry: str | Path | ModelRegistry, str
         def admit() -> dict:
             # Under torchrun rank 0 alone takes the lock and looks at the folder (``decide`` runs
             # this there only); the other ranks follow its answer and never write to the registry.
-            hold.enter_context(registry.lock())
+            hold.enter_context(registry.lock(create=True))
             return _refuse_existing(registry)
 
         decide(admit)
@@ -289,17 +290,22 @@ def _comparable(known: np.ndarray, batch_ids: np.ndarray) -> np.ndarray:
 
 
 def update_once(registry: str | Path | ModelRegistry, batch: str | Path, force: bool = False,
-                max_future: str | None = DEFAULT_MAX_FUTURE, now: float | None = None) -> UpdateReport:
+                max_future: str | None = DEFAULT_MAX_FUTURE, now: float | None = None,
+                duplicates: str = "refuse") -> UpdateReport:
     """Apply one new period from file ``batch`` to the latest version; write the next version.
 
     The batch is read as the registry's history was (see ingest.py). Refuses (DataError, nothing
     written) a batch that is empty or malformed, has ids or time units that do not fit the
     registry, ends after now + ``max_future``, precedes the last applied period, or was already
-    applied; ``force`` overrides the last three. Retrying the batch the latest version was built
+    applied; ``force`` overrides the last three. Rows repeating an earlier row of the batch exactly
+    (same user, item, time) are refused unless ``duplicates`` is "drop" or "keep" (ingest.py).
+    Retrying the batch the latest version was built
     from is not an error: the report says ``already_applied`` and nothing is written.
     """
     registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
     horizon = parse_horizon(max_future)
+    if duplicates not in DUPLICATE_MODES:
+        raise ConfigError(f"--duplicates {duplicates!r}: expected one of {', '.join(DUPLICATE_MODES)}")
     try:
         with contextlib.ExitStack() as hold:
             held: dict = {}
@@ -308,7 +314,7 @@ def update_once(registry: str | Path | ModelRegistry, batch: str | Path, force: 
                 # Under torchrun rank 0 alone takes the lock, loads and checks (``decide`` runs this
                 # there only); the other ranks follow its answer and never write to the registry.
                 hold.enter_context(registry.lock())
-                return _admit(registry, batch, force, horizon, now, held)
+                return _admit(registry, batch, force, horizon, now, held, duplicates)
 
             answer = decide(admit)
             if answer["retry"] is not None:
@@ -317,7 +323,7 @@ def update_once(registry: str | Path | ModelRegistry, batch: str | Path, force: 
             # The other ranks load the version rank 0 loaded: a committed version never changes.
             checkpoint = held["checkpoint"] if "checkpoint" in held else registry.load(answer["version"])
             reading = reading_from(checkpoint)
-            log = held["log"] if "log" in held else read_batch(batch, reading)
+            log = held["log"] if "log" in held else handle_duplicates(read_batch(batch, reading), duplicates)
             with reproducible(settings_of(checkpoint)):
                 return _apply(registry, checkpoint, reading, log, batch, answer["warnings"])
     except SmlrecError as err:
@@ -328,7 +334,7 @@ def update_once(registry: str | Path | ModelRegistry, batch: str | Path, force: 
 
 
 def _admit(registry: ModelRegistry, batch: str | Path, force: bool, horizon: float | None,
-           now: float | None, held: dict) -> dict:
+           now: float | None, held: dict, duplicates: str = "refuse") -> dict:
     """Rank 0's checks before an update: load the latest version, spot a retry, read and check the
     batch (refusals raise). ``held`` keeps the checkpoint and the batch for rank 0's own use; the
     answer is what the other ranks need."""
@@ -341,6 +347,7 @@ def _admit(registry: ModelRegistry, batch: str | Path, force: bool, horizon: flo
         return {"retry": retry, "version": checkpoint.version, "period": int(checkpoint.data[-1]["period"]),
                 "rows": int(checkpoint.data[-1].get("rows", 0))}
     log = read_batch(batch, reading_from(checkpoint))  # DataError on empty, malformed or unfit files
+    log = handle_duplicates(log, duplicates)           # DataError on exact repeats unless drop/keep
     warnings = _check_batch(checkpoint, log, force, horizon, now)
     held.update(checkpoint=checkpoint, log=log)
     return {"retry": None, "version": checkpoint.version, "warnings": warnings}
@@ -373,13 +380,16 @@ def _apply(registry: ModelRegistry, checkpoint: Checkpoint, reading: Reading, lo
     entry = {"sha256": log.sha256, "source": str(batch), "rows": len(log), "period": period.index,
              "kind": "update", "forced": bool(warnings), "first_time": int(log.time[0]),
              "last_time": int(log.time[-1])}
+    if "duplicates" in log.metadata:
+        entry["duplicates"] = log.metadata["duplicates"]
     version = decide(lambda: {"version": registry.write(Checkpoint(
         strategy=checkpoint.strategy, settings=checkpoint.settings, strategy_state=strategy.state_dict(),
         user_ids=user_ids, item_ids=item_ids, cumulative=grown, data=[*checkpoint.data, entry],
         reading=reading.to_dict(), served=served_tables(strategy)))})["version"]
     report = UpdateReport(version=version, period=period.index, rows=len(log),
                           new_users=len(user_ids) - checkpoint.n_users,
-                          new_items=len(item_ids) - checkpoint.n_items, seconds=seconds, warnings=warnings)
+                          new_items=len(item_ids) - checkpoint.n_items, seconds=seconds, warnings=warnings,
+                          duplicates=log.metadata.get("duplicates"))
     if is_leader():
         emit("update", f"version {version} written from {batch} (period {period.index}, {len(log)} interactions)",
              registry=str(registry.root), version=version, previous=checkpoint.version, period=period.index,

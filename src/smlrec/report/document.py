@@ -58,6 +58,24 @@ PROTOCOL_TEXT = {
 # ----------------------------------------------------------------------------------------------
 # (e) report.md / report.html
 
+def tuned_fact(settings: dict) -> str:
+    """What `smlrec tune` chose and how (``settings["tuned"]``), with any value the run overrode."""
+    tuned = settings.get("tuned") or {}
+    parts = []
+    for name, record in (tuned.get("strategy") or {}).items():
+        used = (settings.get("strategy") or {}).get(name, {})
+        shown = []
+        for key, value in (record.get("values") or {}).items():
+            text = f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+            if key in used and used[key] != value:
+                text += f" (overridden: {used[key]})"
+            shown.append(text)
+        parts.append(f"{name} {', '.join(shown)} ({record.get('trials', '?')} trials)")
+    periods = ", ".join(str(p) for p in tuned.get("validation_periods", [])) or "?"
+    return (f"{'; '.join(parts)}; by {tuned.get('by', '?')}, {tuned.get('sampler', '?')}, "
+            f"validation {tuned.get('metric', '?')} on periods {periods}")
+
+
 def _run_facts(run: Run) -> list[tuple[str, str]]:
     config = run.config
     settings = config.get("settings", {})
@@ -77,6 +95,8 @@ def _run_facts(run: Run) -> list[tuple[str, str]]:
                     f", pretrain epochs {settings.get('pretrain', {}).get('epochs', '?')}")]
     if settings.get("strategy"):
         facts.append(("strategy settings", json.dumps(settings["strategy"], sort_keys=True)))
+    if settings.get("tuned"):
+        facts.append(("tuned settings", tuned_fact(settings)))
     if "wall_seconds" in config:
         facts.append(("wall time", f"{config['wall_seconds']:.1f} s on {settings.get('device', '?')}"))
     facts.append(("smlrec version", str(config.get("smlrec_version", "?"))))

@@ -2,10 +2,26 @@
 
 Variants of one method (the SML ablations) are one class registered under several names with
 different preset settings, never copies of the class.
+
+Strategies from outside the package (plug-ins) join the same registry without editing it:
+
+* ``register_class(MyStrategy)``: a Strategy subclass from user code, under its ``name``
+  (``smlrec.replay(strategies=[MyStrategy, "sml"])`` calls it for you);
+* ``load_plugin("module:Class")``: the CLI's ``--plugin`` (the current directory is importable);
+* the entry-point group ``smlrec.strategies`` of installed distributions (``name = "module:Class"``),
+  read the first time a name is not found, and by ``smlrec strategies``.
+
+A plug-in's settings are a frozen dataclass given as the class attribute ``Settings``
+(optional); ``--set strategy.<name>.<key>=...`` and ``strategy={name: {...}}`` reach it as for
+the built-in strategies. Plug-ins are opt-in: a replay runs one only when it is named.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +76,101 @@ def create_strategy(name: str, context: StrategyContext, overrides: dict | None 
 
 def _spec(name: str) -> StrategySpec:
     if name not in STRATEGIES:
+        load_entry_points()
+    if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
     return STRATEGIES[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Plug-ins: strategies defined outside the package
+
+ENTRY_POINT_GROUP = "smlrec.strategies"
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a strategy that declares none."""
+
+
+def strategy_name(cls: type[Strategy]) -> str:
+    """The name a strategy class is registered under: its own ``name`` attribute when it sets one,
+    else its class name in lower case."""
+    own = next((klass.__dict__["name"] for klass in cls.__mro__
+                if klass is not Strategy and "name" in klass.__dict__), None)
+    return own if isinstance(own, str) and own else cls.__name__.lower()
+
+
+def register_class(cls: Any, name: str | None = None, where: str = "") -> str:
+    """Register a Strategy subclass from outside the package; returns its name.
+
+    Registering the class already registered under that name again is a no-op; another class
+    under a taken name is a ConfigError (a plug-in never replaces a strategy silently).
+    """
+    origin = f" ({where})" if where else ""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"a strategy plug-in must be a subclass of smlrec.strategies.Strategy, "
+                          f"got {cls!r}{origin}")
+    if getattr(cls, "__abstractmethods__", None):
+        raise ConfigError(f"strategy plug-in {cls.__name__}{origin} does not implement "
+                          f"{', '.join(sorted(cls.__abstractmethods__))}")
+    name = name or strategy_name(cls)
+    settings_cls = getattr(cls, "Settings", NoSettings)
+    if not (dataclasses.is_dataclass(settings_cls) and isinstance(settings_cls, type)):
+        raise ConfigError(f"strategy plug-in {cls.__name__}{origin}: its Settings must be a dataclass")
+    if name in STRATEGIES:
+        if STRATEGIES[name].cls is cls:
+            return name
+        raise ConfigError(f"strategy name {name!r} is taken by {STRATEGIES[name].cls.__name__}; give "
+                          f"{cls.__name__}{origin} another name (its class attribute 'name')")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    register(name, cls, settings_cls, {}, f"(plug-in {cls.__module__}.{cls.__qualname__}) "
+             f"{doc[0] if doc else ''}".rstrip(), in_default=False,
+             history=str(getattr(cls, "history", "") or "not declared by the plug-in (class attribute 'history')"))
+    return name
+
+
+def load_plugin(target: str) -> str:
+    """Import ``module:Class`` (the current directory first on the path, as for ``python -m``)
+    and register the class; returns its strategy name."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"--plugin {target!r}: expected module:Class, e.g. mypackage.strategies:MyStrategy")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"--plugin {target!r}: cannot import {module_name} ({err})") from None
+    obj: Any = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"--plugin {target!r}: {module_name} has no {attribute}")
+        obj = getattr(obj, part)
+    return register_class(obj, where=f"--plugin {target}")
+
+
+_entry_points_loaded = False
+
+
+def load_entry_points() -> list[str]:
+    """Register the strategies of the entry-point group ``smlrec.strategies`` (once); returns
+    their names. An entry point that fails to load is a ConfigError naming it."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return [n for n, spec in STRATEGIES.items() if spec.description.startswith("(plug-in")]
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    names = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"entry point {point.name} = {point.value}"
+        try:
+            cls = point.load()
+        except Exception as err:  # noqa: BLE001 - any import error of a third-party plug-in
+            raise ConfigError(f"strategy plug-in {where}: cannot load it ({type(err).__name__}: {err})") from None
+        names.append(register_class(cls, point.name, where))
+    return names
 
 
 register("pop", Popularity, PopularitySettings, {"decay": 1.0},
@@ -125,5 +234,6 @@ register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [
          in_default=False,
          history="none (the user's trained row; its rows of the scored period are not read)")
 
-__all__ = ["STRATEGIES", "default_strategies", "Strategy", "StrategyContext", "StrategySpec", "create_strategy",
-           "register", "strategy_settings"]
+__all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "NoSettings", "Strategy", "StrategyContext", "StrategySpec",
+           "create_strategy", "default_strategies", "load_entry_points", "load_plugin", "register",
+           "register_class", "strategy_name", "strategy_settings"]

@@ -1,0 +1,1 @@
+"""Examples of using smlrec from outside the package (see README.md here)."""
