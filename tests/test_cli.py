@@ -182,6 +182,17 @@ def test_strategies_command_lists_registered(capsys):
     assert "full-retrain" in printed and "fine-tune" in printed
 
 
+def test_every_strategy_declares_the_history_a_scored_row_reads(capsys):
+    from smlrec.strategies import STRATEGIES
+
+    undeclared = [name for name, spec in STRATEGIES.items() if not spec.history]
+    assert undeclared == [], f"register(..., history=...) missing for {undeclared}"
+    assert main(["strategies"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("history: ") == len(STRATEGIES)
+    assert "history: last 20 items before the row" in printed          # itemknn
+
+
 def test_precision_flag_reaches_the_settings():
     import argparse
 

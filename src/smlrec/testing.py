@@ -49,6 +49,7 @@ TINY_MF = MFSettings(dim=8, lr=0.05, batch_size=64)
 FAST_OVERRIDES: dict[str, dict] = {
     "full-retrain": {"epochs": 1},
     "fine-tune": {"epochs": 1},
+    "no-update": {"epochs": 1},
     "sml": {"rounds": 2, "hidden": 16, "conv_channels": 2, "conv2_channels": 2},
     "spmf": {"epochs": 1},
     "asmg": {"epochs": 1},

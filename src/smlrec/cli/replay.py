@@ -57,11 +57,12 @@ def _strategies_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("strategies", _strategies_arguments)
 def run_strategies(args: argparse.Namespace) -> int:
-    """List the strategies a replay can run."""
+    """List the strategies a replay can run, each with the history a scored row reads."""
     from ..strategies import STRATEGIES, load_entry_points
 
     load_plugins(args)
     load_entry_points()
     for name, spec in STRATEGIES.items():
         print(f"{name:<16} {'' if spec.in_default else '(opt-in) '}{spec.description}")
+        print(f"{'':<16} history: {spec.history or '(not declared)'}")
     return 0

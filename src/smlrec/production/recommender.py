@@ -123,7 +123,12 @@ class Recommender:
         return torch.from_numpy(self._score_rows(np.asarray(users, np.int64)))
 
     def generic_scores(self, users: np.ndarray) -> torch.Tensor:
-        """Scores through the strategy's own ``score`` (every strategy; the fast path's twin)."""
+        """Scores through the strategy's own ``score`` (every strategy; the fast path's twin).
+
+        Each distinct user is one row of the query period: a strategy that reads the history of
+        earlier rows of the period (itemknn, sknn) must not take a repeated user's placeholder
+        item for an interaction."""
+        users, repeat = np.unique(np.asarray(users, np.int64), return_inverse=True)
         n_items = self.n_items
         period = Period(index=self.cumulative.next_period, role=PRODUCTION_ROLE, start=self.cumulative.rows,
                         users=np.asarray(users, np.int64), items=np.zeros(len(users), np.int64),
@@ -138,7 +143,7 @@ class Recommender:
                 rows = slice(lo, min(lo + batch, len(users)))
                 candidates = all_items.expand(rows.stop - rows.start, n_items)
                 out.append(self.strategy.score(period, rows, candidates).float().cpu())
-        return torch.cat(out) if out else torch.zeros((0, n_items))
+        return torch.cat(out)[torch.from_numpy(repeat.reshape(-1))] if out else torch.zeros((0, n_items))
 
     def top_k(self, user_ids: Sequence[Any], k: int = 20, exclude_seen: bool = True,
               strict: bool = False) -> list[Answer]:

@@ -30,10 +30,12 @@ from ..errors import ConfigError
 from .asmg import ASMG, ASMGSettings
 from .base import Strategy, StrategyContext
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
+from .neighbours import SKNN, ItemKNN, ItemKNNSettings, SKNNSettings
 from .popularity import Popularity, PopularitySettings
 from .sequential import SequentialSettings, SequentialStrategy
 from .sml import SML, SMLSettings
 from .spmf import SPMF, SPMFSettings
+from .stale import NoUpdate
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,15 @@ class StrategySpec:
     preset: dict = field(default_factory=dict)
     description: str = ""
     in_default: bool = True    # run when no --strategies are given (ablations are opt-in)
+    history: str = ""          # what a scored row reads of its user's history (sml-method.md section 6)
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
 
 
 def register(name: str, cls: type[Strategy], settings_cls: type, preset: dict | None = None,
-             description: str = "", in_default: bool = True) -> None:
-    STRATEGIES[name] = StrategySpec(cls, settings_cls, dict(preset or {}), description, in_default)
+             description: str = "", in_default: bool = True, history: str = "") -> None:
+    STRATEGIES[name] = StrategySpec(cls, settings_cls, dict(preset or {}), description, in_default, history)
 
 
 def default_strategies() -> list[str]:
@@ -122,7 +125,8 @@ def register_class(cls: Any, name: str | None = None, where: str = "") -> str:
                           f"{cls.__name__}{origin} another name (its class attribute 'name')")
     doc = (cls.__doc__ or "").strip().splitlines()
     register(name, cls, settings_cls, {}, f"(plug-in {cls.__module__}.{cls.__qualname__}) "
-             f"{doc[0] if doc else ''}".rstrip(), in_default=False)
+             f"{doc[0] if doc else ''}".rstrip(), in_default=False,
+             history=str(getattr(cls, "history", "") or "not declared by the plug-in (class attribute 'history')"))
     return name
 
 
@@ -170,39 +174,65 @@ def load_entry_points() -> list[str]:
 
 
 register("pop", Popularity, PopularitySettings, {"decay": 1.0},
-         "items ranked by their interaction count over everything seen so far (the floor)")
+         "items ranked by their interaction count over everything seen so far (the floor)",
+         history="none (the same ranking for every user)")
 register("pop-recent", Popularity, PopularitySettings, {"decay": 0.5},
-         "items ranked by exponentially decayed counts (x decay per period; the recency floor)")
+         "items ranked by exponentially decayed counts (x decay per period; the recency floor)",
+         history="none (the same ranking for every user)")
 register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
-         "warm-started MF trained on all data so far")
+         "warm-started MF trained on all data so far",
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("fine-tune", FineTune, RetrainSettings, {"epochs": 5, "graph": "seen"},
-         "warm-started MF trained on the new period only")
+         "warm-started MF trained on the new period only",
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("spmf", SPMF, SPMFSettings, {},
-         "warm-started MF on reservoir + new period, rank-weighted sampling (Wang et al. 2018)")
+         "warm-started MF on reservoir + new period, rank-weighted sampling (Wang et al. 2018)",
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("asmg", ASMG, ASMGSettings, {"epochs": 5},
          "GRU meta-generator over the last 3 fine-tuned models generates the next (Peng et al. 2021)",
-         in_default=False)
+         in_default=False,
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("gru4rec", SequentialStrategy, SequentialSettings, {"model": "gru4rec"},
-         "GRU over each user's item sequence, warm-started each period (Hidasi et al. 2016)")
+         "GRU over each user's item sequence, warm-started each period (Hidasi et al. 2016)",
+         history="last 10 items before the row (earlier periods and earlier rows of the scored period)")
 register("caser", SequentialStrategy, SequentialSettings,
          {"model": "caser", "window": 5, "length": 5, "dropout": 0.5},
-         "convolutions over each user's last 5 items, warm-started each period (Tang and Wang 2018)")
+         "convolutions over each user's last 5 items, warm-started each period (Tang and Wang 2018)",
+         history="last 5 items before the row (earlier periods and earlier rows of the scored period)")
+register("itemknn", ItemKNN, ItemKNNSettings, {},
+         "item-item asymmetric cosine over a window of periods, scored from the user's last items",
+         history="last 20 items before the row (earlier periods and earlier rows of the scored period)")
+register("sknn", SKNN, SKNNSettings, {},
+         "V-SKNN: the most similar recent user histories vote for their items (Ludewig et al. 2021)",
+         history="last 100 items before the row (earlier periods and earlier rows of the scored period); "
+                 "neighbours: other users' last 100 items up to the previous period")
+register("no-update", NoUpdate, RetrainSettings, {"epochs": 5, "graph": "seen"},
+         "MF fine-tuned through the offline periods, then never updated (the staleness reference)",
+         history="none (the user's row as trained before the freeze)")
 
-register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)")
+register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)",
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},
-         "SML with the transfer frozen once periods are scored (no step 2)")
+         "SML with the transfer frozen once periods are scored (no step 2)",
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("sml-n", SML, SMLSettings, {"step2_data": "current"},
-         "SML whose transfer is trained on D_t instead of D_t+1 (ablation)", in_default=False)
+         "SML whose transfer is trained on D_t instead of D_t+1 (ablation)", in_default=False,
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("sml-fp", SML, SMLSettings, {"step1_through_transfer": False},
-         "SML with new embeddings fitted on their own loss, then merged (ablation)", in_default=False)
+         "SML with new embeddings fitted on their own loss, then merged (ablation)", in_default=False,
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("sml-cnn", SML, SMLSettings, {"transfer": "no-cnn"}, "SML transfer without the CNN (ablation)",
-         in_default=False)
+         in_default=False,
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("sml-fc", SML, SMLSettings, {"transfer": "no-fc"}, "SML transfer without the FC layers (ablation)",
-         in_default=False)
+         in_default=False,
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("sml-linear", SML, SMLSettings, {"transfer": "linear"},
-         "SML with a learned linear mix a*W_prev + (1-a)*W_hat (ablation)", in_default=False)
+         "SML with a learned linear mix a*W_prev + (1-a)*W_hat (ablation)", in_default=False,
+         history="none (the user's trained row; its rows of the scored period are not read)")
 register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [W_prev; W_hat] (ablation)",
-         in_default=False)
+         in_default=False,
+         history="none (the user's trained row; its rows of the scored period are not read)")
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "NoSettings", "Strategy", "StrategyContext", "StrategySpec",
            "create_strategy", "default_strategies", "load_entry_points", "load_plugin", "register",

@@ -39,6 +39,7 @@ class StrategyContext:
     pretrain_periods: int = 1         # how many periods the pretrain data spans (mean period size)
     base: BaseSettings = field(default_factory=BaseSettings)   # the base model (models/bases.py)
     precision: str = "fp32"           # fp32 | bf16 for dense networks that support it (models/precision.py)
+    offline_periods: int | None = None  # the plan's offline periods (None: built without a plan)
 
 
 class Strategy(ABC):

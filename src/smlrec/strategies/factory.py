@@ -65,5 +65,6 @@ def configure_threads(settings: ReplaySettings) -> None:
 def make_strategy(name: str, timeline: Timeline, settings: ReplaySettings) -> Strategy:
     context = StrategyContext(n_users=timeline.log.n_users, n_items=timeline.log.n_items,
                               mf=settings.mf, seed=settings.seed, device=settings.device, name=name,
-                              pretrain_periods=timeline.plan.pretrain, base=settings.base_settings, precision=settings.precision)
+                              pretrain_periods=timeline.plan.pretrain, base=settings.base_settings, precision=settings.precision,
+                              offline_periods=timeline.plan.offline)
     return create_strategy(name, context, settings.strategy.get(name, {}))
