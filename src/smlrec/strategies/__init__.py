@@ -13,6 +13,7 @@ from ..config import build, merge
 from ..errors import ConfigError
 from .asmg import ASMG, ASMGSettings
 from .base import Strategy, StrategyContext
+from .linear import EASE, IALS, EASESettings, IALSSettings
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
 from .popularity import Popularity, PopularitySettings
 from .sequential import SequentialSettings, SequentialStrategy
@@ -79,6 +80,11 @@ register("gru4rec", SequentialStrategy, SequentialSettings, {"model": "gru4rec"}
 register("caser", SequentialStrategy, SequentialSettings,
          {"model": "caser", "window": 5, "length": 5, "dropout": 0.5},
          "convolutions over each user's last 5 items, warm-started each period (Tang and Wang 2018)")
+
+register("ease", EASE, EASESettings, {},
+         "closed-form item-item weights over the window, scored from the user's last items (Steck 2019)")
+register("ials", IALS, IALSSettings, {},
+         "implicit ALS (implicit), warm-started each period, in-period rows folded in (Hu et al. 2008)")
 
 register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)")
 register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},
