@@ -27,7 +27,8 @@ def _can_grow(name: str) -> bool:
 
 
 # The strategies production must reproduce the replay for (every one that implements _grow).
-PRODUCTION_STRATEGIES = [name for name in ("full-retrain", "fine-tune", "spmf", "sml", "pop", "pop-recent")
+PRODUCTION_STRATEGIES = [name for name in ("full-retrain", "fine-tune", "spmf", "sml", "pop", "pop-recent",
+                                                "ease", "ials")
                          if _can_grow(name)]
 
 

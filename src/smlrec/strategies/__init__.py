@@ -82,9 +82,11 @@ register("caser", SequentialStrategy, SequentialSettings,
          "convolutions over each user's last 5 items, warm-started each period (Tang and Wang 2018)")
 
 register("ease", EASE, EASESettings, {},
-         "closed-form item-item weights over the window, scored from the user's last items (Steck 2019)")
+         "closed-form item-item weights over the window, scored from the user's last items (Steck 2019)",
+         in_default=False)
 register("ials", IALS, IALSSettings, {},
-         "implicit ALS (implicit), warm-started each period, in-period rows folded in (Hu et al. 2008)")
+         "implicit ALS (implicit), warm-started each period, in-period rows folded in (Hu et al. 2008)",
+         in_default=False)
 
 register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)")
 register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},

@@ -214,18 +214,23 @@ def ease_row_scores(weights: torch.Tensor, item_index: np.ndarray, contexts: np.
     a mask of rows whose context holds no item the weights know (they get the cold rule).
 
     ``item_index`` maps an item id to its row of ``weights`` (-1: not in the weights)."""
-    n, width = contexts.shape
     known = np.where(contexts == PAD, -1, item_index[np.maximum(contexts, 0)])
     no_history = torch.from_numpy(~(known >= 0).any(axis=1))
     cand = torch.from_numpy(item_index)[candidates.cpu()]
-    known_t = torch.from_numpy(known)
-    out = torch.zeros(candidates.shape, dtype=torch.float32)
-    chunk = max(1, cells // max(1, width * candidates.shape[1]))
-    for lo in range(0, n, chunk):
-        h, c = known_t[lo: lo + chunk], cand[lo: lo + chunk]
-        gathered = weights[h.clamp_min(0)[:, :, None], c.clamp_min(0)[:, None, :]]
-        gathered = gathered * ((h >= 0)[:, :, None] & (c >= 0)[:, None, :])
-        out[lo: lo + chunk] = gathered.sum(dim=1).float()
+    cand_ok = cand >= 0
+    cand = cand.clamp_min(0)
+    # only the (row, history item) pairs that hold a known item are gathered: histories are
+    # mostly shorter than ``history`` and padded
+    entry_row, entry_col = np.nonzero(known >= 0)
+    entry_row_t = torch.from_numpy(entry_row)
+    entry_item = torch.from_numpy(known[entry_row, entry_col])
+    out = torch.zeros(candidates.shape, dtype=weights.dtype)
+    step = max(1, cells // max(1, candidates.shape[1]))
+    for lo in range(0, len(entry_row), step):
+        rows = entry_row_t[lo: lo + step]
+        gathered = weights[entry_item[lo: lo + step, None], cand[rows]] * cand_ok[rows]
+        out.index_add_(0, rows, gathered)
+    out = out.float()
     return out, no_history
 
 
