@@ -63,7 +63,7 @@ class EASESettings:
     max_items: int = 30_000    # refuse the dense solve above this many items in the window
     dtype: str = "float32"     # of the Cholesky inverse: float32 | float64
     cold_decay: float = 0.5    # popularity floor for users with no known history (pop-recent's)
-    score_cells: int = 1 << 22  # rows x history x candidates gathered at once while scoring
+    score_cells: int = 1 << 22  # (row, history item) pairs x candidates gathered at once
 
     def __post_init__(self) -> None:
         require(self.l2 > 0, "l2", "> 0", self.l2)
