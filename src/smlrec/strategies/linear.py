@@ -80,8 +80,8 @@ class IALSSettings:
     """Settings of ``ials``."""
 
     factors: int = 64
-    regularization: float = 1.0
-    alpha: float = 10.0          # confidence of an observed (user, item) pair (unobserved: 1)
+    regularization: float = 10.0
+    alpha: float = 2.0           # confidence of an observed (user, item) pair (unobserved: 1)
     iterations: int = 10         # ALS sweeps at the start and at each period's warm-started refit
     window: int = 0              # training window in periods (0: every period so far)
     cold_decay: float = 0.5      # popularity floor for users with no known history (pop-recent's)
