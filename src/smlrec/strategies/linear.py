@@ -59,7 +59,7 @@ class EASESettings:
 
     l2: float = 500.0          # the ridge regulariser lambda on the item-item weights
     window: int = 0            # training window in periods (0: every period so far)
-    history: int = 200         # the user's last N items before the row that score it
+    history: int = 20          # the user's last N items before the row that score it
     max_items: int = 30_000    # refuse the dense solve above this many items in the window
     dtype: str = "float32"     # of the Cholesky inverse: float32 | float64
     cold_decay: float = 0.5    # popularity floor for users with no known history (pop-recent's)
