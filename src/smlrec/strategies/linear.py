@@ -383,12 +383,14 @@ def fold_in(data: FoldInput, users: np.ndarray, items: np.ndarray,
         local = np.repeat(np.arange(len(groups)), size[groups])
         # the users' window systems
         profile = data.window[touched[groups]].tocoo()
+        owner = torch.from_numpy(profile.row.astype(np.int64))
         yp = y[torch.from_numpy(profile.col.astype(np.int64))]
         a_user = base.repeat(len(groups), 1, 1)
-        a_user.index_add_(0, torch.from_numpy(profile.row.astype(np.int64)),
-                          w_outer * yp[:, :, None] * yp[:, None, :])
+        for e in range(0, len(yp), chunk):     # bounds the [entries, f, f] outer products
+            part = yp[e: e + chunk]
+            a_user.index_add_(0, owner[e: e + chunk], w_outer * part[:, :, None] * part[:, None, :])
         b_user = torch.zeros(len(groups), f, dtype=torch.float64)
-        b_user.index_add_(0, torch.from_numpy(profile.row.astype(np.int64)), w_linear * yp)
+        b_user.index_add_(0, owner, w_linear * yp)
         # exclusive prefix sums of the in-period additions, restarted at each user
         add = torch.from_numpy(adds[g_rows].astype(np.float64))
         yr = y[torch.from_numpy(s_items[g_rows])] * add[:, None]
