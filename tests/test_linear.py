@@ -174,3 +174,20 @@ def test_ials_window_keeps_only_recent_periods(world):
     strategy.update(period)
     assert np.array_equal(strategy.rows_users, period.users)
     assert set(strategy.rows_block.tolist()) == {1}
+
+
+@pytest.mark.parametrize("name", ["ease", "ials"])
+def test_production_scores_a_repeated_user_once(tmp_path, name):
+    # A serving query is not an interaction: the same user twice in one request gets the same
+    # scores twice, never a history that holds the first request's placeholder row.
+    from _production_data import synthetic_log, tiny_settings, write_periods
+    from smlrec.production import Recommender, init_registry
+
+    history, _ = write_periods(synthetic_log(6), tmp_path / "data", 4)
+    init_registry(history, tmp_path / "reg", name, tiny_settings(name, 4))
+    served = Recommender.from_registry(tmp_path / "reg")
+    users = np.arange(min(6, served.checkpoint.n_users))
+    alone = served.scores(users)
+    twice = served.scores(np.concatenate([users, users]))
+    torch.testing.assert_close(twice[: len(users)], alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(twice[len(users):], alone, rtol=0, atol=1e-6)

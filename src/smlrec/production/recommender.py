@@ -133,6 +133,13 @@ class Recommender:
 
     def generic_scores(self, users: np.ndarray) -> torch.Tensor:
         """Scores through the strategy's own ``score`` (every strategy; the fast path's twin)."""
+        users = np.asarray(users, np.int64)
+        # A query is not an interaction: a user asked for twice is scored once, or the second row
+        # would read the first (a placeholder item) as an earlier row of the period, for the
+        # strategies whose score reads in-period history (ease, ials, sequential models).
+        unique, inverse = np.unique(users, return_inverse=True)
+        if len(unique) < len(users):
+            return self.generic_scores(unique)[torch.from_numpy(inverse)]
         n_items = self.n_items
         period = Period(index=self.cumulative.next_period, role=PRODUCTION_ROLE, start=self.cumulative.rows,
                         users=np.asarray(users, np.int64), items=np.zeros(len(users), np.int64),
