@@ -59,8 +59,11 @@ if str(ROOT / "src") not in sys.path:
 from smlrec import WAIT_SETTINGS  # noqa: E402
 from smlrec.data.synth import SCALE_PLANS, generate, synth_settings, write_log  # noqa: E402
 
+# ease is not in the default list: at Yelp scale its window holds ~120k items, whose dense
+# item x item matrices (~170 GiB) it refuses (max_items); at Adressa scale (21k items, ~5 GiB)
+# name it with --strategies.
 DEFAULT_STRATEGIES = ("full-retrain", "full-retrain-converged", "fine-tune", "sml", "sml-bf16", "sml-s", "itemknn",
-                      "sknn", "no-update")
+                      "sknn", "no-update", "ials")
 # Benchmark-only names: a registered strategy with settings overrides and context overrides (Table
 # 2's converged row; SML with its transfer in bf16, under SML's own random streams so that the two
 # differ by arithmetic alone).

@@ -126,7 +126,7 @@ class Recommender:
         """Scores through the strategy's own ``score`` (every strategy; the fast path's twin).
 
         Each distinct user is one row of the query period: a strategy that reads the history of
-        earlier rows of the period (itemknn, sknn) must not take a repeated user's placeholder
+        earlier rows of the period (itemknn, sknn, ease, ials, the sequential models) must not take a repeated user's placeholder
         item for an interaction."""
         users, repeat = np.unique(np.asarray(users, np.int64), return_inverse=True)
         n_items = self.n_items

@@ -29,6 +29,7 @@ from ..config import build, merge
 from ..errors import ConfigError
 from .asmg import ASMG, ASMGSettings
 from .base import Strategy, StrategyContext
+from .linear import EASE, IALS, EASESettings, IALSSettings
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
 from .neighbours import SKNN, ItemKNN, ItemKNNSettings, SKNNSettings
 from .popularity import Popularity, PopularitySettings
@@ -209,6 +210,15 @@ register("sknn", SKNN, SKNNSettings, {},
 register("no-update", NoUpdate, RetrainSettings, {"epochs": 5, "graph": "seen"},
          "MF fine-tuned through the offline periods, then never updated (the staleness reference)",
          history="none (the user's row as trained before the freeze)")
+
+register("ease", EASE, EASESettings, {},
+         "closed-form item-item weights over the window, scored from the user's last items (Steck 2019)",
+         in_default=False,
+         history="last 20 items before the row (earlier periods and earlier rows of the scored period)")
+register("ials", IALS, IALSSettings, {},
+         "implicit ALS (implicit), warm-started each period, in-period rows folded in (Hu et al. 2008)",
+         history="the user's rows of the window and earlier rows of the scored period, folded into the "
+                 "user's factors (never the row itself)")
 
 register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)",
          history="none (the user's trained row; its rows of the scored period are not read)")
