@@ -21,10 +21,12 @@ import pytest
 from _production_data import DAY, T0, synthetic_log, tiny_settings, write_periods
 from smlrec.cli import main
 from smlrec.data.log import (ID_INEXACT, ID_NOT_NUMBER, ID_NOT_WHOLE, ID_OK, ID_TOO_LARGE, ReadOptions,
-                             parse_whole_numbers, read_log, whole_number)
+                             parse_whole_numbers, read_log)
 from smlrec.errors import CheckpointError, DataError
+from smlrec.ids import whole_number
 from smlrec.production import init_registry, update_once
-from smlrec.production.ingest import NUMBER, as_numbers, normalise_query
+from smlrec.production.ingest import as_numbers
+from smlrec.production.served import NUMBER, normalise_query
 from smlrec.production.registry import ModelRegistry
 
 HISTORY = 4

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..ids import FLOAT_EXACT, INT64_MAX, WHOLE_TEXT, whole_number  # noqa: F401 (whole_number: re-exported)
+from ..ids import FLOAT_EXACT, INT64_MAX, WHOLE_TEXT
 
 USER_COLUMNS = ("user", "user_id", "userid", "userId", "user_id:token", "uid")
 ITEM_COLUMNS = ("item", "item_id", "itemid", "itemId", "item_id:token", "movieId", "movie_id",

@@ -42,7 +42,7 @@ from ..config import ReplaySettings
 from ..data.log import InteractionLog, ReadOptions, detect_format, parse_whole_numbers, read_log
 from ..errors import ConfigError, DataError
 # The ids rule for queries lives with the torch-free reader (recommend and serve import no pandas).
-from .served import NUMBER, TEXT, id_kind, normalise_query  # noqa: F401
+from .served import NUMBER, TEXT, id_kind
 
 # Units whose values smlrec converts to seconds exactly; numbers in any other unit are refused.
 SECONDS_UNITS = ("s", "iso", "datetime")

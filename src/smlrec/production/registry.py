@@ -67,6 +67,7 @@ from .. import __version__
 from ..data.pairs import PairIndex, pair_keys
 from ..errors import CheckpointError
 from . import committed
+from .manifest import id_array, read_bytes, read_json, verified
 from .committed import VERSION_RE, version_name
 from .events import emit
 from .state import flatten, unflatten
@@ -206,12 +207,12 @@ class ModelRegistry:
         if listed is None:
             return None
         path = self.root / version_name(checkpoint.version) / SERVED
-        _verify(path, listed)
+        verified(path, listed)
         return _read_safetensors(path)
 
     def manifest(self, version: int) -> dict[str, Any]:
         """The manifest of ``version`` alone (no file checks; ``load`` verifies them)."""
-        return _read_json(self.root / version_name(version) / "manifest.json")
+        return read_json(self.root / version_name(version) / "manifest.json")
 
     def require_committed(self, version: int) -> None:
         """CheckpointError unless ``version`` is committed (the rule ``versions`` lists by)."""
@@ -236,21 +237,21 @@ class ModelRegistry:
         folder = self.root / version_name(version)
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: version {version} is missing")
-        manifest = _read_json(folder / "manifest.json")
+        manifest = read_json(folder / "manifest.json")
         files = manifest.get("files")
         if manifest.get("version") != version or not isinstance(files, dict):
             raise CheckpointError(f"{folder / 'manifest.json'}: not a manifest of version {version}")
         for name in FILES:
-            _verify(folder / name, files.get(name))
+            verified(folder / name, files.get(name))
         tensors = _read_safetensors(folder / "weights.safetensors")
-        skeleton = _read_json(folder / "state.json")
-        vocab = _read_json(folder / "vocab.json")
+        skeleton = read_json(folder / "state.json")
+        vocab = read_json(folder / "vocab.json")
         try:
             state = unflatten(tensors, skeleton, str(folder / "state.json"))
             cumulative = Cumulative.from_state(state["cumulative"])
             return Checkpoint(strategy=manifest["strategy"], settings=manifest["settings"],
                               strategy_state=state["strategy"],
-                              user_ids=_id_array(vocab["users"]), item_ids=_id_array(vocab["items"]),
+                              user_ids=id_array(vocab["users"]), item_ids=id_array(vocab["items"]),
                               cumulative=cumulative, data=manifest["data"],
                               reading=manifest.get("reading") or {}, version=version, manifest=manifest)
         except (KeyError, TypeError, ValueError) as err:
@@ -507,42 +508,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except OSError as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(_read_bytes(path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt or truncated JSON ({err})") from None
-
-
-def _verify(path: Path, expected: Any) -> None:
-    if not isinstance(expected, dict) or "sha256" not in expected:
-        raise CheckpointError(f"{path}: not listed in the manifest")
-    payload = _read_bytes(path)
-    if len(payload) != expected.get("bytes") or hashlib.sha256(payload).hexdigest() != expected["sha256"]:
-        raise CheckpointError(f"{path}: corrupt or truncated ({len(payload)} bytes, expected "
-                              f"{expected.get('bytes')}; sha256 does not match the manifest)")
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_safetensors(_read_bytes(path))
+        return load_safetensors(read_bytes(path))
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: corrupt safetensors file ({err})") from None
 
 
-def _id_array(values: list) -> np.ndarray:
-    """Raw ids from JSON: integers stay int64, anything else becomes text."""
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.float64)
-    return np.asarray([str(v) for v in values], dtype=object)

@@ -23,8 +23,6 @@ a test compares the two readers.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +31,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..ids import INT64_MAX, whole_number
+from .manifest import id_array, read_json, verified
 from .committed import latest_version, require_committed, version_name
 
 BLOCK = 64            # rows per scoring product (fixed: see the module docstring)
@@ -252,46 +251,6 @@ class ServedTables(Selector):
         return block_scores(self.user_table, self.item_table_t, users)
 
 
-# -- reading a version without the registry module (which imports torch) ----------------------------
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except OSError as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-
-
-def _json(path: Path, payload: bytes | None = None) -> Any:
-    try:
-        return json.loads((_read(path) if payload is None else payload).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt or truncated JSON ({err})") from None
-
-
-def _checked(path: Path, expected: Any) -> bytes:
-    if not isinstance(expected, dict) or "sha256" not in expected:
-        raise CheckpointError(f"{path}: not listed in the manifest")
-    payload = _read(path)
-    if len(payload) != expected.get("bytes") or hashlib.sha256(payload).hexdigest() != expected["sha256"]:
-        raise CheckpointError(f"{path}: corrupt or truncated ({len(payload)} bytes, expected "
-                              f"{expected.get('bytes')}; sha256 does not match the manifest)")
-    return payload
-
-
-def _ids(values: list) -> np.ndarray:
-    """Raw ids from vocab.json, as the registry reads them (integers stay int64, else text)."""
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        try:
-            return np.asarray(values, dtype=np.int64)
-        except OverflowError:
-            return np.asarray(values, dtype=object)
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.float64)
-    return np.asarray([str(v) for v in values], dtype=object)
-
-
 def open_served(registry: str | Path, version: int | None = None) -> ServedTables | None:
     """The served tables of ``version`` (default: LATEST), every file read checked against the
     manifest; None when the version stores none (a strategy without an inner product: use
@@ -307,7 +266,7 @@ def open_served(registry: str | Path, version: int | None = None) -> ServedTable
     folder = root / version_name(version)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: version {version} is missing")
-    manifest = _json(folder / "manifest.json")
+    manifest = read_json(folder / "manifest.json")
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(manifest, dict) or manifest.get("version") != version or not isinstance(files, dict):
         raise CheckpointError(f"{folder / 'manifest.json'}: not a manifest of version {version}")
@@ -316,16 +275,16 @@ def open_served(registry: str | Path, version: int | None = None) -> ServedTable
     from safetensors import SafetensorError
     from safetensors.numpy import load as load_numpy
 
-    vocab = _json(folder / "vocab.json", _checked(folder / "vocab.json", files.get("vocab.json")))
+    vocab = read_json(folder / "vocab.json", verified(folder / "vocab.json", files.get("vocab.json")))
     tables: dict[str, np.ndarray] = {}
     for name in ("served.safetensors", "weights.safetensors"):
-        payload = _checked(folder / name, files.get(name))
+        payload = verified(folder / name, files.get(name))
         try:
             tables.update({f"{name}:{key}": value for key, value in load_numpy(payload).items()})
         except (SafetensorError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{folder / name}: corrupt safetensors file ({err})") from None
     try:
-        return ServedTables(version, _ids(vocab["users"]), _ids(vocab["items"]),
+        return ServedTables(version, id_array(vocab["users"]), id_array(vocab["items"]),
                             tables["weights.safetensors:state.cumulative.pair_keys"],
                             tables["served.safetensors:user"], tables["served.safetensors:item"],
                             tables.get("served.safetensors:cold"), manifest)
