@@ -101,6 +101,7 @@ class SMLSettings:
     l2_hat: float = 1e-6                # λ1 on the raw ŵ rows of the batch
     transfer_weight_decay: float = 1e-4  # λ2, as Adam weight decay
     transfer: str = "cnn"               # cnn | no-cnn (SML-CNN) | no-fc (SML-FC) | linear | mlp
+    residual: bool = False              # f = ŵ + Δ with Δ's last layer zero at start (models/transfer.py)
     conv_channels: int = 10
     conv2_channels: int = 5
     hidden: int = 512
@@ -163,9 +164,9 @@ class SML(Strategy):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             precision = effective_precision(context.precision, self.device)
             self.user_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps, precision).to(self.device)
+                                          s.hidden, s.eps, precision, s.residual).to(self.device)
             self.item_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps, precision).to(self.device)
+                                          s.hidden, s.eps, precision, s.residual).to(self.device)
         # Ŵ: the layer-0 tables of the base model (and its dense weights, fitted in step 1).
         self.hat = make_base(context.base, context.n_users, context.n_items, mf, context.seed, self.device)
         tables = [self.hat.user.weight, self.hat.item.weight]
