@@ -36,7 +36,7 @@ from ..evaluation.protocols import (FULL_BLOCK_ELEMENTS, auc_negatives, full_blo
 from ..evaluation.split import fixed_blocks, scored_by_ranks
 from ..models.distributed import world
 from ..strategies import STRATEGIES, Strategy, default_strategies
-from ..strategies.factory import configure_threads, make_strategy
+from ..strategies.factory import check_strategies, configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
 
 GROUPS = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
@@ -226,6 +226,7 @@ def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline |
     configure_threads(settings)
     timeline = timeline or load_timeline(settings)
     names = resolve_strategies(settings)
+    check_strategies(names, timeline, settings)
     t0 = time.perf_counter()
     initial, losses = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items,
                                      settings)
