@@ -34,7 +34,7 @@ from ..evaluation.metrics import metrics_from_ranks, rank_candidates
 from ..evaluation.protocols import (FULL_BLOCK_ELEMENTS, auc_negatives, full_blocks, full_ranks, outcome_metrics,
                                    pair_scores)
 from ..evaluation.split import fixed_blocks, scored_by_ranks
-from ..models.distributed import world
+from ..models.distributed import sum_over_ranks, world
 from ..strategies import STRATEGIES, Strategy, default_strategies
 from ..strategies.factory import check_strategies, configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
@@ -65,7 +65,7 @@ class PeriodRecord:
     scoring_seconds: float = float("nan")
     pair_scores: np.ndarray | None = field(default=None, repr=False)  # auc: [n, 2] pos/neg scores
     calibrated: bool = True          # the strategy's scores are logits (LogLoss is defined)
-    flat_share: float = float("nan")  # share of rows whose candidates' scores all tie (evaluation/collapse.py)
+    flat_share: float = float("nan")  # rows whose candidates' scores all tie (evaluation/collapse.py)
 
     @property
     def collapsed(self) -> bool:
@@ -145,16 +145,20 @@ def score_period(protocol: str, strategy: Strategy, period, candidates: Candidat
 
     Under torch.distributed with several ranks, each rank scores a contiguous run of the blocks of
     rows the single process scores, and the outcomes are gathered (evaluation/split.py): the same
-    calls to ``strategy.score``, so the same outcomes. ``watch`` counts flat rows of the blocks this
-    process scores (under several ranks: this rank's share of the rows)."""
+    calls to ``strategy.score``, so the same outcomes. ``watch`` counts the flat rows of the period
+    (under several ranks: summed over the ranks)."""
     if protocol == "auc" and period.index not in negatives:
         negatives[period.index] = auc_negatives(period, settings.seed)
     if world()[1] > 1:
         bounds = (full_blocks(period, FULL_BLOCK_ELEMENTS) if protocol == "full"
                   else fixed_blocks(len(period), settings.eval_batch_size))
-        return scored_by_ranks(lambda rows: score_rows(protocol, strategy, period, candidates, negatives,
-                                                       settings, rows, watch),
-                               bounds, settings.device)
+        outcome = scored_by_ranks(lambda rows: score_rows(protocol, strategy, period, candidates, negatives,
+                                                          settings, rows, watch),
+                                  bounds, settings.device)
+        if watch is not None:   # every rank holds the whole period's counts (a rank may score no rows)
+            watch.rows = round(sum_over_ranks(watch.rows, settings.device))
+            watch.flat = round(sum_over_ranks(watch.flat, settings.device))
+        return outcome
     return score_rows(protocol, strategy, period, candidates, negatives, settings, watch=watch)
 
 

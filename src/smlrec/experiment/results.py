@@ -6,8 +6,8 @@
   (``recall@20_warm`` ...) and over the cold users' rows (``recall@20_cold`` ...); then protocol,
   auc, logloss, scoring_seconds (that protocol's scoring of the period), auc_warm, logloss_warm,
   auc_cold, logloss_cold, then flat_share (the share of the period's rows whose candidates all
-  scored the same, evaluation/collapse.py) and collapsed (flat_share > 0.5). A protocol fills its own metrics and leaves the others empty:
-  Recall/NDCG under ``sampled`` and ``full``, AUC/LogLoss under ``auc``. A user is warm in a
+  scored the same, evaluation/collapse.py) and collapsed (flat_share > 0.5). A protocol fills its
+  own metrics and leaves the others empty: Recall/NDCG under ``sampled`` and ``full``, AUC/LogLoss under ``auc``. A user is warm in a
   period when it had an interaction in an earlier period. (Columns added later come last, so
   older columns keep their positions.)
 * ``summary.csv``: one row per (strategy, protocol), protocol by protocol: the metrics

@@ -20,9 +20,10 @@ which is the same function with one elementwise pass per activation. ``forward_r
 literal formula above, the slow twin the tests compare with (equal to float rounding).
 
 Residual form (``residual=True``; SML-FC's registered form, docs/sml-stability.md):
-f = ŵ + Δ(w, ŵ), with Δ the network above and its last layer initialised to zero, so an untrained transfer is the identity on
-ŵ (the model fitted on the new period, as Fine-tune would serve it) and Adam's weight decay pulls Θ
-back towards that, not towards the bias-only output that maps every row to one constant vector.
+f = ŵ + Δ(w, ŵ), with Δ the network above and its last layer initialised to zero, so an untrained
+transfer is the identity on ŵ (the model fitted on the new period, as Fine-tune would serve it)
+and Adam's weight decay pulls Θ back towards that, not towards the bias-only output that maps
+every row to one constant vector.
 The skip reads ŵ from the stack's second row, so the gradient still reaches ŵ only through that
 row (never through c). The plain form lets an untrained or decayed network squeeze all rows into a
 small cloud: NCF's ReLU tower is then linear over the cloud (one ranking for every user), and the

@@ -57,7 +57,10 @@ at start) removes the squeeze but lets step 2 inflate the rows (a free logit sca
 frozen MLP; user row norm 2.2 -> 34 -> 101 in two periods, compounded over the rounds) until
 units die again; keeping each row at ŵ's norm (``keep_scale``) with rounds from ŵ
 (``round_start = "hat"``) stops both but stays far below NCF Fine-tune (validation R@20 .160
-against .244). So ``check_context`` refuses every SML variant on NCF unless ``allow_ncf``.
+against .244). Standardising the rows the MLP sees per dimension was tried earlier: it removed the
+squeeze on the synthetic log but lowered validation R@20 on the bundled data in 2 of 3 seeds
+(.189 against .235 over seeds 2020-2022). So ``check_context`` refuses every SML variant on NCF
+unless ``allow_ncf``.
 
 SML-FC (``transfer = "no-fc"``) is registered in that residual, scale-keeping form: its plain
 output is one scalar function of (w[j], ŵ[j], c[j]) shared by every dimension j, which an
@@ -181,10 +184,9 @@ class SML(Strategy):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             precision = effective_precision(context.precision, self.device)
-            self.user_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps, precision, s.residual, s.keep_scale).to(self.device)
-            self.item_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps, precision, s.residual, s.keep_scale).to(self.device)
+            self.user_transfer, self.item_transfer = (
+                Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels, s.hidden, s.eps, precision,
+                         s.residual, s.keep_scale).to(self.device) for _ in range(2))
         # Ŵ: the layer-0 tables of the base model (and its dense weights, fitted in step 1).
         self.hat = make_base(context.base, context.n_users, context.n_items, mf, context.seed, self.device)
         tables = [self.hat.user.weight, self.hat.item.weight]
