@@ -405,7 +405,7 @@ def test_residual_sml_on_ncf_personalises_on_the_small_synthetic_log():
     """The plain transfer squeezed the served user rows to a spread of 1e-4 (norm 0.43), every
     first-layer unit of the MLP was on for all (user, item) pairs or off for all, and the share
     was 0.000 (still so with ``residual = false``). The residual transfer (f = ŵ + Δ, Δ zero at
-    start) keeps the rows apart: share 0.66 here (Fine-tune 0.69). SML on NCF stays refused by
+    start) keeps the rows apart: share 0.66 here. SML on NCF stays refused by
     default (too weak on the bundled data, docs/sml-stability.md); this pins the squeeze's fix."""
     assert interaction_share(synthetic_ncf_run("sml", "ncf", {"allow_ncf": True, "residual": True})) > 0.1
 
