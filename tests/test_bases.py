@@ -345,8 +345,7 @@ def test_lightgcn_window_settings_hold_the_seen_graph_and_serve_final_cold_rows(
 
 def test_sml_fits_the_ncf_mlp_with_its_own_learning_rate():
     """This pins the mechanism only: the MLP is stepped by its own Adam at ``dense_lr`` while the
-    tables move at ``step1_lr``. dense_lr does not remove SML-NCF's failure (see the xfail test at
-    the end of this file). On this contract world SML's scores tie for MF as well as NCF: with its
+    tables move at ``step1_lr``. dense_lr does not remove SML-NCF's failure (docs/sml-stability.md). On this contract world SML's scores tie for MF as well as NCF: with its
     fast overrides the transfer gets about two step-2 Adam steps a period and never learns, so
     ties here say nothing about NCF."""
     world = BaseWorld("ncf")
@@ -364,7 +363,8 @@ def test_sml_fits_the_ncf_mlp_with_its_own_learning_rate():
 
 
 # ----------------------------------------------------------------------------------------------
-# Known bug: SML on NCF serves scores without any user-item interaction (diagnosis in the doc)
+# SML on NCF (and SML-FC) used to serve scores without any user-item interaction
+# (docs/sml-stability.md; strategies/sml.py module doc)
 
 def interaction_share(scores: torch.Tensor) -> float:
     """Std of the double-centred score matrix over the std of the scores: 0 when every score is
@@ -373,7 +373,7 @@ def interaction_share(scores: torch.Tensor) -> float:
     return float(centred.std() / scores.std().clamp_min(1e-30))
 
 
-def synthetic_ncf_run(name: str) -> torch.Tensor:
+def synthetic_ncf_run(name: str, base_kind: str = "ncf", overrides: dict | None = None) -> torch.Tensor:
     """Scores of every seen user for every seen item after five updates on a small drifting log
     (6,000 rows, 8 periods, dim 16; SML at its defaults, no fast overrides)."""
     from smlrec.data.synth import generate, synth_settings
@@ -382,10 +382,10 @@ def synthetic_ncf_run(name: str) -> torch.Tensor:
                                     seed=3))
     log = InteractionLog.from_arrays(frame.user.values, frame.item.values, frame.time.values)
     timeline = build_timeline(log, split_equal_count(len(log), 8), Plan(2, 3, 1, 2))
-    mf, base = MFSettings(dim=16, lr=0.01, batch_size=256), BaseSettings("ncf")
+    mf, base = MFSettings(dim=16, lr=0.01, batch_size=256), BaseSettings(base_kind)
     initial, _ = pretrain_mf(timeline.pretrain_data, log.n_users, log.n_items, mf, epochs=10, seed=5, base=base)
     context = StrategyContext(n_users=log.n_users, n_items=log.n_items, mf=mf, seed=5, name=name, base=base)
-    strategy = create_strategy(name, context, {})
+    strategy = create_strategy(name, context, overrides or {})
     strategy.start(timeline.pretrain_data, {k: v.clone() for k, v in initial.items()})
     for period in timeline.periods[2:7]:
         strategy.update(period)
@@ -401,15 +401,46 @@ def test_fine_tune_on_ncf_personalises_on_the_small_synthetic_log():
     assert interaction_share(synthetic_ncf_run("fine-tune")) > 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: SML's untrained transfer squeezes every row into a "
-                   "tiny cloud that sits inside one linear region of NCF's ReLU tower, so scores are "
-                   "a(user) + b(item) and step 2 gets no signal to spread the rows (measured in the "
-                   "test's doc); remove the marker when fixed")
-def test_sml_on_ncf_personalises_on_the_small_synthetic_log():
-    """Measured on this log (period 7 served after updates on 2..6): SML-NCF's served user rows
-    have a spread (std over users, mean over dims) of 1e-4 against 0.43 for their norm, every
-    first-layer unit of the MLP is on for all (user, item) pairs or off for all, step-2 loss stays
-    at 1.385 (2 ln 2 = 1.386), at dense_lr 1e-3 and 0.01 alike (at 0.01 the user rows' norm also
-    grows 0.46 -> 6.2 and scores tie to 1e-5). SML-MF escapes the same squeeze (its bilinear score
-    has curvature; user spread 0.003 -> 0.17 within two periods); Fine-tune on NCF does not squeeze."""
-    assert interaction_share(synthetic_ncf_run("sml")) > 0.1
+def test_residual_sml_on_ncf_personalises_on_the_small_synthetic_log():
+    """The plain transfer squeezed the served user rows to a spread of 1e-4 (norm 0.43), every
+    first-layer unit of the MLP was on for all (user, item) pairs or off for all, and the share
+    was 0.000 (still so with ``residual = false``). The residual transfer (f = ŵ + Δ, Δ zero at
+    start) keeps the rows apart: share 0.66 here. SML on NCF stays refused by
+    default (too weak on the bundled data, docs/sml-stability.md); this pins the squeeze's fix."""
+    assert interaction_share(synthetic_ncf_run("sml", "ncf", {"allow_ncf": True, "residual": True})) > 0.1
+
+
+def test_sml_on_ncf_is_refused_by_default_with_a_message_naming_base_transfer_and_alternatives():
+    context = StrategyContext(n_users=3, n_items=3, mf=TINY_MF, seed=0, name="sml", base=BaseSettings("ncf"))
+    for name, transfer in (("sml", "'cnn'"), ("sml-fc", "'no-fc'"), ("sml-mlp", "'mlp'")):
+        with pytest.raises(ConfigError) as error:
+            create_strategy(name, replace(context, name=name), {})
+        message = str(error.value)
+        assert f"strategy {name}: the {transfer} transfer" in message and "NCF base is refused" in message
+        assert "fine-tune" in message and "--base mf" in message and f"strategy.{name}.allow_ncf" in message
+    create_strategy("sml", context, {"allow_ncf": True})
+    create_strategy("sml", replace(context, base=BaseSettings("mf")), {})
+
+
+def test_the_replay_refuses_sml_on_ncf_before_training_anything(tmp_path, monkeypatch):
+    from smlrec.config import replay_settings
+    from smlrec.experiment import replay as replay_module
+
+    from helpers import write_generic_log
+
+    path = write_generic_log(tmp_path / "log.csv", n_rows=200, seed=1)
+    settings = replay_settings({"data": {"path": str(path), "periods": 6}, "base": "ncf",
+                                "plan": {"pretrain": 2, "offline": 2, "validation": 1, "test": 1},
+                                "strategies": ["fine-tune", "sml"], "threads": 1,
+                                "cache_dir": str(tmp_path / "cache")})
+    monkeypatch.setattr(replay_module, "pretrain_model",
+                        lambda *a, **k: pytest.fail("pretrained before refusing"))
+    with pytest.raises(ConfigError, match="strategy sml: the 'cnn' transfer"):
+        replay_module.replay(settings, progress=False)
+
+
+def test_sml_fc_personalises_on_the_small_synthetic_log():
+    """SML-FC's transfer is one scalar function shared by every dimension; the plain form mapped
+    every served row onto the all-ones direction (|cosine| 1.000, share 0.000 on this log), so
+    every user got one ranking; the registered residual, scale-keeping form: share 0.55."""
+    assert interaction_share(synthetic_ncf_run("sml-fc", "mf")) > 0.1

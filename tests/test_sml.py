@@ -52,11 +52,17 @@ def test_cnn_transfer_matches_slow_reference():
     assert torch.allclose(t(w, w_hat), slow_transfer(t, w, w_hat), atol=1e-5)
 
 
+@pytest.mark.parametrize(("residual", "keep_scale"), [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("kind", ["cnn", "no-cnn", "no-fc", "linear", "mlp"])
-def test_folded_forward_matches_the_reference_in_values_and_gradients(kind):
+def test_folded_forward_matches_the_reference_in_values_and_gradients(kind, residual, keep_scale):
     """The fast path folds the GELU scale into the weights; same function, same gradients."""
     torch.manual_seed(3)
-    t = Transfer(dim=16, kind=kind, channels=4, channels2=3, hidden=24)
+    t = Transfer(dim=16, kind=kind, channels=4, channels2=3, hidden=24, residual=residual,
+                 keep_scale=keep_scale)
+    if t.residual:   # move the zero-initialised last layer so the network's part is tested too
+        with torch.no_grad():
+            for p in (t.conv3 if kind == "no-fc" else t.fc2).parameters():
+                p.normal_(0.0, 0.3)
     w = torch.randn(9, 16)
     grads = {}
     for name, fn in (("fast", t.forward), ("reference", t.forward_reference)):
@@ -131,6 +137,51 @@ def test_gradient_reaches_w_hat_only_through_the_second_row():
     w_hat.grad = None
     t(w, w_hat).sum().backward()
     assert torch.count_nonzero(w_hat.grad) > 0
+
+
+@pytest.mark.parametrize("kind", ["cnn", "no-cnn", "no-fc", "mlp"])
+def test_residual_transfer_starts_as_the_identity_on_w_hat_and_keeps_shapes(kind):
+    """f = ŵ + Δ with Δ's last layer zero: an untrained transfer serves ŵ exactly (no squeeze)."""
+    torch.manual_seed(7)
+    t = Transfer(dim=8, kind=kind, hidden=16, residual=True)
+    w, w_hat = torch.randn(7, 8), torch.randn(7, 8)
+    out = t(w, w_hat)
+    assert out.shape == (7, 8)
+    assert torch.equal(out, w_hat)
+    assert torch.equal(t.forward_reference(w, w_hat), w_hat)
+    assert sum(p.numel() for p in t.parameters()) == sum(
+        p.numel() for p in Transfer(dim=8, kind=kind, hidden=16).parameters())
+
+
+def test_keep_scale_gives_each_row_its_w_hat_norm():
+    torch.manual_seed(8)
+    t = Transfer(dim=8, kind="no-fc", residual=True, keep_scale=True)
+    with torch.no_grad():
+        t.conv3.weight.normal_(0.0, 1.0)
+        t.conv3.bias.fill_(2.0)
+    w, w_hat = torch.randn(6, 8), torch.randn(6, 8) * torch.arange(1.0, 7.0)[:, None]
+    out = t(w, w_hat)
+    torch.testing.assert_close(out.norm(dim=1), w_hat.norm(dim=1), rtol=1e-5, atol=1e-6)
+    assert (out - w_hat).abs().max() > 1e-2      # the direction did change
+
+
+def test_residual_gradient_reaches_w_hat_only_through_the_second_row():
+    """With the skip, d f / d ŵ is the identity plus the network's path through row 2 of the
+    stack; with no conv weight on row 2 it is exactly the identity (nothing flows through c)."""
+    torch.manual_seed(1)
+    t = Transfer(dim=4, channels=3, channels2=2, hidden=5, residual=True)
+    with torch.no_grad():
+        t.fc2.weight.normal_(0.0, 0.5)        # a trained-looking last layer
+        t.conv1.weight[:, 0, 1, 0] = 0.0      # no weight on the w_hat row; c keeps its weights
+    w = torch.randn(3, 4)
+    w_hat = torch.randn(3, 4, requires_grad=True)
+    t(w, w_hat).sum().backward()
+    assert torch.equal(w_hat.grad, torch.ones(3, 4))
+    with torch.no_grad():
+        t.conv1.weight[:, 0, 1, 0] = 1.0
+    w_hat.grad = None
+    t(w, w_hat).sum().backward()
+    assert (w_hat.grad - 1.0).abs().max() > 1e-4
 
 
 def test_eps_keeps_zero_rows_finite():

@@ -9,7 +9,9 @@ For each strategy, starting from the shared pretrained model::
 
 The update is timed as ``update_seconds``; each protocol's scoring separately as
 ``scoring_seconds`` (never part of the update's cost). The strategies are trained once whatever
-the number of protocols. The loop never branches on the strategy's type.
+the number of protocols. The loop never branches on the strategy's type. Every block of scores is
+checked for rows whose candidates all tie (evaluation/collapse.py): ``flat_share`` per record,
+``collapsed`` when most rows are flat.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from ..data.candidates import CandidateStore
 from ..data.loading import load_timeline
 from ..data.periods import SCORED_ROLES, Timeline
 from ..errors import ConfigError
+from ..evaluation.collapse import FlatWatch, is_collapsed
 from ..evaluation.metrics import metrics_from_ranks, rank_candidates
 from ..evaluation.protocols import (FULL_BLOCK_ELEMENTS, auc_negatives, full_blocks, full_ranks, outcome_metrics,
                                    pair_scores)
 from ..evaluation.split import fixed_blocks, scored_by_ranks
-from ..models.distributed import world
+from ..models.distributed import sum_over_ranks, world
 from ..strategies import STRATEGIES, Strategy, default_strategies, load_entry_points
-from ..strategies.factory import configure_threads, make_strategy
+from ..strategies.factory import check_strategies, configure_threads, make_strategy
 from ..strategies.pretrain import pretrain_model
 
 GROUPS = (("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"))
@@ -62,6 +65,11 @@ class PeriodRecord:
     scoring_seconds: float = float("nan")
     pair_scores: np.ndarray | None = field(default=None, repr=False)  # auc: [n, 2] pos/neg scores
     calibrated: bool = True          # the strategy's scores are logits (LogLoss is defined)
+    flat_share: float = float("nan")  # rows whose candidates' scores all tie (evaluation/collapse.py)
+
+    @property
+    def collapsed(self) -> bool:
+        return is_collapsed(self.flat_share)
 
     @property
     def outcome(self) -> np.ndarray:
@@ -115,7 +123,8 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
                     negatives[period.index] = auc_negatives(period, settings.seed)
                 for protocol in settings.protocols:
                     began = time.perf_counter()
-                    outcome = score_period(protocol, strategy, period, candidates, negatives, settings)
+                    watch = FlatWatch()
+                    outcome = score_period(protocol, strategy, period, candidates, negatives, settings, watch)
                     seconds = time.perf_counter() - began
 
                     def metrics_of(subset: np.ndarray, protocol: str = protocol) -> dict[str, float]:
@@ -129,7 +138,7 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
                         segments=user_segments(outcome, cold_user, metrics_of),
                         ranks=None if protocol == "auc" else outcome, protocol=protocol,
                         scoring_seconds=seconds, calibrated=calibrated,
-                        pair_scores=outcome if protocol == "auc" else None)
+                        pair_scores=outcome if protocol == "auc" else None, flat_share=watch.share)
             if period.index < timeline.periods[-1].index:
                 last_update = strategy.update(period)
         bar.close()
@@ -138,38 +147,45 @@ def iter_replay(timeline: Timeline, settings: ReplaySettings, strategies: list[s
 
 
 def score_period(protocol: str, strategy: Strategy, period, candidates: CandidateStore,
-                 negatives: dict[int, np.ndarray], settings: ReplaySettings) -> np.ndarray:
+                 negatives: dict[int, np.ndarray], settings: ReplaySettings,
+                 watch: FlatWatch | None = None) -> np.ndarray:
     """One period scored under ``protocol``: ranks (sampled, full) or ``[n, 2]`` scores (auc).
 
     Under torch.distributed with several ranks, each rank scores a contiguous run of the blocks of
     rows the single process scores, and the outcomes are gathered (evaluation/split.py): the same
-    calls to ``strategy.score``, so the same outcomes."""
+    calls to ``strategy.score``, so the same outcomes. ``watch`` counts the flat rows of the period
+    (under several ranks: summed over the ranks)."""
     if protocol == "auc" and period.index not in negatives:
         negatives[period.index] = auc_negatives(period, settings.seed)
     if world()[1] > 1:
         bounds = (full_blocks(period, FULL_BLOCK_ELEMENTS) if protocol == "full"
                   else fixed_blocks(len(period), settings.eval_batch_size))
-        return scored_by_ranks(lambda rows: score_rows(protocol, strategy, period, candidates, negatives,
-                                                       settings, rows),
-                               bounds, settings.device)
-    return score_rows(protocol, strategy, period, candidates, negatives, settings)
+        outcome = scored_by_ranks(lambda rows: score_rows(protocol, strategy, period, candidates, negatives,
+                                                          settings, rows, watch),
+                                  bounds, settings.device)
+        if watch is not None:   # every rank holds the whole period's counts (a rank may score no rows)
+            watch.rows = round(sum_over_ranks(watch.rows, settings.device))
+            watch.flat = round(sum_over_ranks(watch.flat, settings.device))
+        return outcome
+    return score_rows(protocol, strategy, period, candidates, negatives, settings, watch=watch)
 
 
 def score_rows(protocol: str, strategy: Strategy, period, candidates: CandidateStore,
                negatives: dict[int, np.ndarray], settings: ReplaySettings,
-               rows: slice | None = None) -> np.ndarray:
+               rows: slice | None = None, watch: FlatWatch | None = None) -> np.ndarray:
     """The outcome of the period's ``rows`` (default all; a subset must start at a block bound,
     see ``score_period``), scored in blocks counted from the period's first row."""
     lo, hi = (0, len(period)) if rows is None else (rows.start, rows.stop)
+    served = strategy.score if watch is None else watch.wrap(strategy.score)
 
     def score(block, cands):   # block: rows of the subset -> rows of the period
-        return strategy.score(period, slice(lo + block.start, lo + block.stop), cands)
+        return served(period, slice(lo + block.start, lo + block.stop), cands)
 
     if protocol == "sampled":
         return rank_candidates(score, candidates.get(period)[lo:hi], settings.eval_batch_size,
                                settings.device)
     if protocol == "full":
-        return full_ranks(lambda block, cands: strategy.score(period, block, cands), period,
+        return full_ranks(lambda block, cands: served(period, block, cands), period,
                           FULL_BLOCK_ELEMENTS, settings.device, rows=rows)
     return pair_scores(score, period.items[lo:hi], negatives[period.index][lo:hi],
                        settings.eval_batch_size, settings.device)
@@ -223,6 +239,7 @@ def replay(settings: ReplaySettings, progress: bool = True, timeline: Timeline |
     configure_threads(settings)
     timeline = timeline or load_timeline(settings)
     names = resolve_strategies(settings)
+    check_strategies(names, timeline, settings)
     t0 = time.perf_counter()
     initial, losses = pretrain_model(timeline.pretrain_data, timeline.log.n_users, timeline.log.n_items,
                                      settings)

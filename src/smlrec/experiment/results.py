@@ -5,15 +5,17 @@
   then warm_interactions, cold_interactions and the six metrics over the warm users' rows
   (``recall@20_warm`` ...) and over the cold users' rows (``recall@20_cold`` ...); then protocol,
   auc, logloss, scoring_seconds (that protocol's scoring of the period), auc_warm, logloss_warm,
-  auc_cold, logloss_cold. A protocol fills its own metrics and leaves the others empty:
-  Recall/NDCG under ``sampled`` and ``full``, AUC/LogLoss under ``auc``. A user is warm in a
+  auc_cold, logloss_cold, then flat_share (the share of the period's rows whose candidates all
+  scored the same, evaluation/collapse.py) and collapsed (flat_share > 0.5). A protocol fills its
+  own metrics and leaves the others empty: Recall/NDCG under ``sampled`` and ``full``, AUC/LogLoss under ``auc``. A user is warm in a
   period when it had an interaction in an earlier period. (Columns added later come last, so
   older columns keep their positions.)
 * ``summary.csv``: one row per (strategy, protocol), protocol by protocol: the metrics
   micro-averaged over ALL test periods, test_interactions, update_seconds (mean over test
   periods), the same for warm and cold users, protocol, auc, logloss, scoring_seconds (sum over
   test periods), then ``{metric}_lo`` / ``{metric}_hi``: the 95% bootstrap interval
-  (evaluation/uncertainty.py; empty when ``bootstrap_resamples = 0``).
+  (evaluation/uncertainty.py; empty when ``bootstrap_resamples = 0``), then collapsed_periods
+  (how many of those periods were flagged collapsed) and flat_share (its highest value).
 * ``significance.csv``: per (protocol, metric), the best strategy against each other one: the
   difference and its paired bootstrap p-value.
 * ``breakdown.csv``: per (strategy, protocol, scored period, user_group, item_group):
@@ -42,6 +44,7 @@ import pandas as pd
 from .. import __version__
 from ..atomic import atomic_directory
 from ..config import to_dict
+from ..evaluation.collapse import is_collapsed
 from ..evaluation.metrics import METRIC_NAMES, micro_average
 from ..evaluation.protocols import ALL_METRICS, AUC_METRICS, row_logloss
 from ..evaluation.uncertainty import RowOutcomes, bootstrap, rank_values
@@ -56,11 +59,13 @@ BASE_PERIOD_COLUMNS = ["strategy", "period", "role", "label", "interactions", *M
 """The columns every periods.csv has had (runs written before the protocols and warm/cold split)."""
 # Columns added later go at the end, so every older column keeps its position.
 PROTOCOL_COLUMNS = ["protocol", *AUC_METRICS, "scoring_seconds"]
+COLLAPSE_COLUMNS = ["flat_share", "collapsed"]
 PERIOD_COLUMNS = [*BASE_PERIOD_COLUMNS, *SEGMENT_COUNTS, *SEGMENT_METRICS, *PROTOCOL_COLUMNS,
-                  *AUC_SEGMENT_METRICS]
+                  *AUC_SEGMENT_METRICS, *COLLAPSE_COLUMNS]
 INTERVAL_COLUMNS = [f"{m}_{end}" for m in ALL_METRICS for end in ("lo", "hi")]
 SUMMARY_COLUMNS = ["strategy", *METRIC_NAMES, "test_interactions", "update_seconds", *SEGMENT_COUNTS,
-                   *SEGMENT_METRICS, *PROTOCOL_COLUMNS, *AUC_SEGMENT_METRICS, *INTERVAL_COLUMNS]
+                   *SEGMENT_METRICS, *PROTOCOL_COLUMNS, *AUC_SEGMENT_METRICS, *INTERVAL_COLUMNS,
+                   "collapsed_periods", "flat_share"]
 BREAKDOWN_COLUMNS = ["strategy", "period", "role", "user_group", "item_group", "interactions",
                      *METRIC_NAMES, "protocol", *AUC_METRICS]
 SIGNIFICANCE_COLUMNS = ["protocol", "metric", "best", "strategy", "difference", "p_value"]
@@ -73,6 +78,8 @@ def periods_frame(records) -> pd.DataFrame:
                "period": r.period, "role": r.role, "label": r.label,
                "interactions": r.interactions, **r.metrics, "update_seconds": r.update_seconds,
                "scoring_seconds": getattr(r, "scoring_seconds", float("nan"))}
+        flat = float(getattr(r, "flat_share", float("nan")))
+        row.update(flat_share=flat, collapsed=is_collapsed(flat))
         for segment, values in r.segments.items():
             row[f"{segment}_interactions"] = values["interactions"]
             row.update({f"{m}_{segment}": values[m] for m in ALL_METRICS if m in values})
@@ -103,6 +110,30 @@ def _segment_average(scored: pd.DataFrame, segment: str, metric: str) -> float:
     return micro_average(values[keep], weights[keep]) if keep.any() else float("nan")
 
 
+def collapse_counts(scored: pd.DataFrame) -> dict[str, float]:
+    """Periods flagged collapsed and the highest flat share (NaN/0 for runs written before the
+    collapse guard, which have no flat_share column)."""
+    if "flat_share" not in scored:
+        return {"collapsed_periods": 0, "flat_share": float("nan")}
+    flat = scored["flat_share"].to_numpy(dtype=float)
+    return {"collapsed_periods": int(sum(is_collapsed(v) for v in flat)),
+            "flat_share": float(np.nanmax(flat)) if np.isfinite(flat).any() else float("nan")}
+
+
+def collapse_warnings(summary: pd.DataFrame, role: str = "test") -> list[str]:
+    """One line per (strategy, protocol) with collapsed periods: its metrics rank tied scores last."""
+    if "collapsed_periods" not in summary:
+        return []
+    lines = []
+    for _, row in with_protocol(summary).iterrows():
+        count = row["collapsed_periods"]
+        if pd.notna(count) and count > 0:
+            lines.append(f"WARNING: {row['strategy']} ({row['protocol']}) collapsed in {int(count)} {role} "
+                         f"period(s): up to {row['flat_share']:.0%} of rows scored every candidate the "
+                         "same, so its metrics are below chance (evaluation/collapse.py)")
+    return lines
+
+
 def summary_frame(periods: pd.DataFrame, role: str = "test") -> pd.DataFrame:
     """Micro-averaged metrics over every period of ``role``, one row per (strategy, protocol),
     protocol by protocol. Interval columns stay empty (see :func:`interval_frames`)."""
@@ -120,7 +151,8 @@ def summary_frame(periods: pd.DataFrame, role: str = "test") -> pd.DataFrame:
                    "test_interactions": int(weights.sum()),
                    "update_seconds": float(scored["update_seconds"].mean()),
                    "scoring_seconds": (float(scored["scoring_seconds"].sum(min_count=1))
-                                       if "scoring_seconds" in scored else float("nan"))}
+                                       if "scoring_seconds" in scored else float("nan")),
+                   **collapse_counts(scored)}
             if all(c in scored for c in SEGMENT_COUNTS) and scored[SEGMENT_COUNTS].notna().all().all():
                 for segment in SEGMENTS:   # absent in runs written before the warm/cold split
                     row[f"{segment}_interactions"] = int(scored[f"{segment}_interactions"].sum())
@@ -293,4 +325,5 @@ def format_summary(summary: pd.DataFrame) -> str:
                  for c in segments}
         text = shown.rename(columns=names).to_string(index=False)
         blocks.append(text if len(protocols) == 1 else f"protocol {protocol}:\n{text}")
-    return "\n\n".join(blocks)
+    warnings = collapse_warnings(summary)
+    return "\n\n".join(blocks + (["\n".join(warnings)] if warnings else []))

@@ -19,6 +19,18 @@ s = silu(a·(Wz + b)) with the weight-sized products aW, ab, and the next layer 
 which is the same function with one elementwise pass per activation. ``forward_reference`` is the
 literal formula above, the slow twin the tests compare with (equal to float rounding).
 
+Residual form (``residual=True``; SML-FC's registered form, docs/sml-stability.md):
+f = ŵ + Δ(w, ŵ), with Δ the network above and its last layer initialised to zero, so an untrained
+transfer is the identity on ŵ (the model fitted on the new period, as Fine-tune would serve it)
+and Adam's weight decay pulls Θ back towards that, not towards the bias-only output that maps
+every row to one constant vector.
+The skip reads ŵ from the stack's second row, so the gradient still reaches ŵ only through that
+row (never through c). The plain form lets an untrained or decayed network squeeze all rows into a
+small cloud: NCF's ReLU tower is then linear over the cloud (one ranking for every user), and the
+``no-fc`` output (one scalar function shared by every dimension) maps each row close to a
+multiple of the all-ones vector. ``keep_scale`` rescales each output row to its ŵ row's norm, so
+step 2 cannot inflate the rows as a free logit scale either (docs/sml-stability.md).
+
 Alternatives for the ablations: ``no-cnn`` (FC on the flattened 3 x d stack), ``no-fc`` (the CNN,
 then a 1x1 convolution back to one channel of width d), ``linear`` (αw + (1-α)ŵ with α learned),
 ``mlp`` (MLP on [w; ŵ]).
@@ -60,7 +72,8 @@ class Transfer(nn.Module):
     """One transfer network (one for users, another for items)."""
 
     def __init__(self, dim: int, kind: str = "cnn", channels: int = 10, channels2: int = 5,
-                 hidden: int = 512, eps: float = 1e-12, precision: str = "fp32") -> None:
+                 hidden: int = 512, eps: float = 1e-12, precision: str = "fp32",
+                 residual: bool = False, keep_scale: bool = False) -> None:
         super().__init__()
         if kind not in TRANSFER_KINDS:
             raise ValueError(f"unknown transfer {kind!r} (known: {', '.join(TRANSFER_KINDS)})")
@@ -84,27 +97,51 @@ class Transfer(nn.Module):
             self.fc2 = nn.Linear(hidden, dim)
         elif kind == "linear":
             self.alpha = nn.Parameter(torch.tensor(0.5))
+        # The linear mix is already a convex combination around its inputs: no skip for it.
+        self.residual = residual and kind != "linear"
+        self.keep_scale = keep_scale
+        if self.residual:
+            last = self.conv3 if kind == "no-fc" else self.fc2
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()
 
     def forward(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
         if self.precision == "fp32":
-            return self._folded(w_prev, w_hat)
+            return self._scaled(self._folded(w_prev, w_hat), w_hat)
         rows = w_prev.shape[0]
         pad = -rows % BF16_CPU_ROW_MULTIPLE if w_prev.device.type == "cpu" else 0
         if pad:
             w_prev, w_hat = F.pad(w_prev, (0, 0, 0, pad)), F.pad(w_hat, (0, 0, 0, pad))
         with autocast(self.precision, w_prev.device):
             out = self._folded(w_prev, w_hat)
-        return out[:rows].float()
+        return self._scaled(out[:rows].float(), w_hat[:rows])
+
+    def _scaled(self, out: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+        """``keep_scale``: each output row rescaled to its ŵ row's norm (the transfer then chooses
+        a direction, never a scale: it cannot inflate the rows the base scores)."""
+        if not self.keep_scale:
+            return out
+        return out * (w_hat.norm(dim=-1, keepdim=True) / (out.norm(dim=-1, keepdim=True) + self.eps))
 
     def _folded(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
         """f with the GELU scale folded into the weights (module doc); s_k = a·g(z_k)."""
+        if not self.residual:
+            return self._folded_delta(w_prev, w_hat)
+        if self.kind == "mlp":
+            return w_hat + self._folded_delta(w_prev, w_hat)
+        x = stacked_rows(w_prev, w_hat, self.eps)
+        return x[:, 1] + self._folded_delta(w_prev, w_hat, x)
+
+    def _folded_delta(self, w_prev: torch.Tensor, w_hat: torch.Tensor,
+                      x: torch.Tensor | None = None) -> torch.Tensor:
         a = GELU_SCALE
         if self.kind == "linear":
             return self.alpha * w_prev + (1.0 - self.alpha) * w_hat
         if self.kind == "mlp":
             s = F.silu(F.linear(torch.cat([w_prev, w_hat], dim=-1), self.fc1.weight * a, self.fc1.bias * a))
             return F.linear(s, self.fc2.weight / a, self.fc2.bias)
-        x = stacked_rows(w_prev, w_hat, self.eps)                       # [B, 3, d]
+        x = stacked_rows(w_prev, w_hat, self.eps) if x is None else x   # [B, 3, d]
         if self.kind == "no-cnn":
             s = F.silu(F.linear(x.flatten(1), self.fc1.weight * a, self.fc1.bias * a))
             return F.linear(s, self.fc2.weight / a, self.fc2.bias)
@@ -120,6 +157,15 @@ class Transfer(nn.Module):
 
     def forward_reference(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
         """The formula of the module doc, term by term (the slow twin of ``forward``, fp32)."""
+        out = self._reference_net(w_prev, w_hat)
+        if self.residual:
+            out = stacked_rows(w_prev, w_hat, self.eps)[:, 1] + out
+        if self.keep_scale:
+            out = out / (torch.linalg.vector_norm(out, dim=-1, keepdim=True) + self.eps) \
+                * torch.linalg.vector_norm(w_hat, dim=-1, keepdim=True)
+        return out
+
+    def _reference_net(self, w_prev: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":
             return self.alpha * w_prev + (1.0 - self.alpha) * w_hat
         if self.kind == "mlp":

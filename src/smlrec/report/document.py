@@ -39,7 +39,7 @@ import pandas as pd
 from ..atomic import atomic_directory
 from .figures import plot_breakdown, plot_cost_accuracy, plot_per_period
 from .runs import Combined, Run, load_runs
-from .tables import (BELOW_FLOOR, NOT_SIGNIFICANT, WARM_COLD_ORDER, TextTable, breakdown_table,
+from .tables import (BELOW_FLOOR, COLLAPSED_MARK, NOT_SIGNIFICANT, WARM_COLD_ORDER, TextTable, breakdown_table,
                      breakdown_text, cost_table, cost_text, key_metrics, metric_label, order_metric,
                      order_table, order_text, segment_table, segment_text, table1, table1_text)
 
@@ -255,7 +255,10 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
                      "column's best at 5% (paired bootstrap on the same resamples)" if intervals else "")
                   + f". RI = relative improvement of {table.attrs['reference']} (the strategy best on "
                     "most columns) over each row, (ref - m) / m averaged over the columns where "
-                    f"higher is better. Also as `{stem}.csv` and `{stem}.tex`.")
+                    f"higher is better. Also as `{stem}.csv` and `{stem}.tex`."
+                  + (f" {COLLAPSED_MARK} collapsed in k = in k test periods most rows scored every "
+                     "candidate the same (a broken model: ties rank the positive last)"
+                     if table["collapsed_periods"].gt(0).any() else ""))
         page.table(text)
     if order is not None:
         page.heading("Does the order survive a change of protocol?")

@@ -24,6 +24,9 @@ KEY_METRICS = ("recall@20", "ndcg@20")
 NOT_SIGNIFICANT = "≈"
 """Marks a value whose difference from the column's best is not significant at 5% (paired bootstrap)."""
 SIGNIFICANCE_LEVEL = 0.05
+COLLAPSED_MARK = "(!)"
+"""Marks a strategy whose served scores tied across candidates for most rows in some test periods
+(evaluation/collapse.py): its metrics say the model is broken, not that it is weak."""
 
 
 def key_metrics(protocol: str) -> tuple[str, str]:
@@ -196,6 +199,7 @@ def table1(combined: Combined, reference: str | None = None) -> pd.DataFrame:
         raise ConfigError(f"reference strategy {reference!r} is not in the report "
                           f"(strategies: {', '.join(summary.index)})")
     table = summary[[*metrics, "test_interactions"]].copy()
+    table["collapsed_periods"] = summary["collapsed_periods"].fillna(0).astype(int)
     table["ri"] = [float("nan") if name == reference else
                    relative_improvement(summary.loc[reference], summary.loc[name], ri_metrics)
                    for name in summary.index]
@@ -243,7 +247,11 @@ def table1_text(table: pd.DataFrame) -> TextTable:
             text += f" {NOT_SIGNIFICANT}"
         return text
 
-    rows = [[name, *[cell(row, m) for m in metrics],
+    def name_cell(name: str, row: pd.Series) -> str:
+        count = int(row.get("collapsed_periods", 0) or 0)
+        return f"{name} {COLLAPSED_MARK} collapsed in {count}" if count else name
+
+    rows = [[name_cell(name, row), *[cell(row, m) for m in metrics],
              "—" if name == reference else _fmt_percent(row["ri"])]
             for name, row in table.iterrows()]
     bold = {(r, c + 1) for c, m in enumerate(metrics)

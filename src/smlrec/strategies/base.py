@@ -54,6 +54,11 @@ class Strategy(ABC):
     """Whether ``score`` returns logits (sigma(score) is a probability: trained with BCE), so the
     ``auc`` protocol's LogLoss means something; False reports AUC only (LogLoss NaN)."""
 
+    @classmethod
+    def check_context(cls, settings: Any, context: StrategyContext, name: str) -> None:
+        """Refuse (ConfigError) a combination of settings and context that is known not to work,
+        before anything is trained; the replay calls it for every chosen strategy up front."""
+
     def __init__(self, settings: Any, context: StrategyContext) -> None:
         self.settings = settings
         self.context = context

@@ -12,7 +12,7 @@ import smlrec
 from ..config import ReplaySettings
 from ..data.periods import Timeline
 from ..models.distributed import local_ranks
-from . import create_strategy
+from . import check_strategy, create_strategy
 from .base import Strategy, StrategyContext
 
 
@@ -62,9 +62,18 @@ def configure_threads(settings: ReplaySettings) -> None:
     torch.set_num_threads(threads)
 
 
+def strategy_context(name: str, timeline: Timeline, settings: ReplaySettings) -> StrategyContext:
+    return StrategyContext(n_users=timeline.log.n_users, n_items=timeline.log.n_items,
+                           mf=settings.mf, seed=settings.seed, device=settings.device, name=name,
+                           pretrain_periods=timeline.plan.pretrain, base=settings.base_settings,
+                           precision=settings.precision, offline_periods=timeline.plan.offline)
+
+
 def make_strategy(name: str, timeline: Timeline, settings: ReplaySettings) -> Strategy:
-    context = StrategyContext(n_users=timeline.log.n_users, n_items=timeline.log.n_items,
-                              mf=settings.mf, seed=settings.seed, device=settings.device, name=name,
-                              pretrain_periods=timeline.plan.pretrain, base=settings.base_settings, precision=settings.precision,
-                              offline_periods=timeline.plan.offline)
-    return create_strategy(name, context, settings.strategy.get(name, {}))
+    return create_strategy(name, strategy_context(name, timeline, settings), settings.strategy.get(name, {}))
+
+
+def check_strategies(names: list[str], timeline: Timeline, settings: ReplaySettings) -> None:
+    """Every chosen strategy's :meth:`Strategy.check_context`, before anything is trained."""
+    for name in names:
+        check_strategy(name, strategy_context(name, timeline, settings), settings.strategy.get(name, {}))

@@ -46,20 +46,27 @@ trains Θ for the model that is served, and a graph of D_t+1 would not be known 
 propagated row reads its neighbours' rows, so with LightGCN each batch transfers every node of the
 graph (not only the batch's rows) before propagating: slower, but the exact gradient.
 
-Known issue with NCF (not fixed; tests/test_bases.py pins it as a strict xfail): the untrained
-transfer squeezes the rows into a tiny cloud (served user spread 0.004 from input rows of norm
-0.5 on a small synthetic log), and with ``round_start = "transferred"`` and the carry the squeeze
-compounds (spread 1e-4). MF still has curvature there (its bilinear score), so step 2 spreads the
-rows again; NCF's ReLU tower is piecewise linear and the whole cloud sits inside one linear
-region (every first-layer unit on for all pairs or off for all), so the scores are
-a(user) + b(item), one ranking for every user, and step 2 sees no signal (loss 1.385). A larger
-``dense_lr`` additionally lets step 1 grow the user rows' scale until the last hidden layer is
-dead and every score ties. ``dense_lr`` only moves which periods fail. Standardising the rows
-the MLP sees per dimension (batch statistics in training, table statistics when serving) was
-tried: it removes the squeeze on the synthetic log but lowered validation R@20 on the bundled
-data in 2 of 3 seeds (mean of periods 13-14 over seeds 2020-2022: .189 against .235), so it was
-not adopted. SML on NCF is also unstable across seeds (bundled test R@20 .2712, .2293, .2293 for
-seeds 2020, 2021, 2022).
+NCF (refused by default; docs/sml-stability.md has the numbers). The plain transfer squeezes the
+rows into a tiny cloud (served user spread 0.004 from input rows of norm 0.5 on a small synthetic
+log), and with ``round_start = "transferred"`` and the carry the squeeze compounds (spread 1e-4).
+MF still has curvature there (its bilinear score), so step 2 spreads the rows again; NCF's ReLU
+tower is piecewise linear and the whole cloud sits inside one linear region, so the scores are
+a(user) + b(item) and step 2 sees no signal; on the bundled data the last hidden layer then dies
+and every score ties (test R@20 .0021). The residual transfer (``residual``: f = ŵ + Δ, Δ zero
+at start) removes the squeeze but lets step 2 inflate the rows (a free logit scale for the
+frozen MLP; user row norm 2.2 -> 34 -> 101 in two periods, compounded over the rounds) until
+units die again; keeping each row at ŵ's norm (``keep_scale``) with rounds from ŵ
+(``round_start = "hat"``) stops both but stays far below NCF Fine-tune (validation R@20 .160
+against .244). Standardising the rows the MLP sees per dimension was tried earlier: it removed the
+squeeze on the synthetic log but lowered validation R@20 on the bundled data in 2 of 3 seeds
+(.189 against .235 over seeds 2020-2022). So ``check_context`` refuses every SML variant on NCF
+unless ``allow_ncf``.
+
+SML-FC (``transfer = "no-fc"``) is registered in that residual, scale-keeping form: its plain
+output is one scalar function of (w[j], ŵ[j], c[j]) shared by every dimension j, which an
+untrained or decayed network makes nearly constant, so every row lands near one multiple of the
+all-ones vector (test R@20 .0801, below pop). The default ``sml`` keeps the plain form: the
+residual, scale-keeping one lowered its validation R@20 on the bundled data (.2488 against .2603).
 """
 
 from __future__ import annotations
@@ -94,13 +101,15 @@ class SMLSettings:
     step1_lr: float = 0.01              # Adam for Ŵ
     dense_lr: float = 1e-3              # Adam for the base's dense weights in step 1 (NCF's MLP):
                                         # at step1_lr (0.01) the MLP collapsed on the bundled data
-                                        # (test R@20 .00-.04 per period; module doc, "Known issue")
+                                        # (test R@20 .00-.04 per period; module doc, "NCF")
     step2_lr: float = 1e-3              # Adam for Θ
     step1_batch_size: int = 1024
     step2_batch_size: int = 256
     l2_hat: float = 1e-6                # λ1 on the raw ŵ rows of the batch
     transfer_weight_decay: float = 1e-4  # λ2, as Adam weight decay
     transfer: str = "cnn"               # cnn | no-cnn (SML-CNN) | no-fc (SML-FC) | linear | mlp
+    residual: bool = False              # f = ŵ + Δ with Δ's last layer zero at start (models/transfer.py)
+    keep_scale: bool = False            # each transferred row rescaled to its ŵ row's norm
     conv_channels: int = 10
     conv2_channels: int = 5
     hidden: int = 512
@@ -115,6 +124,7 @@ class SMLSettings:
     cold_items: str = "transfer"        # (both chosen on validation periods; see the README)
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
+    allow_ncf: bool = False             # run on the NCF base anyway (refused: module doc, "NCF")
 
     def __post_init__(self) -> None:
         if self.transfer not in TRANSFER_KINDS:
@@ -154,6 +164,18 @@ class _PeriodRows:
 class SML(Strategy):
     name = "sml"
 
+    @classmethod
+    def check_context(cls, settings: SMLSettings, context: StrategyContext, name: str) -> None:
+        if context.base.kind == "ncf" and not settings.allow_ncf:
+            form = "residual" if settings.residual and settings.transfer != "linear" else "plain"
+            raise ConfigError(
+                f"strategy {name}: the {settings.transfer!r} transfer ({form}) on the NCF base is refused: "
+                "it collapsed or stayed far below NCF Fine-tune on the bundled data (plain: test R@20 "
+                ".0021, every score tied; residual, scale-keeping: validation R@20 .160 against "
+                "Fine-tune's .244; docs/sml-stability.md). Use fine-tune (or full-retrain, spmf) on "
+                f"--base ncf, or {name} on --base mf; set strategy.{name}.allow_ncf = true to run it "
+                "anyway")
+
     def __init__(self, settings: SMLSettings, context: StrategyContext) -> None:
         super().__init__(settings, context)
         mf = context.mf
@@ -162,10 +184,9 @@ class SML(Strategy):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             precision = effective_precision(context.precision, self.device)
-            self.user_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps, precision).to(self.device)
-            self.item_transfer = Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels,
-                                          s.hidden, s.eps, precision).to(self.device)
+            self.user_transfer, self.item_transfer = (
+                Transfer(mf.dim, s.transfer, s.conv_channels, s.conv2_channels, s.hidden, s.eps, precision,
+                         s.residual, s.keep_scale).to(self.device) for _ in range(2))
         # Ŵ: the layer-0 tables of the base model (and its dense weights, fitted in step 1).
         self.hat = make_base(context.base, context.n_users, context.n_items, mf, context.seed, self.device)
         tables = [self.hat.user.weight, self.hat.item.weight]
