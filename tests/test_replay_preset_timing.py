@@ -38,14 +38,14 @@ def test_candidates_and_auc_negatives_are_ready_before_the_timed_scoring(tmp_pat
     original = replay_module.score_period
     timed: list[tuple[str, int]] = []
 
-    def checked(protocol, strategy, period, candidates, negatives, settings):
+    def checked(protocol, strategy, period, candidates, negatives, settings, *rest):
         # Called inside the timed block: whatever it needs must be there already.
         if protocol == "sampled":
             assert candidates.path(period).exists() and period.index in candidates._loaded
         else:
             assert period.index in negatives
         timed.append((protocol, period.index))
-        return original(protocol, strategy, period, candidates, negatives, settings)
+        return original(protocol, strategy, period, candidates, negatives, settings, *rest)
 
     monkeypatch.setattr(replay_module, "score_period", checked)
     result = replay(settings, progress=False)
