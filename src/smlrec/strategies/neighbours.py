@@ -300,9 +300,12 @@ def top_per_csr_row(matrix: sp.csr_matrix, k: int, block_elements: int = 1 << 22
         matrix.sum_duplicates()
     indptr, data = matrix.indptr.astype(np.int64), matrix.data
     lengths = np.diff(indptr)
-    keep = np.zeros(len(data), dtype=bool)
-    short = np.repeat(lengths <= k, lengths)
-    keep[short] = data[short] > 0
+    # entries of rows with at most k entries: +1 at such a row's start, -1 at its end, summed up
+    short_rows = np.flatnonzero((lengths <= k) & (lengths > 0))
+    marks = np.zeros(len(data) + 1, dtype=np.int32)
+    np.add.at(marks, indptr[short_rows], 1)
+    np.add.at(marks, indptr[short_rows + 1], -1)
+    keep = (np.cumsum(marks[:-1]) > 0) & (data > 0)
     long_rows = np.flatnonzero(lengths > k)
     long_rows = long_rows[np.argsort(lengths[long_rows], kind="stable")]
     start = 0
@@ -318,8 +321,7 @@ def top_per_csr_row(matrix: sp.csr_matrix, k: int, block_elements: int = 1 << 22
         values = np.where(inside, data[at], 0.0)
         keep[at[top_per_dense_row(values, k)]] = True
         start = stop
-    row_of = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), lengths)
-    kept_indptr = np.concatenate([[0], np.cumsum(np.bincount(row_of[keep], minlength=matrix.shape[0]))])
+    kept_indptr = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[indptr]
     return sp.csr_matrix((data[keep], matrix.indices[keep], kept_indptr), shape=matrix.shape)
 
 
@@ -348,16 +350,15 @@ def similarity_from_cooccurrence(cooc: sp.csr_matrix, alpha: float, shrink: floa
     """The top-``neighbours`` asymmetric cosine of :func:`asymmetric_cosine` from the
     co-occurrence counts ``C = X^T X`` (canonical CSR, users per item on the diagonal), entry by
     entry with the same floating-point operations, so equal to it bit for bit."""
-    cooc = canonical(cooc)
+    if not cooc.has_canonical_format:
+        cooc = canonical(cooc)
     count = cooc.diagonal()
-    right = count ** (1.0 - alpha)
-    rows = np.repeat(np.arange(cooc.shape[0], dtype=np.int64), np.diff(cooc.indptr))
+    left, right = count ** alpha, count ** (1.0 - alpha)       # the same powers, once per item
+    rows = np.repeat(np.arange(cooc.shape[0], dtype=np.int32), np.diff(cooc.indptr))
     cols = cooc.indices
-    off = rows != cols                                   # no item is its own neighbour
-    rows, cols = rows[off], cols[off]
-    sim = cooc.data[off] / (count[rows] ** alpha * right[cols] + shrink)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=cooc.shape[0]))])
-    return top_per_csr_row(sp.csr_matrix((sim, cols, indptr), shape=cooc.shape), neighbours)
+    sim = cooc.data / (left[rows] * right[cols] + shrink)
+    sim[rows == cols] = 0.0                              # no item is its own neighbour (dropped)
+    return top_per_csr_row(sp.csr_matrix((sim, cols, cooc.indptr), shape=cooc.shape), neighbours)
 
 
 def asymmetric_cosine_reference(users: np.ndarray, items: np.ndarray, n_items: int, alpha: float,
@@ -461,8 +462,11 @@ class ItemKNN(HistoryStrategy):
                 x = binary_matrix(users, items, self.n_users, self.n_items)
                 xt = x.T.tocsr()
                 cross = xt @ xk
-                delta = delta + sign * (cross + cross.T + xt @ x)
-        self.cooc = canonical(self.cooc + delta)
+                delta = delta + sign * (cross + cross.T.tocsr() + xt @ x)
+        delta.sum_duplicates()          # canonical operands: scipy's sorted merge, a canonical sum
+        self.cooc = self.cooc + delta
+        if len(out_users):                              # counts that fell to zero
+            self.cooc.eliminate_zeros()
 
     def _fit_full(self) -> sp.csr_matrix:
         """Slow twin of the update: the similarity rebuilt from all pairs inside the window."""
