@@ -300,12 +300,11 @@ def top_per_csr_row(matrix: sp.csr_matrix, k: int, block_elements: int = 1 << 22
         matrix.sum_duplicates()
     indptr, data = matrix.indptr.astype(np.int64), matrix.data
     lengths = np.diff(indptr)
-    # entries of rows with at most k entries: +1 at such a row's start, -1 at its end, summed up
+    # the kept positions, collected rather than marked in an nnz-long mask (nnz >> n_rows * k)
     short_rows = np.flatnonzero((lengths <= k) & (lengths > 0))
-    marks = np.zeros(len(data) + 1, dtype=np.int32)
-    np.add.at(marks, indptr[short_rows], 1)
-    np.add.at(marks, indptr[short_rows + 1], -1)
-    keep = (np.cumsum(marks[:-1]) > 0) & (data > 0)
+    short_lengths = lengths[short_rows]
+    starts = np.repeat(indptr[short_rows] - np.cumsum(short_lengths) + short_lengths, short_lengths)
+    kept = [starts + np.arange(len(starts), dtype=np.int64)]
     long_rows = np.flatnonzero(lengths > k)
     long_rows = long_rows[np.argsort(lengths[long_rows], kind="stable")]
     start = 0
@@ -319,10 +318,12 @@ def top_per_csr_row(matrix: sp.csr_matrix, k: int, block_elements: int = 1 << 22
         inside = offsets[None, :] < lengths[rows, None]
         at = np.where(inside, indptr[rows, None] + offsets[None, :], 0)
         values = np.where(inside, data[at], 0.0)
-        keep[at[top_per_dense_row(values, k)]] = True
+        kept.append(at[top_per_dense_row(values, k)])
         start = stop
-    kept_indptr = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[indptr]
-    return sp.csr_matrix((data[keep], matrix.indices[keep], kept_indptr), shape=matrix.shape)
+    kept = np.sort(np.concatenate(kept))
+    kept = kept[data[kept] > 0]
+    kept_indptr = np.searchsorted(kept, indptr)
+    return sp.csr_matrix((data[kept], matrix.indices[kept], kept_indptr), shape=matrix.shape)
 
 
 def cooccurrence(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -356,7 +357,10 @@ def similarity_from_cooccurrence(cooc: sp.csr_matrix, alpha: float, shrink: floa
     left, right = count ** alpha, count ** (1.0 - alpha)       # the same powers, once per item
     rows = np.repeat(np.arange(cooc.shape[0], dtype=np.int32), np.diff(cooc.indptr))
     cols = cooc.indices
-    sim = cooc.data / (left[rows] * right[cols] + shrink)
+    sim = np.take(left, rows)                            # in place: nnz-long temporaries are the cost
+    sim *= np.take(right, cols)
+    sim += shrink
+    np.divide(cooc.data, sim, out=sim)
     sim[rows == cols] = 0.0                              # no item is its own neighbour (dropped)
     return top_per_csr_row(sp.csr_matrix((sim, cols, cooc.indptr), shape=cooc.shape), neighbours)
 
