@@ -15,8 +15,9 @@ Recency: the history item ``k`` steps back from the most recent one weighs ``rec
   ``sim(i, j) = c_ij / (c_i^alpha * c_j^(1 - alpha) + shrink)`` where ``c_i`` is the number of users
   with item i in the window and ``c_ij`` the number with both (``sim(i, i) = 0``); each item keeps
   its ``neighbours`` most similar items (row i of a CSR matrix; ties to the lower item index).
-  ``score(row, c) = sum over history items h of weight(h) * sim(h, c)``. Recomputed at each update
-  from the window, so the model served for period t+1 is built from periods <= t.
+  ``score(row, c) = sum over history items h of weight(h) * sim(h, c)``. The window's counts
+  ``c_ij`` are updated at each update with the pairs that enter and leave it (exact integers), the
+  similarity recomputed from them, so the model served for period t+1 is built from periods <= t.
 * ``sknn`` (V-SKNN, Ludewig et al. UMUAI 2021): the *sessions* are the users' stored windows as of
   the last update (periods <= t only: other users' rows of the scored period are never read). Of
   the ``sample`` most recently active users' sessions (the row's own user excluded), the
