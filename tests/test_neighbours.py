@@ -353,3 +353,33 @@ def test_top_per_csr_row_equals_the_dense_rule(k):
     dense[3] = 0.0
     fast = neighbours.top_per_csr_row(sp.csr_matrix(dense), k, block_elements=50).toarray()
     np.testing.assert_array_equal(fast, np.where(neighbours.top_per_dense_row(dense, k), dense, 0.0))
+
+
+LIMIT_CROSSED = 500        # window products per period: 494, 454, 531, 452, 589
+
+
+@pytest.mark.parametrize("limit", [0, LIMIT_CROSSED])
+def test_itemknn_without_kept_counts_gives_the_same_similarity(limit, monkeypatch):
+    """Above COOCCURRENCE_MAX_PRODUCTS the counts are not kept and the similarity is rebuilt block
+    by block (limit 0: always; 2,000: the window crosses the limit during the replay)."""
+    timeline = repeating_timeline(seed=2)
+    kept = started("itemknn", timeline, window=2, alpha=0.4, shrink=1.0, neighbours=4)
+    monkeypatch.setattr(neighbours, "COOCCURRENCE_MAX_PRODUCTS", limit)
+    rebuilt = started("itemknn", timeline, window=2, alpha=0.4, shrink=1.0, neighbours=4)
+    modes = set()
+    for period in timeline.periods[1:]:
+        monkeypatch.setattr(neighbours, "COOCCURRENCE_MAX_PRODUCTS", 10 ** 12)
+        kept.update(period)
+        monkeypatch.setattr(neighbours, "COOCCURRENCE_MAX_PRODUCTS", limit)
+        rebuilt.update(period)
+        modes.add(rebuilt.cooc is None)
+        np.testing.assert_array_equal(rebuilt.similarity.toarray(), kept.similarity.toarray())
+    assert kept.cooc is not None and modes == ({True} if limit == 0 else {True, False})
+
+
+@pytest.mark.parametrize("block_products", [1, 50, 10 ** 9])
+def test_asymmetric_cosine_sparse_equals_the_dense_blocks(block_products):
+    rng = np.random.default_rng(block_products)
+    users, items = rng.integers(0, 25, 300), rng.integers(0, 30, 300)
+    fast = neighbours.asymmetric_cosine_sparse(users, items, 25, 30, 0.7, 0.0, 3, block_products=block_products)
+    np.testing.assert_array_equal(fast.toarray(), asymmetric_cosine(users, items, 25, 30, 0.7, 0.0, 3).toarray())

@@ -347,16 +347,19 @@ def canonical(matrix: sp.spmatrix) -> sp.csr_matrix:
     return matrix
 
 
-def similarity_from_cooccurrence(cooc: sp.csr_matrix, alpha: float, shrink: float,
-                                 neighbours: int) -> sp.csr_matrix:
+def similarity_from_cooccurrence(cooc: sp.csr_matrix, alpha: float, shrink: float, neighbours: int,
+                                 count: np.ndarray | None = None, first_row: int = 0) -> sp.csr_matrix:
     """The top-``neighbours`` asymmetric cosine of :func:`asymmetric_cosine` from the
     co-occurrence counts ``C = X^T X`` (canonical CSR, users per item on the diagonal), entry by
-    entry with the same floating-point operations, so equal to it bit for bit."""
+    entry with the same floating-point operations, so equal to it bit for bit.
+
+    ``cooc`` may be the rows ``first_row ..`` of ``C`` only, with ``count`` the users per item."""
     if not cooc.has_canonical_format:
         cooc = canonical(cooc)
-    count = cooc.diagonal()
+    if count is None:
+        count = cooc.diagonal()
     left, right = count ** alpha, count ** (1.0 - alpha)       # the same powers, once per item
-    rows = np.repeat(np.arange(cooc.shape[0], dtype=np.int32), np.diff(cooc.indptr))
+    rows = np.repeat(np.arange(first_row, first_row + cooc.shape[0], dtype=np.int64), np.diff(cooc.indptr))
     cols = cooc.indices
     sim = np.take(left, rows)                            # in place: nnz-long temporaries are the cost
     sim *= np.take(right, cols)
@@ -364,6 +367,36 @@ def similarity_from_cooccurrence(cooc: sp.csr_matrix, alpha: float, shrink: floa
     np.divide(cooc.data, sim, out=sim)
     sim[rows == cols] = 0.0                              # no item is its own neighbour (dropped)
     return top_per_csr_row(sp.csr_matrix((sim, cols, cooc.indptr), shape=cooc.shape), neighbours)
+
+
+COOCCURRENCE_MAX_PRODUCTS = 200_000_000
+"""Above this many user-level products (sum over users of their window degree squared, an upper
+bound on the entries of ``C``), itemknn does not keep ``C`` (about 12 bytes an entry) and rebuilds
+the similarity block by block at each update (:func:`asymmetric_cosine_sparse`). The bundled
+MovieLens log has 61M products (16.4M entries); the Yelp-scale synthetic log 727M."""
+
+
+def cooccurrence_products(users: np.ndarray, n_users: int) -> float:
+    """Sum over users of their number of distinct pairs squared (``users``: one per distinct pair)."""
+    degree = np.bincount(users, minlength=n_users).astype(np.float64)
+    return float((degree ** 2).sum())
+
+
+def asymmetric_cosine_sparse(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, alpha: float,
+                             shrink: float, neighbours: int, block_products: int = 1 << 23) -> sp.csr_matrix:
+    """:func:`asymmetric_cosine` with bounded memory and no dense block: rows of ``C = X^T X`` a
+    block at a time (about ``block_products`` user-level products each), each turned into its
+    top-``neighbours`` similarity rows by :func:`similarity_from_cooccurrence` (same numbers)."""
+    x = binary_matrix(users, items, n_users, n_items)
+    count = np.asarray(x.sum(axis=0)).ravel()
+    xt = x.T.tocsr()
+    products = xt @ np.diff(x.indptr).astype(np.float64)           # per item row of C
+    bounds = np.searchsorted(np.cumsum(products), np.arange(1, int(products.sum() // block_products) + 2)
+                             * float(block_products))
+    edges = np.unique(np.concatenate([[0], np.minimum(bounds + 1, n_items), [n_items]]))
+    parts = [similarity_from_cooccurrence(canonical(xt[lo:hi] @ x), alpha, shrink, neighbours, count, lo)
+             for lo, hi in zip(edges[:-1], edges[1:])]
+    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((n_items, n_items))
 
 
 def asymmetric_cosine_reference(users: np.ndarray, items: np.ndarray, n_items: int, alpha: float,
@@ -435,6 +468,10 @@ class ItemKNN(HistoryStrategy):
             else np.zeros(len(old_keys), dtype=bool)
         entering = np.concatenate([keys[~found], old_keys[at[found][~was_inside[at[found]]]]])
         staying = was_inside & ~leaving
+        if self.cooc is not None and cooccurrence_products(
+                np.concatenate([self.pair_users[staying], entering // n_items]), self.n_users) \
+                > COOCCURRENCE_MAX_PRODUCTS:
+            self.cooc = None            # the window grew too large to keep C: rebuilt block by block below
         if self.cooc is not None:
             self._update_cooccurrence(entering // n_items, entering % n_items, self.pair_users[leaving],
                                       self.pair_items[leaving], staying)
@@ -443,9 +480,14 @@ class ItemKNN(HistoryStrategy):
         self.pair_users = np.insert(self.pair_users, insert, keys[~found] // n_items)
         self.pair_items = np.insert(self.pair_items, insert, keys[~found] % n_items)
         self.pair_block = np.insert(self.pair_block, insert, last)
-        if self.cooc is None:                           # first block, or after a load: from the pairs
+        if self.cooc is None:                           # first block, after a load, or too large
             inside = self.inside()
-            self.cooc = cooccurrence(self.pair_users[inside], self.pair_items[inside], self.n_users, self.n_items)
+            users, items = self.pair_users[inside], self.pair_items[inside]
+            if cooccurrence_products(users, self.n_users) > COOCCURRENCE_MAX_PRODUCTS:
+                self.similarity = asymmetric_cosine_sparse(users, items, self.n_users, self.n_items, s.alpha,
+                                                           s.shrink, s.neighbours)
+                return
+            self.cooc = cooccurrence(users, items, self.n_users, self.n_items)
         self.similarity = similarity_from_cooccurrence(self.cooc, s.alpha, s.shrink, s.neighbours)
 
     def inside(self) -> np.ndarray:
