@@ -394,7 +394,11 @@ def asymmetric_cosine_sparse(users: np.ndarray, items: np.ndarray, n_users: int,
     bounds = np.searchsorted(np.cumsum(products), np.arange(1, int(products.sum() // block_products) + 2)
                              * float(block_products))
     edges = np.unique(np.concatenate([[0], np.minimum(bounds + 1, n_items), [n_items]]))
-    parts = [similarity_from_cooccurrence(canonical(xt[lo:hi] @ x), alpha, shrink, neighbours, count, lo)
+    xc = x.tocsc()
+    # C is symmetric: rows lo..hi are the transpose of columns lo..hi, and scipy's transposing
+    # conversion leaves the column indices sorted (a linear pass instead of sorting the product)
+    parts = [similarity_from_cooccurrence((xt @ xc[:, lo:hi].tocsr()).T.tocsr(), alpha, shrink, neighbours,
+                                          count, lo)
              for lo, hi in zip(edges[:-1], edges[1:])]
     return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((n_items, n_items))
 
