@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from smlrec.config import MFSettings
@@ -293,3 +294,92 @@ def test_production_serves_a_repeated_user_as_if_asked_once(tmp_path):
     for row in (0, 2, 3):
         torch.testing.assert_close(scores[row], alone, rtol=0, atol=0)
     assert not torch.equal(scores[1], alone)
+
+
+def repeating_timeline(n_periods: int = 6, rows: int = 60, seed: int = 0):
+    """Few users and items, so pairs repeat inside a period and across periods."""
+    rng = np.random.default_rng(seed)
+    n = n_periods * rows
+    users, items = rng.integers(0, 15, n), rng.integers(0, 12, n)
+    users[:15], items[:12] = np.arange(15), np.arange(12)       # every id appears (index = raw id)
+    log = InteractionLog.from_arrays(users, items, T0 + np.arange(n) * 60)
+    return build_timeline(log, np.arange(0, n + 1, rows), Plan(1, 1, 1, n_periods - 3))
+
+
+@pytest.mark.parametrize("window", [0, 1, 2])
+def test_incremental_cooccurrence_equals_a_full_rebuild_after_every_period(window):
+    timeline = repeating_timeline()
+    log = timeline.log
+    strategy = started("itemknn", timeline, window=window, alpha=0.6, shrink=0.5, neighbours=3)
+    repeats = 0
+    for period in timeline.periods[1:]:
+        keys = period.users.astype(np.int64) * log.n_items + period.items
+        repeats += len(keys) - len(np.unique(keys))
+        strategy.update(period)
+        inside = strategy.inside()
+        users, items = strategy.pair_users[inside], strategy.pair_items[inside]
+        # the window's pairs are exactly the distinct pairs of its periods
+        recent = concat_periods(timeline.periods[max(0, period.index + 1 - window) if window else 0:
+                                                  period.index + 1])
+        expected_keys = np.unique(recent.users.astype(np.int64) * log.n_items + recent.items)
+        np.testing.assert_array_equal(users * log.n_items + items, expected_keys)
+        x = np.zeros((log.n_users, log.n_items))
+        x[users, items] = 1.0
+        np.testing.assert_array_equal(strategy.cooc.toarray(), x.T @ x)          # exact integers
+        np.testing.assert_array_equal(strategy.similarity.toarray(), strategy._fit_full().toarray())
+        np.testing.assert_allclose(strategy.similarity.toarray(),
+                                   asymmetric_cosine_reference(users, items, log.n_items, 0.6, 0.5, 3),
+                                   rtol=0, atol=1e-12)
+    assert repeats > 0 and len(timeline.periods) == 6
+
+
+def test_a_loaded_itemknn_rebuilds_the_same_counts():
+    timeline = repeating_timeline(seed=1)
+    first = started("itemknn", timeline, window=2)
+    for period in timeline.periods[1:4]:
+        first.update(period)
+    second = started("itemknn", timeline, window=2)
+    second._load_state(first._state())
+    for strategy in (first, second):
+        strategy.update(timeline.periods[4])
+    np.testing.assert_array_equal(second.cooc.toarray(), first.cooc.toarray())
+    np.testing.assert_array_equal(second.similarity.toarray(), first.similarity.toarray())
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 40])
+def test_top_per_csr_row_equals_the_dense_rule(k):
+    rng = np.random.default_rng(k)
+    dense = rng.integers(0, 4, (30, 25)).astype(np.float64) * (rng.random((30, 25)) < 0.6)   # many ties
+    dense[3] = 0.0
+    fast = neighbours.top_per_csr_row(sp.csr_matrix(dense), k, block_elements=50).toarray()
+    np.testing.assert_array_equal(fast, np.where(neighbours.top_per_dense_row(dense, k), dense, 0.0))
+
+
+LIMIT_CROSSED = 500        # window products per period: 494, 454, 531, 452, 589
+
+
+@pytest.mark.parametrize("limit", [0, LIMIT_CROSSED])
+def test_itemknn_without_kept_counts_gives_the_same_similarity(limit, monkeypatch):
+    """Above COOCCURRENCE_MAX_PRODUCTS the counts are not kept and the similarity is rebuilt block
+    by block (limit 0: always; 2,000: the window crosses the limit during the replay)."""
+    timeline = repeating_timeline(seed=2)
+    kept = started("itemknn", timeline, window=2, alpha=0.4, shrink=1.0, neighbours=4)
+    monkeypatch.setattr(neighbours, "COOCCURRENCE_MAX_PRODUCTS", limit)
+    rebuilt = started("itemknn", timeline, window=2, alpha=0.4, shrink=1.0, neighbours=4)
+    modes = set()
+    for period in timeline.periods[1:]:
+        monkeypatch.setattr(neighbours, "COOCCURRENCE_MAX_PRODUCTS", 10 ** 12)
+        kept.update(period)
+        monkeypatch.setattr(neighbours, "COOCCURRENCE_MAX_PRODUCTS", limit)
+        rebuilt.update(period)
+        modes.add(rebuilt.cooc is None)
+        np.testing.assert_array_equal(rebuilt.similarity.toarray(), kept.similarity.toarray())
+    assert kept.cooc is not None and modes == ({True} if limit == 0 else {True, False})
+
+
+@pytest.mark.parametrize("block_products", [1, 50, 10 ** 9])
+def test_asymmetric_cosine_sparse_equals_the_dense_blocks(block_products):
+    rng = np.random.default_rng(block_products)
+    users, items = rng.integers(0, 25, 300), rng.integers(0, 30, 300)
+    fast = neighbours.asymmetric_cosine_sparse(users, items, 25, 30, 0.7, 0.0, 3, block_products=block_products)
+    np.testing.assert_array_equal(fast.toarray(), asymmetric_cosine(users, items, 25, 30, 0.7, 0.0, 3).toarray())

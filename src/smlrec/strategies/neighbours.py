@@ -15,8 +15,9 @@ Recency: the history item ``k`` steps back from the most recent one weighs ``rec
   ``sim(i, j) = c_ij / (c_i^alpha * c_j^(1 - alpha) + shrink)`` where ``c_i`` is the number of users
   with item i in the window and ``c_ij`` the number with both (``sim(i, i) = 0``); each item keeps
   its ``neighbours`` most similar items (row i of a CSR matrix; ties to the lower item index).
-  ``score(row, c) = sum over history items h of weight(h) * sim(h, c)``. Recomputed at each update
-  from the window, so the model served for period t+1 is built from periods <= t.
+  ``score(row, c) = sum over history items h of weight(h) * sim(h, c)``. The window's counts
+  ``c_ij`` are updated at each update with the pairs that enter and leave it (exact integers), the
+  similarity recomputed from them, so the model served for period t+1 is built from periods <= t.
 * ``sknn`` (V-SKNN, Ludewig et al. UMUAI 2021): the *sessions* are the users' stored windows as of
   the last update (periods <= t only: other users' rows of the scored period are never read). Of
   the ``sample`` most recently active users' sessions (the row's own user excluded), the
@@ -288,6 +289,120 @@ def asymmetric_cosine(users: np.ndarray, items: np.ndarray, n_users: int, n_item
     return sp.vstack(parts, format="csr")
 
 
+def top_per_csr_row(matrix: sp.csr_matrix, k: int, block_elements: int = 1 << 22) -> sp.csr_matrix:
+    """The ``k`` largest positive entries of each row of a canonical CSR matrix (ties: the lower
+    column), the same choice as :func:`top_per_dense_row` on the dense rows.
+
+    Rows with at most ``k`` entries are kept whole; the others, sorted by length, are copied into
+    zero-padded ``[rows, longest]`` blocks of about ``block_elements`` (columns stay in increasing
+    order, so the tie rule is unchanged) and pruned with one partition per block."""
+    matrix = matrix.tocsr()
+    if not matrix.has_canonical_format:
+        matrix.sum_duplicates()
+    indptr, data = matrix.indptr.astype(np.int64), matrix.data
+    lengths = np.diff(indptr)
+    # the kept positions, collected rather than marked in an nnz-long mask (nnz >> n_rows * k)
+    short_rows = np.flatnonzero((lengths <= k) & (lengths > 0))
+    short_lengths = lengths[short_rows]
+    starts = np.repeat(indptr[short_rows] - np.cumsum(short_lengths) + short_lengths, short_lengths)
+    kept = [starts + np.arange(len(starts), dtype=np.int64)]
+    long_rows = np.flatnonzero(lengths > k)
+    long_rows = long_rows[np.argsort(lengths[long_rows], kind="stable")]
+    start = 0
+    while start < len(long_rows):
+        stop = min(len(long_rows), start + max(1, block_elements // int(lengths[long_rows[start]])))
+        width = int(lengths[long_rows[stop - 1]])
+        stop = min(stop, start + max(1, block_elements // width))
+        width = int(lengths[long_rows[stop - 1]])
+        rows = long_rows[start:stop]
+        offsets = np.arange(width, dtype=np.int64)
+        inside = offsets[None, :] < lengths[rows, None]
+        at = np.where(inside, indptr[rows, None] + offsets[None, :], 0)
+        values = np.where(inside, data[at], 0.0)
+        kept.append(at[top_per_dense_row(values, k)])
+        start = stop
+    kept = np.sort(np.concatenate(kept))
+    kept = kept[data[kept] > 0]
+    kept_indptr = np.searchsorted(kept, indptr)
+    return sp.csr_matrix((data[kept], matrix.indices[kept], kept_indptr), shape=matrix.shape)
+
+
+def cooccurrence(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    """``X^T X`` of the binary user-item matrix of the pairs (diagonal: users per item), exact
+    integers in float64."""
+    x = binary_matrix(users, items, n_users, n_items)
+    return canonical(x.T.tocsr() @ x)
+
+
+def binary_matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    x = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
+    x.data[:] = 1.0                                   # binary even if a pair were given twice
+    return x
+
+
+def canonical(matrix: sp.spmatrix) -> sp.csr_matrix:
+    matrix = matrix.tocsr()
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def similarity_from_cooccurrence(cooc: sp.csr_matrix, alpha: float, shrink: float, neighbours: int,
+                                 count: np.ndarray | None = None, first_row: int = 0) -> sp.csr_matrix:
+    """The top-``neighbours`` asymmetric cosine of :func:`asymmetric_cosine` from the
+    co-occurrence counts ``C = X^T X`` (canonical CSR, users per item on the diagonal), entry by
+    entry with the same floating-point operations, so equal to it bit for bit.
+
+    ``cooc`` may be the rows ``first_row ..`` of ``C`` only, with ``count`` the users per item."""
+    if not cooc.has_canonical_format:
+        cooc = canonical(cooc)
+    if count is None:
+        count = cooc.diagonal()
+    left, right = count ** alpha, count ** (1.0 - alpha)       # the same powers, once per item
+    rows = np.repeat(np.arange(first_row, first_row + cooc.shape[0], dtype=np.int64), np.diff(cooc.indptr))
+    cols = cooc.indices
+    sim = np.take(left, rows)                            # in place: nnz-long temporaries are the cost
+    sim *= np.take(right, cols)
+    sim += shrink
+    np.divide(cooc.data, sim, out=sim)
+    sim[rows == cols] = 0.0                              # no item is its own neighbour (dropped)
+    return top_per_csr_row(sp.csr_matrix((sim, cols, cooc.indptr), shape=cooc.shape), neighbours)
+
+
+COOCCURRENCE_MAX_PRODUCTS = 200_000_000
+"""Above this many user-level products (sum over users of their window degree squared, an upper
+bound on the entries of ``C``), itemknn does not keep ``C`` (about 12 bytes an entry) and rebuilds
+the similarity block by block at each update (:func:`asymmetric_cosine_sparse`). The bundled
+MovieLens log has 61M products (16.4M entries); the Yelp-scale synthetic log 727M."""
+
+
+def cooccurrence_products(users: np.ndarray, n_users: int) -> float:
+    """Sum over users of their number of distinct pairs squared (``users``: one per distinct pair)."""
+    degree = np.bincount(users, minlength=n_users).astype(np.float64)
+    return float((degree ** 2).sum())
+
+
+def asymmetric_cosine_sparse(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, alpha: float,
+                             shrink: float, neighbours: int, block_products: int = 1 << 23) -> sp.csr_matrix:
+    """:func:`asymmetric_cosine` with bounded memory and no dense block: rows of ``C = X^T X`` a
+    block at a time (about ``block_products`` user-level products each), each turned into its
+    top-``neighbours`` similarity rows by :func:`similarity_from_cooccurrence` (same numbers)."""
+    x = binary_matrix(users, items, n_users, n_items)
+    count = np.asarray(x.sum(axis=0)).ravel()
+    xt = x.T.tocsr()
+    products = xt @ np.diff(x.indptr).astype(np.float64)           # per item row of C
+    bounds = np.searchsorted(np.cumsum(products), np.arange(1, int(products.sum() // block_products) + 2)
+                             * float(block_products))
+    edges = np.unique(np.concatenate([[0], np.minimum(bounds + 1, n_items), [n_items]]))
+    xc = x.tocsc()
+    # C is symmetric: rows lo..hi are the transpose of columns lo..hi, and scipy's transposing
+    # conversion leaves the column indices sorted (a linear pass instead of sorting the product)
+    parts = [similarity_from_cooccurrence((xt @ xc[:, lo:hi].tocsr()).T.tocsr(), alpha, shrink, neighbours,
+                                          count, lo)
+             for lo, hi in zip(edges[:-1], edges[1:])]
+    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((n_items, n_items))
+
+
 def asymmetric_cosine_reference(users: np.ndarray, items: np.ndarray, n_items: int, alpha: float,
                                 shrink: float, neighbours: int) -> np.ndarray:
     """Slow twin of :func:`asymmetric_cosine`, dense, by the formula item pair by item pair."""
@@ -334,21 +449,82 @@ class ItemKNN(HistoryStrategy):
         self.pair_items = np.zeros(0, dtype=np.int64)
         self.pair_block = np.zeros(0, dtype=np.int64)
         self.similarity = sp.csr_matrix((context.n_items, context.n_items))
+        # co-occurrence counts of the window's pairs, updated incrementally (rebuilt when None)
+        self.cooc: sp.csr_matrix | None = None
 
     def _fit(self, period: Period) -> None:
-        users = np.concatenate([self.pair_users, np.asarray(period.users, np.int64)])
-        items = np.concatenate([self.pair_items, np.asarray(period.items, np.int64)])
-        block = np.concatenate([self.pair_block, np.full(len(period), self.blocks - 1, dtype=np.int64)])
-        keys = users * np.int64(self.n_items) + items
-        order = np.lexsort((-block, keys))                 # per pair: latest block first
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[order][1:] != keys[order][:-1]
-        kept = order[first]
-        self.pair_users, self.pair_items, self.pair_block = users[kept], items[kept], block[kept]
+        """Update the window's co-occurrence counts with the pairs that enter and leave it (exact
+        integer arithmetic), then recompute the similarity from them; :meth:`_fit_full` is the
+        rebuild from all pairs that a test compares this with."""
         s = self.settings
-        inside = self.pair_block >= self.blocks - s.window if s.window else np.ones(len(kept), dtype=bool)
-        self.similarity = asymmetric_cosine(self.pair_users[inside], self.pair_items[inside], self.n_users,
-                                            self.n_items, s.alpha, s.shrink, s.neighbours)
+        last = self.blocks - 1                          # this period's block
+        n_items = np.int64(self.n_items)
+        old_keys = self.pair_users * n_items + self.pair_items          # increasing
+        keys = np.unique(np.asarray(period.users, np.int64) * n_items + np.asarray(period.items, np.int64))
+        at = np.searchsorted(old_keys, keys)
+        found = at < len(old_keys)
+        found[found] = old_keys[at[found]] == keys[found]
+        # before this period the window held the blocks last - window .. last - 1
+        was_inside = (self.pair_block >= last - s.window) if s.window else np.ones(len(old_keys), dtype=bool)
+        refreshed = np.zeros(len(old_keys), dtype=bool)
+        refreshed[at[found]] = True
+        leaving = was_inside & ~refreshed & (self.pair_block == last - s.window) if s.window \
+            else np.zeros(len(old_keys), dtype=bool)
+        entering = np.concatenate([keys[~found], old_keys[at[found][~was_inside[at[found]]]]])
+        staying = was_inside & ~leaving
+        if self.cooc is not None and cooccurrence_products(
+                np.concatenate([self.pair_users[staying], entering // n_items]), self.n_users) \
+                > COOCCURRENCE_MAX_PRODUCTS:
+            self.cooc = None            # the window grew too large to keep C: rebuilt block by block below
+        if self.cooc is not None:
+            self._update_cooccurrence(entering // n_items, entering % n_items, self.pair_users[leaving],
+                                      self.pair_items[leaving], staying)
+        self.pair_block[at[found]] = last
+        insert = at[~found]
+        self.pair_users = np.insert(self.pair_users, insert, keys[~found] // n_items)
+        self.pair_items = np.insert(self.pair_items, insert, keys[~found] % n_items)
+        self.pair_block = np.insert(self.pair_block, insert, last)
+        if self.cooc is None:                           # first block, after a load, or too large
+            inside = self.inside()
+            users, items = self.pair_users[inside], self.pair_items[inside]
+            if cooccurrence_products(users, self.n_users) > COOCCURRENCE_MAX_PRODUCTS:
+                self.similarity = asymmetric_cosine_sparse(users, items, self.n_users, self.n_items, s.alpha,
+                                                           s.shrink, s.neighbours)
+                return
+            self.cooc = cooccurrence(users, items, self.n_users, self.n_items)
+        self.similarity = similarity_from_cooccurrence(self.cooc, s.alpha, s.shrink, s.neighbours)
+
+    def inside(self) -> np.ndarray:
+        """Mask of the stored pairs inside the training window."""
+        window = self.settings.window
+        return self.pair_block >= self.blocks - window if window else np.ones(len(self.pair_block), dtype=bool)
+
+    def _update_cooccurrence(self, in_users: np.ndarray, in_items: np.ndarray, out_users: np.ndarray,
+                             out_items: np.ndarray, staying: np.ndarray) -> None:
+        """``C += Xi^T Xk + Xk^T Xi + Xi^T Xi - (Xo^T Xk + Xk^T Xo + Xo^T Xo)`` with ``Xi`` the
+        entering pairs, ``Xo`` the leaving ones and ``Xk`` the stored pairs that stay (only the
+        rows of users with an entering or leaving pair take part)."""
+        touched = np.union1d(in_users, out_users)
+        near = staying & np.isin(self.pair_users, touched)
+        xk = binary_matrix(self.pair_users[near], self.pair_items[near], self.n_users, self.n_items)
+        delta = sp.csr_matrix(self.cooc.shape)
+        for users, items, sign in ((in_users, in_items, 1.0), (out_users, out_items, -1.0)):
+            if len(users):
+                x = binary_matrix(users, items, self.n_users, self.n_items)
+                xt = x.T.tocsr()
+                cross = xt @ xk
+                delta = delta + sign * (cross + cross.T.tocsr() + xt @ x)
+        delta.sum_duplicates()          # canonical operands: scipy's sorted merge, a canonical sum
+        self.cooc = self.cooc + delta
+        if len(out_users):                              # counts that fell to zero
+            self.cooc.eliminate_zeros()
+
+    def _fit_full(self) -> sp.csr_matrix:
+        """Slow twin of the update: the similarity rebuilt from all pairs inside the window."""
+        s = self.settings
+        inside = self.inside()
+        return asymmetric_cosine(self.pair_users[inside], self.pair_items[inside], self.n_users, self.n_items,
+                                 s.alpha, s.shrink, s.neighbours)
 
     def history_scores(self, users: np.ndarray, contexts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         profile = history_matrix(contexts, recency_weights(contexts, self.settings.recency), self.n_items,
@@ -360,6 +536,10 @@ class ItemKNN(HistoryStrategy):
         similarity = self.similarity.tocsr().copy()
         similarity.resize((n_items, n_items))
         self.similarity = similarity
+        if self.cooc is not None:
+            cooc = self.cooc.copy()
+            cooc.resize((n_items, n_items))
+            self.cooc = cooc
 
     def _state(self) -> dict[str, Any]:
         sim = self.similarity.tocsr()
@@ -375,6 +555,7 @@ class ItemKNN(HistoryStrategy):
         self.similarity = sp.csr_matrix((np.asarray(state["sim_data"], dtype=np.float64),
                                          np.asarray(state["sim_indices"]), np.asarray(state["sim_indptr"])),
                                         shape=(self.n_items, self.n_items))
+        self.cooc = None            # rebuilt from the pairs at the next update (same counts)
 
 
 # -- sknn ------------------------------------------------------------------------------------
