@@ -192,14 +192,15 @@ class SMLBlend(Strategy):
         optimizer = torch.optim.Adam([w], lr=s.blend_lr)
         target = torch.zeros(len(users), dtype=torch.long)      # the positive is column 0
         losses = []
-        for _ in range(s.steps):
-            optimizer.zero_grad()
-            a = torch.sigmoid(x @ w[:N_FEATURES])
-            logits = blend(a, z_sml, z_knn) * torch.exp(w[N_FEATURES])
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            losses.append(float(loss.detach()))
-            (loss + s.blend_l2 * w[1:N_FEATURES].pow(2).sum()).backward()
-            optimizer.step()
+        with torch.enable_grad():      # an update may be called under no_grad (serving code)
+            for _ in range(s.steps):
+                optimizer.zero_grad()
+                a = torch.sigmoid(x @ w[:N_FEATURES])
+                logits = blend(a, z_sml, z_knn) * torch.exp(w[N_FEATURES])
+                loss = torch.nn.functional.cross_entropy(logits, target)
+                losses.append(float(loss.detach()))
+                (loss + s.blend_l2 * w[1:N_FEATURES].pow(2).sum()).backward()
+                optimizer.step()
         self.w = w.detach().clone()
         self.fit_log.append({"period": period.index, "role": period.role, "rows": len(users),
                              "sml_periods_seen": self.sml.periods_seen, "knn_blocks": self.knn.blocks,
