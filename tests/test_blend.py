@@ -199,3 +199,11 @@ def test_settings_are_validated_and_reach_the_inner_models():
         strategy_settings("sml-blend", {"knn_recency": 0.0})
     settings = strategy_settings("sml-blend", {"rounds": 3, "knn_history": 7})
     assert settings.sml_settings().rounds == 3 and settings.knn_settings_dict()["history"] == 7
+
+
+def test_smoothed_recall_loss_by_hand():
+    scores = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    rank0 = 1 / (1 + np.exp(1 / 0.5)) + 1 / (1 + np.exp(-1 / 0.5))
+    rank1 = 1.0
+    expected = -np.mean([1 / (1 + np.exp(-(1.5 - rank0))), 1 / (1 + np.exp(-(1.5 - rank1)))])
+    assert float(blend.smoothed_recall_loss(scores, 1.5, 0.5)) == pytest.approx(expected, rel=1e-12)

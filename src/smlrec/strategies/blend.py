@@ -11,14 +11,14 @@ or their ranks scaled to [0, 1] (``"rank"``). ``x(r)`` are features known when r
 scored, read from rows strictly before it (sml-method.md section 6): a constant 1,
 ``log(1 + rows of the user so far)``, whether the user has no row in earlier periods,
 ``log(1 + the user's rows earlier in this period)`` and ``log(1 + periods since the user's last
-row)``; ``w`` has ``N_FEATURES`` numbers plus the loss's temperature.
+row)``; ``w`` has ``N_FEATURES`` numbers plus the cross-entropy's temperature.
 
 Meta-training, SML's rule "optimise towards the next period": ``update(D_{t+1})`` first scores
 D_{t+1}'s rows with the models currently served (trained on periods <= t) against
 ``negatives`` sampled negatives per row (the prefix pool: items seen up to the row minus the user's
 items so far, data/sampling.py), fits ``w`` on those rows only (``steps`` full-batch Adam steps on
-the softmax cross-entropy of the positive among its negatives, warm-started from the previous
-``w``), and only then updates SML and ItemKNN on D_{t+1}. So the ``w`` that serves period t+2 was
+a smoothed sampled Recall, ``loss = "recall"``, or the softmax cross-entropy of the positive among
+its negatives, ``"ce"``; warm-started from the previous ``w``), and only then updates SML and ItemKNN on D_{t+1}. So the ``w`` that serves period t+2 was
 fitted on D_{t+1} with the models of period t; the scored period is never trained on before it is
 scored.
 """
@@ -41,6 +41,7 @@ from .sml import SML, SMLSettings
 
 N_FEATURES = 5
 NORMALISERS = ("zscore", "rank")
+LOSSES = ("recall", "ce")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class BlendSettings(SMLSettings):
     knn_history: int = 20
     knn_recency: float = 0.8
     normalise: str = "zscore"         # zscore | rank (per row, over its candidates)
-    negatives: int = 50               # sampled negatives per row of D_{t+1} in the meta-fit
+    loss: str = "recall"              # recall (smoothed sampled Recall) | ce (softmax cross-entropy)
+    negatives: int = 200              # sampled negatives per row of D_{t+1} in the meta-fit
+    top_fraction: float = 0.02        # recall loss: the top share of the candidates that counts
+                                      # (0.02: top 20 of the evaluation's 1000 = top 4 of 200)
+    smoothing: float = 0.3            # recall loss: temperature of the pairwise comparisons
     steps: int = 100                  # full-batch Adam steps on w per period
     blend_lr: float = 0.05
     blend_l2: float = 1e-3            # on w (not its bias): keeps it small on short periods
@@ -64,7 +69,10 @@ class BlendSettings(SMLSettings):
         super().__post_init__()
         ItemKNNSettings(**self.knn_settings_dict())   # the inner model's own checks
         require(self.normalise in NORMALISERS, "normalise", f"one of {', '.join(NORMALISERS)}", self.normalise)
+        require(self.loss in LOSSES, "loss", f"one of {', '.join(LOSSES)}", self.loss)
         require(self.negatives >= 1, "negatives", ">= 1", self.negatives)
+        require(0.0 < self.top_fraction <= 1.0, "top_fraction", "in (0, 1]", self.top_fraction)
+        require(self.smoothing > 0, "smoothing", "> 0", self.smoothing)
         require(self.steps >= 0, "steps", ">= 0", self.steps)
         require(self.blend_lr > 0, "blend_lr", "> 0", self.blend_lr)
         require(self.blend_l2 >= 0, "blend_l2", ">= 0", self.blend_l2)
@@ -95,6 +103,18 @@ def normalise_scores(scores: torch.Tensor, valid: torch.Tensor, how: str) -> tor
         below = torch.searchsorted(ordered.contiguous(), scores.contiguous(), right=False)
         out = below.double() / (count - 1).clamp(min=1)
     return torch.where(valid, out, torch.zeros_like(out))
+
+
+def smoothed_recall_loss(scores: torch.Tensor, top: float, smoothing: float) -> torch.Tensor:
+    """Minus a smooth sampled Recall: column 0 is the positive; its rank among the negatives is
+    ``sum sigmoid((s_neg - s_pos) / smoothing)`` and a hit is ``sigmoid(top - rank)``.
+
+    Chosen over cross-entropy on the validation periods: cross-entropy rewards lifting a positive
+    from the bottom to the middle, which the neighbour model cannot do for items without
+    neighbours and SML can, so it pulls the weight towards SML while Recall@20 only counts the top.
+    """
+    rank = torch.sigmoid((scores[:, 1:] - scores[:, :1]) / smoothing).sum(dim=1)
+    return -torch.sigmoid(top - rank).mean()
 
 
 def blend(a: torch.Tensor, z_sml: torch.Tensor, z_knn: torch.Tensor) -> torch.Tensor:
@@ -196,8 +216,11 @@ class SMLBlend(Strategy):
             for _ in range(s.steps):
                 optimizer.zero_grad()
                 a = torch.sigmoid(x @ w[:N_FEATURES])
-                logits = blend(a, z_sml, z_knn) * torch.exp(w[N_FEATURES])
-                loss = torch.nn.functional.cross_entropy(logits, target)
+                blended = blend(a, z_sml, z_knn)
+                if s.loss == "ce":
+                    loss = torch.nn.functional.cross_entropy(blended * torch.exp(w[N_FEATURES]), target)
+                else:
+                    loss = smoothed_recall_loss(blended, s.top_fraction * s.negatives, s.smoothing)
                 losses.append(float(loss.detach()))
                 (loss + s.blend_l2 * w[1:N_FEATURES].pow(2).sum()).backward()
                 optimizer.step()
