@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from smlrec.errors import ConfigError
-from smlrec.strategies import blend, neighbours, strategy_settings
-from smlrec.strategies.blend import N_FEATURES, BlendSettings, earlier_in_period_reference, normalise_scores
-from smlrec.testing import ContractWorld
+from smlrec.strategies import blend, create_strategy, neighbours, strategy_settings
+from smlrec.strategies.blend import N_FEATURES, earlier_in_period_reference, normalise_scores
+from smlrec.testing import ContractWorld, fast_overrides
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +150,9 @@ def _same_order(blended: torch.Tensor, alone: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("normalise", ["zscore", "rank"])
 def test_extreme_weights_rank_as_one_model_alone(world, normalise):
-    strategy = world.fresh("sml-blend", start=True) if normalise == "zscore" else None
-    if strategy is None:
-        from smlrec.strategies import create_strategy
-        from smlrec.testing import fast_overrides
-        strategy = create_strategy("sml-blend", world.context("sml-blend"),
-                                   {**fast_overrides("sml-blend"), "normalise": normalise})
-        strategy.start(world.timeline.pretrain_data, {k: v.clone() for k, v in world.initial.items()})
+    strategy = create_strategy("sml-blend", world.context("sml-blend"),
+                               {**fast_overrides("sml-blend"), "normalise": normalise})
+    strategy.start(world.timeline.pretrain_data, {k: v.clone() for k, v in world.initial.items()})
     periods = world.replayed
     for period in periods[:-1]:
         strategy.update(period)
