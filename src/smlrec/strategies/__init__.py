@@ -29,6 +29,7 @@ from ..config import build, merge
 from ..errors import ConfigError
 from .asmg import ASMG, ASMGSettings
 from .base import Strategy, StrategyContext
+from .blend import BlendSettings, SMLBlend
 from .linear import EASE, IALS, EASESettings, IALSSettings
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
 from .neighbours import SKNN, ItemKNN, ItemKNNSettings, SKNNSettings
@@ -254,6 +255,12 @@ register("sml-linear", SML, SMLSettings, {"transfer": "linear"},
 register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [W_prev; W_hat] (ablation)",
          in_default=False,
          history="none (the user's trained row; its rows of the scored period are not read)")
+
+register("sml-blend", SMLBlend, BlendSettings, {},
+         "SML and itemknn blended per row by weights meta-trained on the next period (docs/sml-blend.md)",
+         in_default=False,
+         history="itemknn's last 20 items before the row (earlier periods and earlier rows of the scored "
+                 "period); the blend weight reads the user's row counts before the row; SML's part: none")
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "NoSettings", "Strategy", "StrategyContext", "StrategySpec",
            "check_strategy", "create_strategy", "default_strategies", "load_entry_points", "load_plugin",

@@ -1,0 +1,205 @@
+"""sml-blend: the weights are fitted on D_{t+1} with the models of t, no history leak, extremes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from smlrec.errors import ConfigError
+from smlrec.strategies import blend, create_strategy, neighbours, strategy_settings
+from smlrec.strategies.blend import N_FEATURES, earlier_in_period_reference, normalise_scores
+from smlrec.testing import ContractWorld, fast_overrides
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ContractWorld()
+
+
+def _spied(world, monkeypatch):
+    """A started blend whose meta-fit records what it saw and how far the inner models were."""
+    strategy = world.fresh("sml-blend")
+    seen = []
+    original = strategy.fit_weights
+
+    def spy(period):
+        seen.append({"period": period.index, "users": period.users.copy(), "items": period.items.copy(),
+                     "sml_updates": strategy.sml.periods_seen, "knn_blocks": strategy.knn.blocks})
+        original(period)
+
+    monkeypatch.setattr(strategy, "fit_weights", spy)
+    return strategy, seen
+
+
+def test_weights_are_fitted_on_the_next_period_with_the_models_of_the_previous_one(world, monkeypatch):
+    strategy, seen = _spied(world, monkeypatch)
+    periods = world.replayed
+    for k, period in enumerate(periods):
+        # the weights that serve this period come from fits on earlier periods only
+        assert all(entry["period"] < period.index for entry in seen)
+        w_served = strategy.w.clone()
+        world.score(strategy, period)
+        assert torch.equal(strategy.w, w_served)            # scoring never fits
+        strategy.update(period)
+        last = seen[-1]
+        assert last["period"] == period.index and len(seen) == k + 1
+        np.testing.assert_array_equal(last["users"], period.users)
+        np.testing.assert_array_equal(last["items"], period.items)
+        # the fit ran before the inner models received D_{t+1}: SML had k updates, itemknn the
+        # pretrain block and k periods
+        assert last["sml_updates"] == k and last["knn_blocks"] == k + 1
+    assert strategy.sml.periods_seen == len(periods)
+
+
+def test_the_fit_uses_the_period_it_is_given(world):
+    """Different rows of D_{t+1} give different weights (the fit reads them), equal rows equal ones."""
+    period = world.replayed[0]
+    shuffled = replace(period, items=np.random.default_rng(0).permutation(period.items))
+    weights = []
+    for rows in (period, period, shuffled):
+        strategy = world.fresh("sml-blend")
+        strategy.update(rows)
+        weights.append(strategy.w.clone())
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])
+
+
+def test_a_fit_that_saw_the_served_period_is_caught(world, monkeypatch):
+    """The check of the first test fails for a strategy that fits on the period it serves."""
+    strategy, seen = _spied(world, monkeypatch)
+    period = world.replayed[0]
+    original_score = strategy.score
+
+    def leaky_score(p, rows, candidates):
+        strategy.fit_weights(p)                         # a leak: fitting on the scored period
+        return original_score(p, rows, candidates)
+
+    monkeypatch.setattr(strategy, "score", leaky_score)
+    world.score(strategy, period)
+    assert any(entry["period"] >= period.index for entry in seen)
+
+
+def _altered_scores(world, row: int, period_index: int, leak: bool, monkeypatch) -> tuple[torch.Tensor, ...]:
+    """Scores of a scored period and of a copy whose rows >= ``row`` have other items (and rows
+    > ``row`` other users)."""
+    periods = world.replayed
+    period = next(p for p in periods if p.index == period_index)
+    n_items, n_users = world.timeline.log.n_items, world.timeline.log.n_users
+    later = np.arange(len(period)) > row
+    altered = replace(period, items=(period.items + np.where(np.arange(len(period)) >= row, 7, 0)) % n_items,
+                      users=np.where(later, period.users[row], period.users) % n_users)
+    candidates = torch.from_numpy(np.random.default_rng(2).integers(0, n_items, (len(period), 15)))
+    if leak:
+        monkeypatch.setattr(blend, "_earlier_in_period", _leaky_counts)
+    out = []
+    for scored in (period, altered):
+        strategy = world.fresh("sml-blend")
+        for p in periods:
+            if p.index == period_index:
+                break
+            strategy.update(p)
+        out.append(strategy.score(scored, slice(0, len(period)), candidates))
+    return out[0], out[1]
+
+
+def _leaky_counts(users: np.ndarray) -> np.ndarray:
+    """A deliberately leaking feature: every row of the user in the period, later ones included."""
+    _, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
+    return counts[inverse]
+
+
+def test_scores_never_read_the_scored_row_or_a_later_one(world, monkeypatch):
+    period = world.replayed[-1]
+    row = len(period) // 2
+    assert (period.users[:row] == period.users[row]).any()     # its user has earlier rows in the period
+    honest = _altered_scores(world, row, period.index, False, monkeypatch)
+    assert torch.equal(honest[0][: row + 1], honest[1][: row + 1])
+    assert not torch.equal(honest[0][row + 1:], honest[1][row + 1:])
+    leaky = _altered_scores(world, row, period.index, True, monkeypatch)
+    assert not torch.equal(leaky[0][: row + 1], leaky[1][: row + 1])   # the check catches a leak
+    monkeypatch.undo()
+    monkeypatch.setattr(neighbours, "sequence_contexts", _leaky_contexts)
+    leaky = _altered_scores(world, row, period.index, False, monkeypatch)
+    assert not torch.equal(leaky[0][: row + 1], leaky[1][: row + 1])
+
+
+_honest_contexts = neighbours.sequence_contexts
+
+
+def _leaky_contexts(windows, users, items):
+    contexts, touched, new_windows = _honest_contexts(windows, users, items)
+    leaked = np.concatenate([contexts[:, 1:], np.asarray(items, np.int64)[:, None]], axis=1)
+    return leaked, touched, new_windows
+
+
+def _same_order(blended: torch.Tensor, alone: torch.Tensor) -> None:
+    """Every pair of candidates the single model orders (by more than float noise) is ordered the
+    same way by the blend, and every pair it ties is tied."""
+    alone, blended = alone.double(), blended.double()
+    diff_alone = alone[:, :, None] - alone[:, None, :]
+    diff_blend = blended[:, :, None] - blended[:, None, :]
+    scale = alone.abs().amax(dim=1)[:, None, None] + 1e-12
+    clear = diff_alone.abs() > 1e-5 * scale
+    assert clear.any()
+    assert torch.equal(torch.sign(diff_blend[clear]), torch.sign(diff_alone[clear]))
+    assert bool((diff_blend[diff_alone == 0] == 0).all())
+
+
+@pytest.mark.parametrize("normalise", ["zscore", "rank"])
+def test_extreme_weights_rank_as_one_model_alone(world, normalise):
+    strategy = create_strategy("sml-blend", world.context("sml-blend"),
+                               {**fast_overrides("sml-blend"), "normalise": normalise})
+    strategy.start(world.timeline.pretrain_data, {k: v.clone() for k, v in world.initial.items()})
+    periods = world.replayed
+    for period in periods[:-1]:
+        strategy.update(period)
+    period = periods[-1]
+    candidates = torch.from_numpy(world.candidates[period.index].astype(np.int64)).clamp_min(0)
+    rows = slice(0, len(period))
+    with torch.no_grad():
+        sml_alone = strategy.sml.score(period, rows, candidates)
+        knn_alone = strategy.knn.score(period, rows, candidates)
+        for bias, alone in ((1e3, sml_alone), (-1e3, knn_alone)):
+            strategy.w = torch.zeros(N_FEATURES + 1, dtype=torch.float64)
+            strategy.w[0] = bias
+            _same_order(strategy.score(period, rows, candidates), alone)
+            _same_order(strategy.score_new_users(candidates[:3]),
+                        (strategy.sml if bias > 0 else strategy.knn).score_new_users(candidates[:3]))
+
+
+def test_normalised_scores_by_hand():
+    scores = torch.tensor([[1.0, 3.0, 3.0, 5.0], [2.0, 0.0, 9.0, 4.0]])
+    valid = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    z = normalise_scores(scores, valid, "zscore")
+    np.testing.assert_allclose(z[0].numpy(), [-2 / np.sqrt(2), 0, 0, 2 / np.sqrt(2)], rtol=1e-6)
+    std = np.sqrt(((np.array([2.0, 0.0, 4.0]) - 2.0) ** 2).mean())
+    np.testing.assert_allclose(z[1].numpy(), [0, -2 / std, 0, 2 / std], rtol=1e-6)
+    r = normalise_scores(scores, valid, "rank")
+    np.testing.assert_allclose(r[0].numpy(), [0, 1 / 3, 1 / 3, 1], rtol=1e-12)
+    np.testing.assert_allclose(r[1].numpy(), [1 / 2, 0, 0, 1], rtol=1e-12)
+
+
+def test_earlier_rows_in_the_period_match_the_slow_twin():
+    users = np.random.default_rng(1).integers(0, 7, 300)
+    np.testing.assert_array_equal(blend._earlier_in_period(users), earlier_in_period_reference(users))
+    np.testing.assert_array_equal(blend._earlier_in_period(np.array([4, 4, 1, 4, 1])), [0, 1, 0, 2, 1])
+
+
+def test_settings_are_validated_and_reach_the_inner_models():
+    with pytest.raises(ConfigError, match="normalise"):
+        strategy_settings("sml-blend", {"normalise": "softmax"})
+    with pytest.raises(ConfigError, match="recency"):
+        strategy_settings("sml-blend", {"knn_recency": 0.0})
+    settings = strategy_settings("sml-blend", {"rounds": 3, "knn_history": 7})
+    assert settings.sml_settings().rounds == 3 and settings.knn_settings_dict()["history"] == 7
+
+
+def test_smoothed_recall_loss_by_hand():
+    scores = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    rank0 = 1 / (1 + np.exp(1 / 0.5)) + 1 / (1 + np.exp(-1 / 0.5))
+    rank1 = 1.0
+    expected = -np.mean([1 / (1 + np.exp(-(1.5 - rank0))), 1 / (1 + np.exp(-(1.5 - rank1)))])
+    assert float(blend.smoothed_recall_loss(scores, 1.5, 0.5)) == pytest.approx(expected, rel=1e-12)
