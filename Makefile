@@ -17,8 +17,9 @@ $(DOCS_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,docs]'
 	touch $(DOCS_STAMP)
 
+# The default strategies and ease (opt-in elsewhere: it refuses logs past 30,000 items).
 demo: $(STAMP)
-	$(VENV)/bin/smlrec replay $(ARGS)
+	$(VENV)/bin/smlrec replay --strategies default,ease $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -225,3 +225,19 @@ def test_results_directory_with_protocols_and_intervals(tmp_path):
     # the same seed gives the same intervals
     again = write_results(tmp_path / "again", result)
     pd.testing.assert_frame_equal(pd.read_csv(again / "summary.csv"), summary)
+
+
+def test_strategy_lists_expand_default_and_all_and_refuse_unknown_names():
+    from smlrec.config import ReplaySettings
+    from smlrec.errors import ConfigError
+    from smlrec.experiment.replay import resolve_strategies
+    from smlrec.strategies import STRATEGIES, default_strategies
+
+    assert resolve_strategies(ReplaySettings(strategies=())) == default_strategies()
+    assert resolve_strategies(ReplaySettings(strategies=("all",))) == list(STRATEGIES)
+    assert "ease" not in default_strategies()
+    assert resolve_strategies(ReplaySettings(strategies=("default", "ease"))) == [*default_strategies(), "ease"]
+    assert resolve_strategies(ReplaySettings(strategies=("sml", "default"))) == \
+        ["sml", *[n for n in default_strategies() if n != "sml"]]
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
+        resolve_strategies(ReplaySettings(strategies=("default", "nope")))

@@ -156,8 +156,9 @@ def load_plugins(args: argparse.Namespace) -> list[str]:
 def replay_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_period_arguments(parser)
-    parser.add_argument("--strategies", help="comma-separated strategy names, or 'all' (default: the "
-                                             "paper's comparison without the ablations); see `smlrec strategies`")
+    parser.add_argument("--strategies", help="comma-separated strategy names, or 'all'; 'default' in the "
+                                             "list stands for the default set (the strategies `smlrec "
+                                             "strategies` does not mark opt-in), e.g. default,ease")
     add_plugin_argument(parser)
     parser.add_argument("--protocol", help="evaluation protocol(s), comma-separated: sampled (1 positive + "
                                            "999 sampled negatives, the default), full (every item seen "

@@ -78,9 +78,13 @@ class PeriodRecord:
 
 
 def resolve_strategies(settings: ReplaySettings) -> list[str]:
+    """The strategy names a replay runs: none given = the default set; ``all`` = every registered
+    one; ``default`` inside a list stands for the default set (``default,ease``)."""
     names = list(settings.strategies) or default_strategies()
     if names == ["all"]:
         names = list(STRATEGIES)
+    names = [n for name in names for n in (default_strategies() if name == "default" else [name])]
+    names = list(dict.fromkeys(names))   # a name given twice runs once
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         load_entry_points()   # installed plug-ins are read only when a name is not built in
