@@ -1,0 +1,202 @@
+"""Production answers with the history a request carries (``recent=``) exactly as the replay scores
+a row after the user's earlier rows of the period (sml-method.md section 6; issue 24, item 4).
+
+Every registered strategy whose declared history rule is not "none" and that can run production
+updates (it implements ``_grow``) is checked against a replay over the same periods, so a history
+strategy added later is covered without editing this file. Scores are compared within 1e-5
+(absolute, plus 1e-5 relative): iALS folds users in with one batched solve per chunk of users,
+whose rounding depends on which users share the chunk.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from _production_data import synthetic_log, tiny_settings, write_periods
+from smlrec.errors import DataError
+from smlrec.production import Recommender, init_registry, update_once
+from smlrec.strategies import STRATEGIES
+from test_production import HISTORY, N_PERIODS, _can_grow, _replay_strategy
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _reads_history(name: str) -> bool:
+    return not STRATEGIES[name].history.strip().lower().startswith("none")
+
+
+HISTORY_STRATEGIES = [name for name in STRATEGIES if _reads_history(name) and _can_grow(name)]
+
+
+def test_the_history_strategies_are_the_expected_ones():
+    # a guard against the list silently shrinking (e.g. a renamed rule); gru4rec and caser read
+    # history but cannot grow their tables, so they cannot run production updates
+    assert {"itemknn", "sknn", "ease", "ials", "sml-blend"} <= set(HISTORY_STRATEGIES)
+    assert not {"sml", "fine-tune", "pop"} & set(HISTORY_STRATEGIES)
+
+
+class Setup:
+    """A registry after init (periods 0..3) and update (period 4), and the replay's strategy that
+    serves period 5 (updated through period 4), with period 5 as the replay holds it."""
+
+    def __init__(self, strategy: str, tmp_path) -> None:
+        frame = synthetic_log(N_PERIODS)
+        full_log = tmp_path / "full.csv"
+        frame.to_csv(full_log, index=False)
+        history, batches = write_periods(frame, tmp_path / "data", HISTORY)
+        settings = tiny_settings(strategy, HISTORY)
+        init_registry(history, tmp_path / "reg", strategy, settings)
+        update_once(tmp_path / "reg", batches[0])
+        self.registry = tmp_path / "reg"
+        self.replayed, self.timeline = _replay_strategy(strategy, full_log, settings, tmp_path)
+        self.served = Recommender.from_registry(self.registry)
+        self.n_users, self.n_items = self.served.checkpoint.n_users, self.served.checkpoint.n_items
+        self.last = self.timeline.periods[-1]
+
+    def replay_row(self, r: int) -> torch.Tensor:
+        """The replay's scores of row ``r`` of period 5 for every item the registry knows."""
+        with torch.no_grad():
+            return self.replayed.score(self.last, slice(r, r + 1), torch.arange(self.n_items)[None, :])[0].float()
+
+    def earlier(self, r: int) -> np.ndarray:
+        """Item indices of the rows of period 5 before ``r`` with ``r``'s user, oldest first."""
+        users = self.last.users[:r]
+        return np.asarray(self.last.items[:r][users == self.last.users[r]], np.int64)
+
+    def rows_with_history(self, known_user: bool) -> list[int]:
+        """Rows of period 5 with earlier rows of their user in the period, all on items the
+        registry knows; users the registry knows (or not), the longest in-period histories first."""
+        found = []
+        for r in range(len(self.last)):
+            user, before = int(self.last.users[r]), self.earlier(r)
+            if (user < self.n_users) == known_user and len(before) and (before < self.n_items).all():
+                found.append((-len(before), r))
+        return [r for _, r in sorted(found)]
+
+    def raw_user(self, user: int):
+        return self.timeline.log.user_ids[user]
+
+    def raw_items(self, items: np.ndarray) -> list:
+        return [self.timeline.log.item_ids[i] for i in items.tolist()]
+
+
+@pytest.fixture(scope="module", params=HISTORY_STRATEGIES)
+def setup(request, tmp_path_factory):
+    return Setup(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def test_recent_items_score_as_the_replay_scores_a_row_after_earlier_rows_of_its_period(setup):
+    rows = setup.rows_with_history(known_user=True)[:6]
+    assert rows and len(setup.earlier(rows[0])) >= 2       # the data has users with in-period history
+    for r in rows:
+        user = int(setup.last.users[r])
+        production = setup.served.recent_scores(np.array([user]), [setup.earlier(r)])[0]
+        expected = setup.replay_row(r)
+        assert torch.allclose(torch.from_numpy(production), expected, **TOLERANCE), (r, user)
+        # and they matter: without them the answer differs (otherwise this test could not fail)
+        assert not torch.allclose(setup.served.scores(np.array([user]))[0], expected, **TOLERANCE), (r, user)
+    # the same through the public API with raw ids, several users in one request
+    users = [setup.raw_user(int(setup.last.users[r])) for r in rows]
+    recent = [setup.raw_items(setup.earlier(r)) for r in rows]
+    answers = setup.served.top_k(users, k=10, exclude_seen=False, recent=recent)
+    for r, answer in zip(rows, answers):
+        assert answer.recent_used is True and answer.fallback is False
+        top = torch.topk(setup.replay_row(r), 10).values.tolist()
+        assert answer.scores == pytest.approx(top, abs=1e-5, rel=1e-5)
+
+
+def test_a_user_the_version_does_not_know_is_scored_from_recent_items_as_the_replay_does(setup):
+    rows = setup.rows_with_history(known_user=False)[:4]
+    assert rows
+    for r in rows:
+        user = int(setup.last.users[r])
+        answer = setup.served.top_k([setup.raw_user(user)], k=10, exclude_seen=False,
+                                    recent=[setup.raw_items(setup.earlier(r))])[0]
+        assert answer.fallback is True and answer.recent_used is True
+        top = torch.topk(setup.replay_row(r), 10).values.tolist()
+        assert answer.scores == pytest.approx(top, abs=1e-5, rel=1e-5)
+    # the scratch rows never change what a known user gets
+    known = setup.rows_with_history(known_user=True)[0]
+    production = setup.served.recent_scores(np.array([int(setup.last.users[known])]), [setup.earlier(known)])[0]
+    assert torch.allclose(torch.from_numpy(production), setup.replay_row(known), **TOLERANCE)
+
+
+def test_after_update_a_user_without_recent_gets_the_history_the_registry_keeps(setup):
+    # rows of period 5 that are their (known) user's first row in the period: the replay scores
+    # them from what it kept of periods <= 4, as the registry must with no recent items given
+    first = [r for r in range(len(setup.last)) if int(setup.last.users[r]) < setup.n_users
+             and len(setup.earlier(r)) == 0]
+    assert len(first) >= 5
+    users = setup.last.users[first]
+    production = setup.served.scores(users)
+    for position, r in enumerate(first):
+        assert torch.allclose(production[position], setup.replay_row(r), **TOLERANCE), r
+    answers = setup.served.top_k([setup.raw_user(int(u)) for u in users[:3]], k=5, exclude_seen=False)
+    for r, answer in zip(first, answers):
+        assert answer.recent_used is None
+        assert answer.scores == pytest.approx(torch.topk(setup.replay_row(r), 5).values.tolist(), abs=1e-5, rel=1e-5)
+
+
+def test_recent_items_are_excluded_and_a_user_asked_twice_keeps_each_history(setup):
+    r = setup.rows_with_history(known_user=True)[0]
+    user = setup.raw_user(int(setup.last.users[r]))
+    recent = setup.raw_items(setup.earlier(r))
+    n = setup.n_items
+    names = {setup.served.item_ids[i] for i in setup.earlier(r).tolist()}   # the registry's own ids
+    kept = setup.served.top_k([user], k=n, exclude_seen=False, recent=[recent])[0]
+    assert names <= set(kept.items)
+    excluded = setup.served.top_k([user], k=n, exclude_seen=True, recent=[recent])[0]
+    assert not names & set(excluded.items) and excluded.items
+    # the same user twice in one request, once with and once without recent items, and a third
+    # time with other ones: each answer is the one it gets alone
+    other = recent[:1]
+    both = setup.served.top_k([user, user, user], k=10, exclude_seen=False, recent=[recent, None, other])
+    alone = [setup.served.top_k([user], k=10, exclude_seen=False, recent=[x])[0] for x in (recent, None, other)]
+    for got, want in zip(both, alone):
+        assert got.items == want.items and got.scores == pytest.approx(want.scores, abs=1e-6)
+
+
+def test_an_unknown_recent_item_is_an_error_naming_it(setup):
+    user = setup.raw_user(0)
+    with pytest.raises(DataError, match="unknown item 'no-such-item' in the recent items of user"):
+        setup.served.top_k([user], k=5, recent=[["no-such-item"]])
+
+
+def test_consecutive_queries_through_the_generic_path_do_not_share_cached_contexts(setup):
+    # a strategy caches the contexts of the period it scores; each query is a new period with the
+    # same index and start, so two one-user queries must not get the first user's contexts
+    first = setup.served.scores(np.array([0]))
+    second = setup.served.scores(np.array([1]))
+    fresh = Recommender.from_registry(setup.registry).scores(np.array([1]))
+    assert torch.equal(second, fresh) and not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("strategy", ["fine-tune", "pop-recent"])
+def test_a_strategy_that_reads_no_history_ignores_recent_items_and_says_so(tmp_path, strategy):
+    frame = synthetic_log(N_PERIODS)
+    history, _ = write_periods(frame, tmp_path / "data", HISTORY)
+    init_registry(history, tmp_path / "reg", strategy, tiny_settings(strategy, HISTORY))
+    served = Recommender.from_registry(tmp_path / "reg")
+    assert not served.reads_history
+    user, recent = served.checkpoint.user_ids[0], list(served.checkpoint.item_ids[:3])
+    plain, with_recent, cold = served.top_k([user, user, "nobody"], k=served.n_items, exclude_seen=False,
+                                            recent=[None, recent, recent])
+    assert plain.recent_used is None and with_recent.recent_used is False and cold.recent_used is False
+    assert with_recent.items == plain.items and with_recent.scores == pytest.approx(plain.scores)
+    assert cold.fallback
+    cold_alone = served.top_k(["nobody"], k=served.n_items, exclude_seen=False)[0]
+    assert cold.items == cold_alone.items
+    # with exclude_seen the recent items leave the answer, the rest keeps its order
+    excluded = served.top_k([user], k=served.n_items, recent=[recent])[0]
+    usual = served.top_k([user], k=served.n_items)[0]
+    assert excluded.items == [item for item in usual.items if item not in set(recent)]
+
+
+def test_recent_lists_must_match_the_users():
+    from smlrec.errors import ConfigError
+    from smlrec.production.recommender import Recommender as R
+
+    model = R.__new__(R)
+    model.selector = None
+    with pytest.raises(ConfigError, match="2 lists for 1 users"):
+        R.top_k(model, ["a"], recent=[["x"], ["y"]])
