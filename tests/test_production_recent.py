@@ -200,3 +200,92 @@ def test_recent_lists_must_match_the_users():
     model.selector = None
     with pytest.raises(ConfigError, match="2 lists for 1 users"):
         R.top_k(model, ["a"], recent=[["x"], ["y"]])
+
+
+# -- the front doors: HTTP and `smlrec recommend` --------------------------------------------------
+@pytest.fixture(scope="module")
+def knn(tmp_path_factory):
+    return Setup("itemknn", tmp_path_factory.mktemp("knn-front"))
+
+
+def _user_and_recent(setup) -> tuple:
+    r = setup.rows_with_history(known_user=True)[0]
+    user = int(setup.last.users[r])
+    return r, int(setup.served.checkpoint.user_ids[user]), [int(setup.served.item_ids[i]) for i in setup.earlier(r).tolist()]
+
+
+def test_http_recent_items_in_the_query_and_per_user_in_the_batch(knn):
+    from fastapi.testclient import TestClient
+
+    from smlrec.production.serve import Limits, create_app
+
+    r, user, recent = _user_and_recent(knn)
+    expected = torch.topk(knn.replay_row(r), 10).values.tolist()
+    client = TestClient(create_app(knn.registry, limits=Limits(max_recent=len(recent))))
+    got = client.get("/recommend", params={"user": str(user), "k": 10, "include_seen": "true",
+                                           "recent": [str(item) for item in recent]}).json()
+    assert got["recent_used"] is True and got["fallback"] is False
+    assert [x["score"] for x in got["items"]] == pytest.approx(expected, abs=1e-5, rel=1e-5)
+    plain = client.get("/recommend", params={"user": str(user), "k": 10, "include_seen": "true"}).json()
+    assert "recent_used" not in plain and plain["items"] != got["items"]
+    batch = client.post("/recommend/batch", json={"users": [user, user, "nobody"], "k": 10, "include_seen": True,
+                                                  "recent": [recent, None, recent]}).json()
+    first, second, cold = batch["results"]
+    assert first["items"] == got["items"] and first["recent_used"] is True
+    assert "recent_used" not in second and second["items"] == plain["items"]
+    assert cold["fallback"] is True and cold["recent_used"] is True
+    # refusals: a 422 naming the limit, the unknown item, or the mismatch
+    over = client.get("/recommend", params={"user": str(user), "recent": [str(i) for i in recent * 2]})
+    assert over.status_code == 422 and "--max-recent" in over.json()["detail"]
+    unknown = client.post("/recommend/batch", json={"users": [user], "recent": [["no-such-item"]]})
+    assert unknown.status_code == 422 and "unknown item 'no-such-item'" in unknown.json()["detail"]
+    mismatch = client.post("/recommend/batch", json={"users": [user, user], "recent": [recent]})
+    assert mismatch.status_code == 422 and "1 entries for 2 users" in mismatch.json()["detail"]
+
+
+def test_http_a_strategy_that_reads_no_history_answers_recent_used_false(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from smlrec.production.serve import create_app
+
+    history, _ = write_periods(synthetic_log(N_PERIODS), tmp_path / "data", HISTORY)
+    init_registry(history, tmp_path / "reg", "fine-tune", tiny_settings("fine-tune", HISTORY))
+    client = TestClient(create_app(tmp_path / "reg"))
+    got = client.get("/recommend", params={"user": "1000", "k": 5, "recent": ["5000", "5001"]}).json()
+    plain = client.get("/recommend", params={"user": "1000", "k": 50}).json()
+    assert got["recent_used"] is False
+    assert [x["item"] for x in got["items"]] == [x["item"] for x in plain["items"]
+                                                 if x["item"] not in (5000, 5001)][:5]
+
+
+def test_cli_recommend_with_recent_items(knn, tmp_path, capsys):
+    import pandas as pd
+
+    from smlrec.cli import main
+
+    r, user, recent = _user_and_recent(knn)
+    expected = torch.topk(knn.replay_row(r), 5).values.tolist()
+    reg = str(knn.registry)
+    assert main(["recommend", "--registry", reg, "--user", str(user), "--k", "5", "--include-seen",
+                 "--recent", ",".join(str(i) for i in recent)]) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert lines[0] == "user,rank,item,score,fallback,version" and len(lines) == 6
+    assert [float(line.split(",")[3]) for line in lines[1:]] == pytest.approx(expected, abs=1e-5, rel=1e-5)
+    assert "note:" not in out.err
+    # a file of user,item rows for a file of users: the same answer, and the other user's own
+    users = tmp_path / "users.txt"
+    users.write_text(f"user\n{user}\n1001\n")
+    rows = tmp_path / "recent.csv"
+    rows.write_text("user,item\n" + "".join(f"{user},{item}\n" for item in recent) + "9999,5000\n")
+    csv_out = tmp_path / "recs.csv"
+    assert main(["recommend", "--registry", reg, "--users", str(users), "--k", "5", "--include-seen",
+                 "--recent-file", str(rows), "--out", str(csv_out)]) == 0
+    recs = pd.read_csv(csv_out)
+    assert list(recs.loc[recs["user"] == user, "score"]) == pytest.approx(expected, abs=1e-5, rel=1e-5)
+    alone = knn.served.top_k(["1001"], k=5, exclude_seen=False)[0]
+    assert list(recs.loc[recs["user"] == 1001, "score"]) == pytest.approx(alone.scores, abs=1e-6)
+    assert main(["recommend", "--registry", reg, "--users", str(users), "--recent", "5000"]) == 2
+    assert "--recent goes with --user" in capsys.readouterr().err
+    assert main(["recommend", "--registry", reg, "--user", str(user), "--recent", "no-such-item"]) == 2
+    assert "unknown item 'no-such-item'" in capsys.readouterr().err
