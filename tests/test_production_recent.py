@@ -192,14 +192,6 @@ def test_a_strategy_that_reads_no_history_ignores_recent_items_and_says_so(tmp_p
     assert excluded.items == [item for item in usual.items if item not in set(recent)]
 
 
-def test_recent_lists_must_match_the_users():
-    from smlrec.errors import ConfigError
-    from smlrec.production.recommender import Recommender as R
-
-    model = R.__new__(R)
-    model.selector = None
-    with pytest.raises(ConfigError, match="2 lists for 1 users"):
-        R.top_k(model, ["a"], recent=[["x"], ["y"]])
 
 
 # -- the front doors: HTTP and `smlrec recommend` --------------------------------------------------
@@ -211,7 +203,8 @@ def knn(tmp_path_factory):
 def _user_and_recent(setup) -> tuple:
     r = setup.rows_with_history(known_user=True)[0]
     user = int(setup.last.users[r])
-    return r, int(setup.served.checkpoint.user_ids[user]), [int(setup.served.item_ids[i]) for i in setup.earlier(r).tolist()]
+    items = [int(setup.served.item_ids[i]) for i in setup.earlier(r).tolist()]
+    return r, int(setup.served.checkpoint.user_ids[user]), items
 
 
 def test_http_recent_items_in_the_query_and_per_user_in_the_batch(knn):
@@ -289,3 +282,10 @@ def test_cli_recommend_with_recent_items(knn, tmp_path, capsys):
     assert "--recent goes with --user" in capsys.readouterr().err
     assert main(["recommend", "--registry", reg, "--user", str(user), "--recent", "no-such-item"]) == 2
     assert "unknown item 'no-such-item'" in capsys.readouterr().err
+
+
+def test_recent_lists_must_match_the_users(knn):
+    from smlrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="2 lists for 1 users"):
+        knn.served.top_k(["1000"], recent=[["5000"], ["5001"]])

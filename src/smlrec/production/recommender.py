@@ -16,7 +16,9 @@ matrix product and a top-k selection (served.py does both, with numpy):
 * the scores of an unknown user (the strategy's cold-user rule, or popularity), computed once.
 
 An unknown user gets the cold-user rule (``fallback``; exactly what the replay serves a user it has
-never trained on), or a DataError when ``strict``.
+never trained on), or a DataError when ``strict``. ``smlrec recommend`` on a version with served
+tables does not come here at all (unless the query carries recent items): it answers from
+served.py without importing torch or pandas.
 
 Recent items (``top_k(..., recent=...)``, sml-method.md section 6): a user's recent items are that
 user's earlier rows of the query period, as the replay holds the earlier rows of a scored period.
@@ -27,8 +29,7 @@ earlier rows of the period). A user the version does not know is scored on a scr
 strategy grows once (``Strategy.grow``: a never-trained row, what the replay holds for a user not
 seen yet), so a new user's recent items count too. A strategy whose declared history rule is
 "none" (``smlrec strategies``) reads no rows of the scored period: its answer is the usual one,
-``recent_used`` is False, and the recent items are only excluded from the answer. ``smlrec recommend`` on a version with served
-tables does not come here at all: it answers from served.py without importing torch or pandas.
+``recent_used`` is False, and the recent items are only excluded from the answer.
 """
 
 from __future__ import annotations
