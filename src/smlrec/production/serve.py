@@ -498,7 +498,7 @@ def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0,
         except RequestError as err:
             metrics.observe("recommend", err.status, time.perf_counter() - began)
             return _json({"detail": err.detail}, err.status)
-        recent = request.query_params.getlist("recent") or None
+        recent = [item for item in request.query_params.getlist("recent") if item.strip()] or None
 
         def build(model: Recommender) -> tuple[Any, int]:
             _check_size(limits, 1, k)
