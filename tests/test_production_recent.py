@@ -236,9 +236,10 @@ def test_http_recent_items_in_the_query_and_per_user_in_the_batch(knn):
     assert mismatch.status_code == 422 and "1 entries for 2 users" in mismatch.json()["detail"]
 
 
-def test_http_a_strategy_that_reads_no_history_answers_recent_used_false(tmp_path):
+def test_http_and_cli_a_strategy_that_reads_no_history_say_recent_items_are_not_used(tmp_path, capsys):
     from fastapi.testclient import TestClient
 
+    from smlrec.cli import main
     from smlrec.production.serve import create_app
 
     history, _ = write_periods(synthetic_log(N_PERIODS), tmp_path / "data", HISTORY)
@@ -249,6 +250,12 @@ def test_http_a_strategy_that_reads_no_history_answers_recent_used_false(tmp_pat
     assert got["recent_used"] is False
     assert [x["item"] for x in got["items"]] == [x["item"] for x in plain["items"]
                                                  if x["item"] not in (5000, 5001)][:5]
+    assert main(["recommend", "--registry", str(tmp_path / "reg"), "--user", "1000", "--k", "5",
+                 "--recent", "5000,5001"]) == 0
+    out = capsys.readouterr()
+    assert "note: strategy 'fine-tune' reads no history (none" in out.err
+    assert [int(line.split(",")[2]) for line in out.out.strip().splitlines()[1:]] == \
+        [x["item"] for x in got["items"]]
 
 
 def test_cli_recommend_with_recent_items(knn, tmp_path, capsys):
