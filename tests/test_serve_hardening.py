@@ -62,9 +62,10 @@ def test_openapi_answers_and_docs_work_offline(reg):
     assert spec.status_code == 200
     paths = spec.json()["paths"]
     assert {"/recommend", "/recommend/batch", "/health", "/version", "/metrics"} <= set(paths)
-    assert [p["name"] for p in paths["/recommend"]["get"]["parameters"]] == ["user", "k", "include_seen", "strict"]
+    assert [p["name"] for p in paths["/recommend"]["get"]["parameters"]] == ["user", "k", "include_seen", "strict",
+                                                                          "recent"]
     body = paths["/recommend/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert {"users", "k", "include_seen", "strict"} <= set(body["properties"])
+    assert {"users", "k", "include_seen", "strict", "recent"} <= set(body["properties"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
     page = docs.text

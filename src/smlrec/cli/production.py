@@ -193,6 +193,14 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve this committed version (one that `smlrec versions` lists) instead of the latest")
     parser.add_argument("--include-seen", action="store_true", help="do not exclude items the user already has")
     parser.add_argument("--strict", action="store_true", help="fail on an unknown user instead of serving the cold-start rule")
+    recent = parser.add_mutually_exclusive_group()
+    recent.add_argument("--recent", metavar="ITEM,ITEM",
+                        help="with --user: raw ids of the items the user interacted with since the version's "
+                             "data, oldest first, comma-separated; scored as the replay scores a row after the "
+                             "user's earlier rows of the period (docs/production.md, 'Recent items')")
+    recent.add_argument("--recent-file", metavar="FILE",
+                        help="CSV of user,item rows (a header user,item is skipped), oldest first per user: "
+                             "the recent items of the queried users")
     parser.add_argument("--out", help="CSV file to write (default: standard output); written to a new "
                                       "temp file beside it, then renamed (a link at OUT is replaced, "
                                       "never written through)")
@@ -204,14 +212,31 @@ def run_recommend(args: argparse.Namespace) -> int:
     from ..production.served import open_served
 
     users = [args.user] if args.user is not None else _read_users(Path(args.users))
-    # A version with served tables is answered with numpy alone (no torch, no pandas: start-up is
-    # a fraction of a second); other strategies rebuild the strategy (torch).
-    model = open_served(args.registry, args.version)
-    if model is None:
+    if args.recent is not None and args.user is None:
+        raise ConfigError("--recent goes with --user (one user); for a file of users give --recent-file")
+    if args.recent is not None or args.recent_file is not None:
+        # recent items are read through the strategy's own score (torch), as the replay does
         from ..production.recommender import Recommender
 
         model = Recommender.from_registry(args.registry, args.version)
-    answers = model.top_k(users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
+        if args.recent is not None:
+            recent = [[item.strip() for item in args.recent.split(",") if item.strip()]]
+        else:
+            recent = _read_recent(Path(args.recent_file), users, model.selector)
+        if any(recent) and not model.reads_history:
+            print(f"note: strategy {model.checkpoint.strategy!r} reads no history ({model.history_rule}); "
+                  "the recent items are only excluded from the answer", file=sys.stderr)
+        answers = model.top_k(users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict,
+                              recent=recent)
+    else:
+        # A version with served tables is answered with numpy alone (no torch, no pandas: start-up
+        # is a fraction of a second); other strategies rebuild the strategy (torch).
+        model = open_served(args.registry, args.version)
+        if model is None:
+            from ..production.recommender import Recommender
+
+            model = Recommender.from_registry(args.registry, args.version)
+        answers = model.top_k(users, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
     if args.out:
         _write_csv(Path(args.out), lambda handle: _write_answers(handle, answers, model.version))
     else:
@@ -269,6 +294,36 @@ def _read_users(path: Path) -> list[str]:
     return users
 
 
+def _read_recent(path: Path, users: list, selector) -> list[list[str]]:
+    """Per queried user, the items of its rows in ``path`` (user,item CSV, file order = oldest
+    first); users are matched under the ids rule (" 42 " is 42). Rows of users not queried are
+    ignored."""
+    import csv
+
+    from ..errors import DataError
+    from ..production.served import normalise_query
+
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read recent items ({err})", path=str(path)) from None
+    if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["user", "item"]:
+        rows = rows[1:]
+        first_line = 2
+    else:
+        first_line = 1
+    kind = selector.user_kind
+    items_of: dict = {}
+    for line, row in enumerate(rows, start=first_line):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DataError("expected user,item (two non-empty columns)", path=str(path), line=line)
+        items_of.setdefault(normalise_query(row[0], kind), []).append(row[1].strip())
+    return [items_of.get(normalise_query(user, kind), []) for user in users]
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -294,6 +349,8 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-users", type=int, default=10_000, help="most users per batch request (default 10000)")
     parser.add_argument("--max-results", type=int, default=200_000,
                         help="most users x k per request (default 200000)")
+    parser.add_argument("--max-recent", type=int, default=1_000,
+                        help="most recent items per user a request may carry (default 1000)")
     parser.add_argument("--max-body", type=int, default=1_000_000,
                         help="largest request body in bytes (default 1000000); larger ones get a 413")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
@@ -311,7 +368,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..production.serve import Limits, create_app, host_warning
 
     limits = Limits(max_k=args.max_k, max_users=args.max_users, max_results=args.max_results,
-                    max_body=args.max_body)
+                    max_body=args.max_body, max_recent=args.max_recent)
     warning = host_warning(args.host)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

@@ -10,10 +10,11 @@ fallback to an older version is logged on ``smlrec.production`` (``smlrec serve`
 
 Endpoints::
 
-    GET  /recommend?user=ID&k=20&include_seen=false&strict=false
-         -> {"user", "version", "fallback", "items": [{"item", "score"}, ...]}
-    POST /recommend/batch  {"users": [ID, ...], "k": 20, "include_seen": false, "strict": false}
-         -> {"version", "results": [{"user", "fallback", "items": [...]}, ...]}
+    GET  /recommend?user=ID&k=20&include_seen=false&strict=false[&recent=ITEM&recent=ITEM...]
+         -> {"user", "version", "fallback", ["recent_used",] "items": [{"item", "score"}, ...]}
+    POST /recommend/batch  {"users": [ID, ...], "k": 20, "include_seen": false, "strict": false,
+                            "recent": [[ITEM, ...] | null, ...]}     (recent: optional, one per user)
+         -> {"version", "results": [{"user", "fallback", ["recent_used",] "items": [...]}, ...]}
     GET  /version -> {"version", "strategy", "created", "periods", "n_users", "n_items"}
     GET  /health  -> {"status": "ok" | "degraded", "version", "latest", "failed", "problem"}
     GET  /metrics -> Prometheus text: requests and latency per endpoint, served version, swaps
@@ -25,9 +26,15 @@ less than a hop to a worker thread; every other request (batches, large ``k``, `
 a version too large to precompute) is parsed, scored and encoded in a worker thread, so ``/health``
 and small queries keep being answered while it runs.
 
-Limits (:class:`Limits`, ``smlrec serve --max-k/--max-users/--max-results/--max-body``): a
-request body over ``max_body`` bytes is a 413; ``k`` over ``max_k``, more than ``max_users`` users
-or more than ``max_results`` (users x k) items in one answer is a 422 naming the limit. A 422 never
+Recent items (``recent``: a user's items since the version's data, oldest first) are scored as
+the replay scores a row after the user's earlier rows of the period (recommender.py); an answer
+that carried them says ``"recent_used": true``, or ``false`` when the strategy reads no history
+(its items are then only excluded). An item id the version does not know is a 422 naming it.
+
+Limits (:class:`Limits`, ``smlrec serve --max-k/--max-users/--max-results/--max-recent/--max-body``):
+a request body over ``max_body`` bytes is a 413; ``k`` over ``max_k``, more than ``max_users``
+users, more than ``max_results`` (users x k) items in one answer or more than ``max_recent``
+recent items for one user is a 422 naming the limit. A 422 never
 echoes a long input: values are cut to ``ECHO`` characters.
 """
 
@@ -70,9 +77,10 @@ class Limits:
     max_users: int = 10_000          # users per batch
     max_results: int = 200_000       # users x k per request (10,000 users at k = 20)
     max_body: int = 1_000_000        # bytes of a request body (10,000 ids of ~50 characters)
+    max_recent: int = 1_000          # recent items per user (the history strategies read the last 20-100)
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_users", "max_results", "max_body"):
+        for name in ("max_k", "max_users", "max_results", "max_body", "max_recent"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"serving limit {name} must be a whole number >= 1, got {value!r}")
@@ -85,6 +93,9 @@ class BatchRequest(BaseModel):
     k: int = Field(20, ge=1, description="items per user")
     include_seen: bool = Field(False, description="keep items the user already has")
     strict: bool = Field(False, description="404 for an unknown user instead of the cold-start rule")
+    recent: list[list[str | int] | None] | None = Field(
+        None, description="per user (same order as users; null for none): raw ids of the items the user "
+                          "interacted with since the served version's data, oldest first")
 
 
 class RequestError(Exception):
@@ -309,6 +320,19 @@ def _items(answer: Answer) -> list[dict[str, Any]]:
     return [{"item": item, "score": score} for item, score in zip(answer.items, answer.scores)]
 
 
+def _result(answer: Answer, version: int | None = None) -> dict[str, Any]:
+    """One user's JSON answer (with the version for GET /recommend); ``recent_used`` only when the
+    query carried recent items."""
+    out: dict[str, Any] = {"user": answer.user}
+    if version is not None:
+        out["version"] = version
+    out["fallback"] = answer.fallback
+    if answer.recent_used is not None:
+        out["recent_used"] = answer.recent_used
+    out["items"] = _items(answer)
+    return out
+
+
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(content=orjson.dumps(payload), status_code=status, media_type="application/json")
 
@@ -316,6 +340,24 @@ def _json(payload: Any, status: int = 200) -> Response:
 def _cheap(model: Recommender, k: int, include_seen: bool) -> bool:
     """Whether one user's answer is a lookup in the precomputed table (answered on the loop)."""
     return model.selector.cache is not None and not include_seen and k <= CACHE_K
+
+
+def _check_recent(limits: Limits, model: Recommender, users: list, recent: list | None) -> None:
+    """422 for too many recent items for one user, or an item id the version does not know."""
+    if recent is None:
+        return
+    if len(recent) != len(users):
+        raise RequestError(422, f"recent has {len(recent)} entries for {len(users)} users (one per user, "
+                                "null for none)")
+    for user, items in zip(users, recent):
+        if items and len(items) > limits.max_recent:
+            raise RequestError(422, f"{len(items)} recent items for user {_short(user)!r} is over this "
+                                    f"server's limit of {limits.max_recent} (smlrec serve --max-recent)")
+        if items:
+            try:
+                model.selector.item_rows(list(items), _short(user))
+            except DataError as err:
+                raise RequestError(422, str(err)) from None
 
 
 def _check_size(limits: Limits, users: int, k: int) -> None:
@@ -338,7 +380,11 @@ QUERY_PARAMETERS = [
     {"name": "include_seen", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
      "description": "keep items the user already has"},
     {"name": "strict", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
-     "description": "404 for an unknown user instead of the cold-start rule"}]
+     "description": "404 for an unknown user instead of the cold-start rule"},
+    {"name": "recent", "in": "query", "required": False,
+     "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": True,
+     "description": "raw id of an item the user interacted with since the version's data; repeat the "
+                    "parameter for several, oldest first"}]
 _TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
 _FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
 
@@ -452,9 +498,14 @@ def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0,
         except RequestError as err:
             metrics.observe("recommend", err.status, time.perf_counter() - began)
             return _json({"detail": err.detail}, err.status)
+        recent = [item for item in request.query_params.getlist("recent") if item.strip()] or None
 
         def build(model: Recommender) -> tuple[Any, int]:
             _check_size(limits, 1, k)
+            if recent is not None:
+                _check_recent(limits, model, [user], [recent])
+                top = model.top_k([user], k=k, exclude_seen=not include_seen, strict=strict, recent=[recent])[0]
+                return _result(top, version=model.version), int(top.fallback)
             encoded = getattr(model, "encoded", None)
             if encoded is not None and not include_seen and k <= encoded.width:
                 row = int(model.selector.check([user], k, strict)[0])
@@ -465,7 +516,7 @@ def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0,
             return ({"user": user, "version": model.version, "fallback": top.fallback, "items": _items(top)},
                     int(top.fallback))
 
-        if _cheap(holder.current, k, include_seen):
+        if recent is None and _cheap(holder.current, k, include_seen):
             return answer("recommend", began, build)
         return await run_in_threadpool(answer, "recommend", began, build)
 
@@ -486,8 +537,10 @@ def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0,
             except ValidationError as err:
                 raise RequestError(422, _errors(err.errors(include_url=False))) from None
             _check_size(limits, len(query.users), query.k)
+            _check_recent(limits, model, query.users, query.recent)
+            recent = query.recent if query.recent is not None and any(query.recent) else None
             encoded = getattr(model, "encoded", None)
-            if encoded is not None and not query.include_seen and query.k <= encoded.width:
+            if recent is None and encoded is not None and not query.include_seen and query.k <= encoded.width:
                 rows = model.selector.check(query.users, query.k, query.strict).tolist()
                 k = query.k
                 results = b",".join(b'{"user":%s,"fallback":%s,"items":%s}' % (
@@ -495,10 +548,10 @@ def create_app(registry: str | Path | ModelRegistry, poll_seconds: float = 2.0,
                     for user, row in zip(query.users, rows))
                 return (EncodedAnswer(b'{"version":%d,"results":[%s]}' % (model.version, results)),
                         sum(row < 0 for row in rows))
-            answers = model.top_k(query.users, k=query.k, exclude_seen=not query.include_seen, strict=query.strict)
+            answers = model.top_k(query.users, k=query.k, exclude_seen=not query.include_seen, strict=query.strict,
+                                  recent=recent)
             # one small dumps per user: a single dumps of megabytes would hold the GIL throughout
-            results = b",".join(orjson.dumps({"user": a.user, "fallback": a.fallback, "items": _items(a)})
-                                for a in answers)
+            results = b",".join(orjson.dumps(_result(a)) for a in answers)
             return (EncodedAnswer(b'{"version":%d,"results":[%s]}' % (model.version, results)),
                     sum(a.fallback for a in answers))
 

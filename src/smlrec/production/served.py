@@ -49,6 +49,7 @@ class Answer:
     items: list
     scores: list[float]
     fallback: bool
+    recent_used: bool | None = None   # None: no recent items given; False: the strategy reads no history
 
 
 def id_kind(ids: np.ndarray) -> str:
@@ -129,6 +130,7 @@ class Selector:
         self.user_kind = id_kind(user_ids)
         self.user_row = {uid: row for row, uid in enumerate(user_ids.tolist())}
         self.item_list = item_ids.tolist()              # raw ids as Python values, for answers
+        self._item_row: dict | None = None              # raw item id -> row, built on first use
         # Seen items as CSR: the keys are sorted by user, then item (key = user << 32 | item).
         pair_keys = np.asarray(pair_keys, np.int64)
         self.seen_indptr = np.searchsorted(pair_keys >> 32, np.arange(len(user_ids) + 1, dtype=np.int64))
@@ -138,6 +140,21 @@ class Selector:
         self._cold_scores = cold_scores
         self._cold: tuple[np.ndarray, np.ndarray] | None = None      # (items, values), best first
         self.cache: tuple[np.ndarray, np.ndarray] | None = None      # prepare(): [n_users, CACHE_K]
+
+    def item_rows(self, item_ids: Sequence[Any], user: Any = None) -> np.ndarray:
+        """Table rows of raw item ids under the ids rule; an id this version does not know is a
+        DataError naming it (and ``user``, whose recent items they are)."""
+        if self._item_row is None:
+            self._item_row = {iid: row for row, iid in enumerate(self.item_list)}
+        kind, rows = id_kind(self.item_ids), self._item_row
+        out = np.fromiter((rows.get(normalise_query(q, kind), -1) for q in item_ids), dtype=np.int64,
+                          count=len(item_ids))
+        if (out < 0).any():
+            bad = item_ids[int(np.argmax(out < 0))]
+            whose = "" if user is None else f" of user {user!r}"
+            raise DataError(f"unknown item {bad!r} in the recent items{whose} (not in version {self.version}); "
+                            "drop it, or apply the batch that holds it with `smlrec update` first")
+        return out
 
     def lookup(self, user_ids: Sequence[Any]) -> np.ndarray:
         """Table rows of raw user ids (-1 for unknown), under the ids rule (" 42 " finds 42)."""

@@ -189,7 +189,9 @@ class _WindowedStrategy(Strategy):
         return counts[candidates.cpu()].to(self.device)
 
     def _period_key(self, period: Period) -> tuple:
-        return (period.index, period.start, len(period), self.periods_seen, self.n_users, self.n_items)
+        # the period object itself is part of the key (Period compares by identity): production
+        # builds a new query period per request, with the same index, start and maybe length
+        return (period, period.index, period.start, len(period), self.periods_seen, self.n_users, self.n_items)
 
     def _rows_state(self) -> dict[str, Any]:
         return {"rows_users": self.rows_users.copy(), "rows_items": self.rows_items.copy(),

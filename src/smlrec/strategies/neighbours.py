@@ -180,7 +180,9 @@ class HistoryStrategy(Strategy):
 
     def period_contexts(self, period: Period) -> np.ndarray:
         """The history of every row of a period about to be scored (cached until the next update)."""
-        key = (period.index, period.start, len(period), self.blocks)
+        # the period object itself is part of the key (Period compares by identity): production
+        # builds a new query period per request, with the same index, start and maybe length
+        key = (period, period.index, period.start, len(period), self.blocks)
         if self._scored is None or self._scored[0] != key:
             contexts, _, _ = sequence_contexts(self.windows, period.users, period.items)
             self._scored = (key, contexts)

@@ -232,7 +232,9 @@ class SequentialStrategy(Strategy):
     # -- serving ---------------------------------------------------------------------------
     def period_contexts(self, period: Period) -> np.ndarray:
         """Contexts of every row of a period about to be scored (cached until the next update)."""
-        key = (period.index, period.start, len(period), self.periods_seen)
+        # the period object itself is part of the key (Period compares by identity): production
+        # builds a new query period per request, with the same index, start and maybe length
+        key = (period, period.index, period.start, len(period), self.periods_seen)
         if self._scored is None or self._scored[0] != key:
             contexts, _, _ = sequence_contexts(self.windows, period.users, period.items)
             self._scored = (key, contexts)
