@@ -352,6 +352,36 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def top_order(names, values, n: int = 3) -> list[tuple[str, float]]:
+    """The ``n`` best (name, value) pairs, highest value first; equal values keep the given order,
+    missing values never count."""
+    pairs = [(str(a), float(v)) for a, v in zip(names, values) if v is not None and np.isfinite(v)]
+    return sorted(pairs, key=lambda pair: -pair[1])[:n]
+
+
+def order_line(pairs: list[tuple[str, float]]) -> str:
+    """``ease (.3501) > itemknn (.3457) = sknn (.3457)``: ``=`` between equal values."""
+    text = ""
+    for i, (name, value) in enumerate(pairs):
+        if i:
+            # equal up to float summation order (the same hits averaged over the same rows)
+            text += " = " if abs(value - pairs[i - 1][1]) <= 1e-12 else " > "
+        text += f"{name} ({value:.4f})"
+    return text or "(none)"
+
+
+def top_three(summary: pd.DataFrame, n: int = 3) -> dict[str, list[tuple[str, float]]]:
+    """Per protocol of ``summary`` (summary.csv rows), its ``n`` best strategies by the protocol's
+    main metric: Recall@20 under sampled and full, AUC under auc."""
+    summary = with_protocol(summary)
+    out = {}
+    for protocol in protocols_of(summary):
+        mine = summary[summary["protocol"] == protocol]
+        metric = "auc" if protocol == "auc" else "recall@20"
+        out[protocol] = top_order(mine["strategy"], mine[metric].to_numpy(dtype=float), n)
+    return out
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """A plain-text table of the summary for the terminal, one block per protocol."""
     if summary.empty:
@@ -373,5 +403,8 @@ def format_summary(summary: pd.DataFrame) -> str:
                  for c in segments}
         text = shown.rename(columns=names).to_string(index=False)
         blocks.append(text if len(protocols) == 1 else f"protocol {protocol}:\n{text}")
+    if len(protocols) > 1:   # does the order survive a change of protocol?
+        blocks.append("top three per protocol (R@20; AUC under auc):\n" + "\n".join(
+            f"  {protocol}: {order_line(pairs)}" for protocol, pairs in top_three(summary).items()))
     warnings = collapse_warnings(summary)
     return "\n\n".join(blocks + (["\n".join(warnings)] if warnings else []))
