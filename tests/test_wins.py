@@ -120,3 +120,111 @@ def test_top_three_lines_put_the_protocols_side_by_side():
     assert top["sampled R@20 strategy"].tolist() == ["ease", "knn", "pop"]
     assert top["full R@20 strategy"].tolist() == ["knn", "ease", "pop"]
     assert "| 1 | ease (0.3500) | knn (0.1000) |" in top_three_text(top).markdown()
+
+
+# ----------------------------------------------------------------------------------------------
+# the rows a replay saves, the report's section and figure, several runs and logs
+
+import json  # noqa: E402  (kept beside the replay tests that need it)
+from pathlib import Path  # noqa: E402
+
+from smlrec.cli import main  # noqa: E402
+
+from helpers import write_generic_log  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FAST = ["--periods", "7", "--plan", "2,2,1,2", "--pretrain-epochs", "1", "--threads", "1", "--no-progress",
+        "--set", "mf.dim=8", "--set", "n_negatives=49", "--bootstrap", "50", "--protocol", "sampled,full"]
+
+
+@pytest.fixture(scope="module")
+def replays(tmp_path_factory) -> dict[str, Path]:
+    """Two runs of one log (different strategies), one run of another log; no report."""
+    root = tmp_path_factory.mktemp("wins")
+    # 150 users over 600 rows: test periods hold cold users and every history bucket.
+    log_a = write_generic_log(root / "log-a.csv", n_rows=600, n_users=150, n_items=80, seed=3)
+    log_b = write_generic_log(root / "log-b.csv", n_rows=500, n_users=100, n_items=60, seed=5)
+    runs = {"a1": (log_a, "pop,pop-recent"), "a2": (log_a, "itemknn"), "b1": (log_b, "pop,itemknn")}
+    for name, (data, strategies) in runs.items():
+        assert main(["replay", "--data", str(data), "--strategies", strategies, "--no-report",
+                     "--out", str(root / name), *FAST]) == 0
+    return {"root": root, "log-a": log_a, **{name: root / name for name in runs}}
+
+
+def test_saved_rows_hold_each_test_row_its_history_and_every_rank(replays):
+    rows = pd.read_csv(replays["a1"] / "test_rows.csv.gz")
+    log = pd.read_csv(replays["log-a"])          # time-sorted, one row per log position
+    config = json.loads((replays["a1"] / "config.json").read_text())
+    tests = [p for p in config["periods"] if p["role"] == "test"]
+    assert len(rows) == 2 * sum(p["interactions"] for p in tests)
+    assert list(dict.fromkeys(rows["protocol"])) == ["sampled", "full"]
+    assert list(rows.columns[-2:]) == ["rank:pop", "rank:pop-recent"]
+    users = log["user"].to_numpy()
+    first_period = {}
+    bounds = np.cumsum([0, *[p["interactions"] for p in config["periods"]]])
+    for position in rows["position"].unique():
+        user = users[position]
+        # history: that user's rows strictly before the scored one (never the row itself)
+        assert rows.loc[rows["position"] == position, "history"].iloc[0] == int((users[:position] == user).sum())
+    for user in np.unique(users):
+        first_period[user] = int(np.searchsorted(bounds, np.flatnonzero(users == user)[0], side="right") - 1)
+    cold = np.array([first_period[users[g]] >= p for g, p in zip(rows["position"], rows["period"])])
+    np.testing.assert_array_equal(rows["cold_user"].to_numpy() == 1, cold)
+    assert rows["cold_user"].any() and (rows["history"] == 0).any() and (rows["history"] >= 5).any()
+    # the ranks are the ones the summary averages: R@20 = share of rows ranked < 20
+    summary = pd.read_csv(replays["a1"] / "summary.csv").set_index(["protocol", "strategy"])
+    for (protocol, strategy), row in summary.iterrows():
+        mine = rows[rows["protocol"] == protocol]
+        assert (mine[f"rank:{strategy}"] < 20).mean() == pytest.approx(row["recall@20"], abs=1e-12)
+        assert (mine[f"rank:{strategy}"] < 10).mean() == pytest.approx(row["recall@10"], abs=1e-12)
+
+
+def test_report_writes_the_who_wins_figure_table_and_top_three(replays, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(replays["a1"]), str(replays["a2"]), "--out", str(out)]) == 0
+    for name in ("who_wins.png", "who_wins_full.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    wins = pd.read_csv(out / "who_wins.csv")
+    assert set(wins["strategy"]) == {"pop", "pop-recent", "itemknn"}        # the two runs combined
+    assert list(dict.fromkeys(wins["group"])) == ["warm users", "cold users", "history 0", "history 1-4",
+                                                  "history 5-19", "history 20+"]
+    # every group with rows has exactly the winners at its highest R@20
+    for (protocol, group), rows in wins[wins["interactions"] > 0].groupby(["protocol", "group"]):
+        assert rows.loc[rows["winner"], "recall@20"].min() == rows["recall@20"].max()
+    page = (out / "report.md").read_text()
+    assert "## Who wins where: user groups" in page and "![Recall@20 per user group, protocol full]" in page
+    top = pd.read_csv(out / "protocol_top3.csv")
+    assert list(top.columns) == ["place", "sampled R@20 strategy", "sampled R@20", "full R@20 strategy",
+                                 "full R@20"]
+    assert "The top three under each protocol, side by side" in page
+
+
+def test_wins_puts_each_log_in_its_own_row_and_combines_runs_of_one_log(replays, tmp_path, capsys):
+    out = tmp_path / "wins"
+    assert main(["wins", str(replays["a1"]), str(replays["b1"]), str(replays["a2"]), "--out", str(out),
+                 "--history-buckets", "0,5"]) == 0
+    wins = pd.read_csv(out / "who_wins.csv")
+    assert list(dict.fromkeys(wins["log"])) == ["log-a.csv", "log-b.csv"]
+    assert set(wins.loc[wins["log"] == "log-a.csv", "strategy"]) == {"pop", "pop-recent", "itemknn"}
+    assert set(wins.loc[wins["log"] == "log-b.csv", "strategy"]) == {"pop", "itemknn"}
+    assert set(wins["group"]) == {"warm users", "cold users", "history 0-4", "history 5+"}
+    assert (out / "who_wins.png").read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert "log-b.csv, full: warm users:" in printed
+    # the same log's groups do not depend on which other runs were given
+    alone = tmp_path / "alone"
+    assert main(["wins", str(replays["a1"]), str(replays["a2"]), "--out", str(alone),
+                 "--history-buckets", "0,5"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(alone / "who_wins.csv"),
+                                  wins[wins["log"] == "log-a.csv"].reset_index(drop=True))
+
+
+def test_runs_without_saved_rows_say_so(tmp_path, capsys):
+    from test_reports import make_run
+
+    run = make_run(tmp_path, "old", {"pop": [0.1, 0.1, 0.2, 0.2]})
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert "Not available: these runs were written before" in (tmp_path / "report" / "report.md").read_text()
+    assert main(["wins", str(run), "--out", str(tmp_path / "wins")]) != 0
+    assert "no test_rows.csv.gz" in capsys.readouterr().err
+    assert not (tmp_path / "wins").exists()

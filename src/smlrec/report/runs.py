@@ -188,6 +188,10 @@ def combine_runs(runs: Sequence[Run]) -> Combined:
             mine = run.rows.rename(columns={f"{RANK_PREFIX}{s}": f"{RANK_PREFIX}{d}" for s, d in rename.items()})
             # Aligned runs score the same rows; a protocol one run lacks leaves its ranks empty.
             rows = mine if rows is None else rows.merge(mine, on=ROW_COLUMNS, how="outer", sort=False)
+    if rows is not None:   # an outer merge may reorder: protocols in the runs' order, rows in log order
+        order = {p: i for i, p in enumerate(dict.fromkeys(pd.concat(periods)["protocol"]))}
+        rows = (rows.assign(_order=rows["protocol"].map(order).fillna(len(order)))
+                .sort_values(["_order", "position"], kind="stable").drop(columns="_order").reset_index(drop=True))
     return Combined(runs=runs, periods=pd.concat(periods, ignore_index=True),
                     breakdown=pd.concat(breakdowns, ignore_index=True), strategies=strategies,
                     origin=origin, warm_cold=pd.concat(warm_colds, ignore_index=True),
