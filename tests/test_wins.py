@@ -3,18 +3,24 @@ figure and table, several runs and several logs."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from smlrec.cli import main
 from smlrec.errors import ConfigError
+from smlrec.evaluation.groups import (bucket_labels, history_buckets, history_lengths, history_lengths_reference,
+                                      parse_edges)
 from smlrec.evaluation.uncertainty import RowOutcomes, bootstrap
 from smlrec.experiment.results import format_summary, order_line, top_order
 from smlrec.random import make_rng
 from smlrec.report.tables import top_three_table, top_three_text
 from smlrec.report.wins import TIED_MARK, WINNER_MARK, group_table, wins_text
-from smlrec.evaluation.groups import (bucket_labels, history_buckets, history_lengths, history_lengths_reference,
-                                      parse_edges)
+
+from helpers import write_generic_log
 
 
 def test_history_lengths_count_only_earlier_rows_of_the_user():
@@ -124,13 +130,6 @@ def test_top_three_lines_put_the_protocols_side_by_side():
 
 # ----------------------------------------------------------------------------------------------
 # the rows a replay saves, the report's section and figure, several runs and logs
-
-import json  # noqa: E402  (kept beside the replay tests that need it)
-from pathlib import Path  # noqa: E402
-
-from smlrec.cli import main  # noqa: E402
-
-from helpers import write_generic_log  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = ["--periods", "7", "--plan", "2,2,1,2", "--pretrain-epochs", "1", "--threads", "1", "--no-progress",

@@ -80,7 +80,8 @@ def ranked_strategies(rows: pd.DataFrame, strategies: Sequence[str]) -> list[str
 
 
 def group_table(rows: pd.DataFrame, strategies: Sequence[str], n_resamples: int, seed: int,
-                unit: str = "user", edges: Sequence[int] = HISTORY_EDGES, stream: Sequence[str] = ()) -> pd.DataFrame:
+                unit: str = "user", edges: Sequence[int] = HISTORY_EDGES,
+                stream: Sequence[str] = ()) -> pd.DataFrame:
     """R@20 per (group, strategy) over ``rows`` (one protocol of one log) with its 95% interval
     and the winner/tie marks (module docstring)."""
     strategies = ranked_strategies(rows, strategies)
