@@ -38,7 +38,7 @@ def test_replay_writes_the_documented_results(tmp_path, capsys):
     assert "full-retrain" in printed and str(out) in printed
     assert sorted(p.name for p in out.iterdir()) == ["breakdown.csv", "config.json", "periods.csv",
                                                      "report", "significance.csv", "summary.csv",
-                                                     "warm_cold.csv"]
+                                                     "test_rows.csv.gz", "warm_cold.csv"]
     assert (out / "report" / "report.md").is_file()
 
     periods = pd.read_csv(out / "periods.csv")

@@ -18,7 +18,7 @@ from helpers import write_generic_log
 
 TIMED = ("update_seconds", "scoring_seconds")
 RESULT_FILES = ["breakdown.csv", "config.json", "periods.csv", "significance.csv", "summary.csv",
-                "warm_cold.csv"]
+                "test_rows.csv.gz", "warm_cold.csv"]
 
 
 def _replay(data: Path, out: Path, jobs: int, cache: Path) -> int:
@@ -49,7 +49,8 @@ def test_jobs_2_writes_the_results_of_jobs_1(tmp_path):
     assert _replay(data, one, 1, tmp_path / "cache1") == 0
     assert _replay(data, two, 2, tmp_path / "cache2") == 0      # draws its own candidates
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) == RESULT_FILES
-    for name in ("periods.csv", "summary.csv", "breakdown.csv", "warm_cold.csv", "significance.csv"):
+    for name in ("periods.csv", "summary.csv", "breakdown.csv", "warm_cold.csv", "significance.csv",
+                 "test_rows.csv.gz"):
         pd.testing.assert_frame_equal(_untimed(two / name), _untimed(one / name), check_exact=True)
     periods = pd.read_csv(two / "periods.csv")
     assert list(dict.fromkeys(periods["strategy"])) == json.loads((one / "config.json").read_text())["strategies"]

@@ -2,7 +2,7 @@
 
 Each command group is one module that registers its subcommands with ``@command`` (see
 common.py) when imported here: replay.py (replay, strategies), data.py, production.py (init,
-update, recommend, serve), report.py (report, sweep), tune.py, synth.py. The order of the imports is the
+update, recommend, serve), report.py (report, wins, sweep), tune.py, synth.py. The order of the imports is the
 order of the commands in ``smlrec --help``. Nothing outside this package imports it.
 """
 

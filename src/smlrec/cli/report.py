@@ -1,4 +1,4 @@
-"""Subcommands ``report`` and ``sweep``: argument parsing only (see report/ and experiment/)."""
+"""Subcommands ``report``, ``wins`` and ``sweep``: argument parsing only (see report/ and experiment/)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,47 @@ def run_report(args: argparse.Namespace) -> int:
         raise ConfigError("several RUN_DIRs: give --out REPORT_DIR")
     write_report(args.run_dirs, out, reference=args.reference)
     print(f"Report written to {out}/ (open {out / 'report.html'})")
+    return 0
+
+
+def _wins_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="replay results directories, of one log or several: runs of the same log "
+                             "are combined, each log gets its own row of panels")
+    parser.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    parser.add_argument("--history-buckets", default="0,1,5,20", metavar="E0,E1,...",
+                        help="lower edges of the history-length buckets (default 0,1,5,20: "
+                             "0, 1-4, 5-19, 20+ earlier rows of the user)")
+
+
+@command("wins", _wins_arguments)
+def run_wins(args: argparse.Namespace) -> int:
+    """Who wins where: test R@20 per log and user group (warm/cold, history length), with intervals."""
+    from ..atomic import atomic_directory
+    from ..errors import ConfigError
+    from ..evaluation.groups import parse_edges
+    from ..report.runs import load_run
+    from ..report.wins import logs_of, winners_line, write_wins
+
+    edges = parse_edges(args.history_buckets)
+    logs = logs_of([load_run(path) for path in args.run_dirs])
+    missing = [run.shown_path for log in logs for run in log.combined.runs if run.rows is None]
+    if len(missing) == len(args.run_dirs):
+        raise ConfigError(f"{missing[0]}: no test_rows.csv.gz (written by replays of this version "
+                          "on); replay again to get per-row results")
+    out = Path(args.out)
+    with atomic_directory(out) as tmp:
+        table, _ = write_wins(logs, tmp, edges)
+        if table.empty:
+            raise ConfigError("no test row ranked under a ranking protocol (sampled or full) in "
+                              + ", ".join(args.run_dirs))
+    for log in dict.fromkeys(table["log"]):
+        for protocol in dict.fromkeys(table["protocol"]):
+            print(f"{log}, {protocol}: {winners_line(table, log, protocol)}")
+    for path in missing:
+        print(f"warning: {path} has no test_rows.csv.gz (written before per-row results); its "
+              "strategies are left out", file=sys.stderr)
+    print(f"Who wins where written to {out}/ (who_wins.csv, .md, .png)")
     return 0
 
 

@@ -22,6 +22,11 @@
   interactions and the metrics; "new" = first seen in a test period (the paper's analysis).
 * ``warm_cold.csv``: the same columns, groups warm/cold: "cold" = no interaction in an earlier
   period (the model has never trained on that user or item).
+* ``test_rows.csv.gz``: one line per (ranking protocol, test row): protocol, period, position
+  (in the log), user (index), cold_user (1 = no interaction in an earlier period), history (the
+  user's rows strictly before this one) and ``rank:<strategy>``: each strategy's rank of the
+  row's positive (0 = first). What the report's per-group results ("who wins where") are
+  bootstrapped from; absent in runs written before it.
 * ``config.json``: every effective setting, the data file's sha256, the package version, the
   seconds each protocol's scoring took in all (``scoring_seconds``) and the bootstrap's seconds.
 
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ from .. import __version__
 from ..atomic import atomic_directory
 from ..config import to_dict
 from ..evaluation.collapse import is_collapsed
+from ..evaluation.groups import history_lengths
 from ..evaluation.metrics import METRIC_NAMES, micro_average
 from ..evaluation.protocols import ALL_METRICS, AUC_METRICS, row_logloss
 from ..evaluation.uncertainty import RowOutcomes, bootstrap, rank_values
@@ -69,6 +75,12 @@ SUMMARY_COLUMNS = ["strategy", *METRIC_NAMES, "test_interactions", "update_secon
 BREAKDOWN_COLUMNS = ["strategy", "period", "role", "user_group", "item_group", "interactions",
                      *METRIC_NAMES, "protocol", *AUC_METRICS]
 SIGNIFICANCE_COLUMNS = ["protocol", "metric", "best", "strategy", "difference", "p_value"]
+ROWS_FILE = "test_rows.csv.gz"
+"""Per scored test row and ranking protocol: the row's user, groups and every strategy's rank."""
+ROW_COLUMNS = ["protocol", "period", "position", "user", "cold_user", "history"]
+RANK_PREFIX = "rank:"
+"""The rank columns of ``test_rows.csv.gz`` are ``rank:<strategy>`` (a name never clashes with a
+fixed column)."""
 
 
 def periods_frame(records) -> pd.DataFrame:
@@ -225,6 +237,39 @@ def breakdown_frame(records, field: str = "breakdown") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)
 
 
+def rows_frame(records, timeline, role: str = "test") -> pd.DataFrame:
+    """One line per (ranking protocol, scored row of ``role``): protocol, period, the row's log
+    position, its user index, ``cold_user`` (1 when the user had no row in an earlier period),
+    ``history`` (the user's rows strictly before this one: evaluation/groups.py) and one
+    ``rank:<strategy>`` column per strategy (0 = first). The auc protocol has no ranks: not listed.
+
+    What per-group results are computed from afterwards, without re-scoring (report/wins.py)."""
+    chosen = [r for r in records if r.role == role and r.protocol != "auc" and r.ranks is not None]
+    if not chosen:
+        return pd.DataFrame(columns=ROW_COLUMNS)
+    history = history_lengths(timeline.log.user_idx)
+    user_first, _ = timeline.first_seen_period()
+    by_index = {p.index: p for p in timeline.periods}
+    blocks = []
+    for protocol in dict.fromkeys(r.protocol for r in chosen):
+        mine = [r for r in chosen if r.protocol == protocol]
+        strategies = list(dict.fromkeys(r.strategy for r in mine))
+        by_key = {(r.strategy, r.period): r for r in mine}
+        for index in sorted({r.period for r in mine}):
+            period = by_index[index]
+            positions = period.positions
+            block = pd.DataFrame({"protocol": protocol, "period": index, "position": positions,
+                                  "user": period.users.astype(np.int64),
+                                  "cold_user": (user_first[period.users] >= index).astype(np.int8),
+                                  "history": history[positions]})
+            for strategy in strategies:
+                record = by_key.get((strategy, index))
+                block[f"{RANK_PREFIX}{strategy}"] = (np.asarray(record.ranks, dtype=np.int64)
+                                                     if record is not None else -1)
+            blocks.append(block)
+    return pd.concat(blocks, ignore_index=True)
+
+
 def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
@@ -239,6 +284,7 @@ class ResultTables:
     breakdown: pd.DataFrame
     warm_cold: pd.DataFrame
     bootstrap_seconds: float
+    rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROW_COLUMNS))
 
 
 def result_tables(result) -> ResultTables:
@@ -253,7 +299,7 @@ def result_tables(result) -> ResultTables:
     bootstrap_seconds = time.perf_counter() - began
     return ResultTables(periods, with_intervals(summary_frame(periods), intervals), significance,
                         breakdown_frame(result.records), breakdown_frame(result.records, "warm_cold"),
-                        bootstrap_seconds)
+                        bootstrap_seconds, rows_frame(result.records, result.timeline))
 
 
 def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
@@ -270,6 +316,8 @@ def write_results(out: Path, result, extra_config: dict[str, Any] | None = None,
         tables.significance.to_csv(tmp / "significance.csv", index=False)
         tables.breakdown.to_csv(tmp / "breakdown.csv", index=False)
         tables.warm_cold.to_csv(tmp / "warm_cold.csv", index=False)
+        # mtime 0 in the gzip header: the same results give the same bytes
+        tables.rows.to_csv(tmp / ROWS_FILE, index=False, compression={"method": "gzip", "mtime": 0})
         timeline = result.timeline
         config = {
             "smlrec_version": __version__,
@@ -304,6 +352,36 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def top_order(names, values, n: int = 3) -> list[tuple[str, float]]:
+    """The ``n`` best (name, value) pairs, highest value first; equal values keep the given order,
+    missing values never count."""
+    pairs = [(str(a), float(v)) for a, v in zip(names, values) if v is not None and np.isfinite(v)]
+    return sorted(pairs, key=lambda pair: -pair[1])[:n]
+
+
+def order_line(pairs: list[tuple[str, float]]) -> str:
+    """``ease (.3501) > itemknn (.3457) = sknn (.3457)``: ``=`` between equal values."""
+    text = ""
+    for i, (name, value) in enumerate(pairs):
+        if i:
+            # equal up to float summation order (the same hits averaged over the same rows)
+            text += " = " if abs(value - pairs[i - 1][1]) <= 1e-12 else " > "
+        text += f"{name} ({value:.4f})"
+    return text or "(none)"
+
+
+def top_three(summary: pd.DataFrame, n: int = 3) -> dict[str, list[tuple[str, float]]]:
+    """Per protocol of ``summary`` (summary.csv rows), its ``n`` best strategies by the protocol's
+    main metric: Recall@20 under sampled and full, AUC under auc."""
+    summary = with_protocol(summary)
+    out = {}
+    for protocol in protocols_of(summary):
+        mine = summary[summary["protocol"] == protocol]
+        metric = "auc" if protocol == "auc" else "recall@20"
+        out[protocol] = top_order(mine["strategy"], mine[metric].to_numpy(dtype=float), n)
+    return out
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """A plain-text table of the summary for the terminal, one block per protocol."""
     if summary.empty:
@@ -325,5 +403,8 @@ def format_summary(summary: pd.DataFrame) -> str:
                  for c in segments}
         text = shown.rename(columns=names).to_string(index=False)
         blocks.append(text if len(protocols) == 1 else f"protocol {protocol}:\n{text}")
+    if len(protocols) > 1:   # does the order survive a change of protocol?
+        blocks.append("top three per protocol (R@20; AUC under auc):\n" + "\n".join(
+            f"  {protocol}: {order_line(pairs)}" for protocol, pairs in top_three(summary).items()))
     warnings = collapse_warnings(summary)
     return "\n\n".join(blocks + (["\n".join(warnings)] if warnings else []))

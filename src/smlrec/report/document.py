@@ -9,7 +9,8 @@ What :func:`write_report` writes into the report directory:
   relative improvement of the reference strategy over each other one, ``(ref - m) / m`` averaged
   over the six metric columns (sml-method.md section 5). Under the first ranking protocol
   (``sampled`` when scored); ``table1_<protocol>.*`` for each other protocol (AUC and LogLoss
-  under ``auc``), and ``protocol_order.md`` / ``.csv``: each strategy's place under each protocol;
+  under ``auc``), and ``protocol_order.md`` / ``.csv``: each strategy's place under each protocol,
+  ``protocol_top3.csv``: the three best strategies of each protocol side by side;
 * ``cost_accuracy_<protocol>.png``: mean update seconds (log) against R@20 (AUC under ``auc``)
   with 95% intervals, one point per strategy;
 * ``per_period.png``: Recall@20 and NDCG@20 per test period, one line per strategy;
@@ -17,6 +18,10 @@ What :func:`write_report` writes into the report directory:
   mean and the ratio of each mean to the fastest one (the paper's Table 2);
 * ``breakdown.md`` / ``breakdown.csv`` / ``breakdown.png``: metrics split by old/new user x
   old/new item, micro-averaged over the test periods;
+* ``who_wins.csv`` / ``who_wins.md`` / ``who_wins.png`` (``who_wins_<protocol>.*`` for each
+  other ranking protocol): test R@20 per user group (warm/cold, history-length buckets) with 95%
+  intervals, the winner and the strategies tied with it (:mod:`.wins`), when the runs saved
+  ``test_rows.csv.gz``;
 * ``report.md``: one page tying these together with each run's settings and data hash, and
   ``report.html``: the same page with the images embedded, one self-contained file.
 
@@ -41,7 +46,9 @@ from .figures import plot_breakdown, plot_cost_accuracy, plot_per_period
 from .runs import Combined, Run, load_runs
 from .tables import (BELOW_FLOOR, COLLAPSED_MARK, NOT_SIGNIFICANT, WARM_COLD_ORDER, TextTable, breakdown_table,
                      breakdown_text, cost_table, cost_text, key_metrics, metric_label, order_metric,
-                     order_table, order_text, segment_table, segment_text, table1, table1_text)
+                     order_table, order_text, segment_table, segment_text, table1, table1_text, top_three_table,
+                     top_three_text)
+from .wins import TIED_MARK, WINNER_MARK, Log, winners_line, wins_text, write_wins
 
 PROTOCOL_TEXT = {
     "sampled": "each test interaction's item ranked among 1 positive + 999 negatives sampled from "
@@ -184,6 +191,8 @@ class Report:
     files: list[str]
     tables1: dict[str, pd.DataFrame] = field(default_factory=dict)   # protocol -> Table 1
     order: pd.DataFrame | None = None                                # places under each protocol
+    top_three: pd.DataFrame | None = None                            # best three per protocol
+    wins: pd.DataFrame | None = None                                 # who wins where (user groups)
 
 
 def build_report(combined: Combined, out: Path, reference: str | None = None) -> Report:
@@ -203,9 +212,12 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
         (out / f"{stem}.md").write_text(t1_texts[protocol].markdown())
         (out / f"{stem}.tex").write_text(t1_texts[protocol].latex())
     order = order_table(everything) if len(protocols) > 1 else None
+    top = top_three_table(order) if order is not None else None
     if order is not None:
         order.to_csv(out / "protocol_order.csv")
-        (out / "protocol_order.md").write_text(order_text(order).markdown())
+        top.to_csv(out / "protocol_top3.csv")
+        (out / "protocol_order.md").write_text(order_text(order).markdown() + "\nTop three per protocol:\n\n"
+                                               + top_three_text(top).markdown())
 
     segments = segment_table(combined, keys)
     segments_text = segment_text(segments, keys)
@@ -234,6 +246,9 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
         warm_cold = breakdown_table(combined, WARM_COLD_ORDER, metrics=keys)
         warm_cold.to_csv(out / "breakdown_warm_cold.csv", index=False)
         warm_cold_texts = {m: breakdown_text(warm_cold, m, WARM_COLD_ORDER) for m in keys}
+
+    log = Log(Path(str(combined.runs[0].config.get("data", {}).get("source", "") or "log")).name, everything)
+    wins, wins_figures = write_wins([log], out) if everything.rows is not None else (None, {})
 
     title = "smlrec replay report: " + ", ".join(run.name for run in combined.runs)
     page = _Page()
@@ -267,6 +282,8 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
                   f"AUC under auc. Kendall's tau between the orders (1 = same order): {taus}. "
                   "Also as `protocol_order.csv`.")
         page.table(order_text(order))
+        page.text("The top three under each protocol, side by side (`protocol_top3.csv`):")
+        page.table(top_three_text(top))
     page.heading("Cost against accuracy")
     page.text("Mean update seconds per test period (log scale) against the protocol's main metric, "
               "with its 95% interval; one point per strategy.")
@@ -281,6 +298,23 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
               "pop-recent in that column): that strategy loses to a popularity count there. "
               "Also as `table1_warm_cold.csv`.")
     page.table(segments_text)
+    if wins is not None and not wins.empty:
+        page.heading("Who wins where: user groups")
+        page.text(f"Test Recall@20 per user group with its 95% bootstrap interval (the group's users "
+                  "resampled, as for Table 1), from each test row's saved rank (`test_rows.csv.gz`). "
+                  "Groups: warm / cold users, and the user's history length at the row (the user's "
+                  "rows strictly before it, earlier periods and earlier rows of the same period): "
+                  f"buckets 0, 1-4, 5-19, 20+. {WINNER_MARK} and bold = the group's best; "
+                  f"{TIED_MARK} = its interval overlaps the best's (not shown apart). Also as "
+                  "`who_wins.csv`.")
+        for protocol, figure in wins_figures.items():
+            page.text(f"Protocol {protocol}: " + winners_line(wins, log.name, protocol))
+            page.table(wins_text(wins, log.name, protocol))
+            page.image(figure, f"Recall@20 per user group, protocol {protocol}")
+    elif combined.rows is None:
+        page.heading("Who wins where: user groups")
+        page.text("Not available: these runs were written before the replay saved its per-row "
+                  "results (`test_rows.csv.gz`); replay again to get them.")
     page.heading("Per test period")
     page.image(out / "per_period.png", f"{metric_label(keys[0])} and {metric_label(keys[1])} per test period")
     page.heading("Table 2: update cost")
@@ -318,7 +352,7 @@ def build_report(combined: Combined, out: Path, reference: str | None = None) ->
     (out / "report.md").write_text(page.markdown())
     (out / "report.html").write_text(page.html(title))
     files = sorted(p.name for p in out.iterdir())
-    return Report(everything, t1, costs, groups, files, tables1, order)
+    return Report(everything, t1, costs, groups, files, tables1, order, top, wins)
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, reference: str | None = None,

@@ -21,8 +21,8 @@ import pandas as pd
 
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import METRIC_NAMES
-from ..experiment.results import (BASE_PERIOD_COLUMNS, PERIOD_COLUMNS, SIGNIFICANCE_COLUMNS, protocols_of,
-                                  with_protocol)
+from ..experiment.results import (BASE_PERIOD_COLUMNS, PERIOD_COLUMNS, RANK_PREFIX, ROW_COLUMNS, ROWS_FILE,
+                                  SIGNIFICANCE_COLUMNS, protocols_of, with_protocol)
 
 BREAKDOWN_COLUMNS = ["strategy", "period", "role", "user_group", "item_group", "interactions",
                      *METRIC_NAMES]
@@ -44,6 +44,7 @@ class Run:
     config: dict
     shown_path: str = ""             # where to say the run is (its final place while being written)
     significance: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SIGNIFICANCE_COLUMNS))
+    rows: pd.DataFrame | None = None  # test_rows.csv.gz; None for runs written before it
 
     @property
     def strategies(self) -> list[str]:
@@ -65,6 +66,7 @@ def load_run(path: str | Path, name: str | None = None, shown_path: str | Path |
     summary = with_protocol(_read_csv(path / "summary.csv", ["strategy", *METRIC_NAMES]))
     significance = (_read_csv(path / "significance.csv", SIGNIFICANCE_COLUMNS)
                     if (path / "significance.csv").exists() else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS))
+    rows = _read_csv(path / ROWS_FILE, ROW_COLUMNS) if (path / ROWS_FILE).exists() else None
     config_path = path / "config.json"
     config: dict = {}
     if config_path.exists():
@@ -80,7 +82,7 @@ def load_run(path: str | Path, name: str | None = None, shown_path: str | Path |
     periods["label"] = periods["label"].fillna("").astype(str)
     return Run(name=name or path.resolve().name, path=path, periods=periods, breakdown=breakdown,
                warm_cold=warm_cold, summary=summary, config=config, shown_path=str(shown_path or path),
-               significance=significance)
+               significance=significance, rows=rows)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
@@ -111,6 +113,7 @@ class Combined:
     origin: dict[str, str] = field(default_factory=dict)  # display name -> run name
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)       # summary.csv rows, renamed
     significance: pd.DataFrame = field(default_factory=pd.DataFrame)  # significance.csv rows, renamed
+    rows: pd.DataFrame | None = None   # test_rows.csv.gz of every run that has it, columns renamed
 
     @property
     def scored_periods(self) -> pd.DataFrame:
@@ -133,7 +136,8 @@ class Combined:
                         strategies=[s for s in self.strategies
                                     if (self.periods[self.periods["protocol"] == protocol]["strategy"] == s).any()],
                         warm_cold=keep(self.warm_cold), origin=self.origin, summary=keep(self.summary),
-                        significance=keep(self.significance))
+                        significance=keep(self.significance),
+                        rows=None if self.rows is None else keep(self.rows))
 
 
 def period_signature(periods: pd.DataFrame) -> pd.DataFrame:
@@ -167,6 +171,7 @@ def combine_runs(runs: Sequence[Run]) -> Combined:
         for strategy in run.strategies:
             counts[strategy] = counts.get(strategy, 0) + 1
     periods, breakdowns, warm_colds, summaries, tests, strategies, origin = [], [], [], [], [], [], {}
+    rows: pd.DataFrame | None = None
     for run in runs:
         rename = {s: (f"{s} ({run.name})" if counts[s] > 1 else s) for s in run.strategies}
         periods.append(run.periods.assign(strategy=run.periods["strategy"].map(rename)))
@@ -179,11 +184,19 @@ def combine_runs(runs: Sequence[Run]) -> Combined:
         for display in rename.values():
             strategies.append(display)
             origin[display] = run.name
+        if run.rows is not None:
+            mine = run.rows.rename(columns={f"{RANK_PREFIX}{s}": f"{RANK_PREFIX}{d}" for s, d in rename.items()})
+            # Aligned runs score the same rows; a protocol one run lacks leaves its ranks empty.
+            rows = mine if rows is None else rows.merge(mine, on=ROW_COLUMNS, how="outer", sort=False)
+    if rows is not None:   # an outer merge may reorder: protocols in the runs' order, rows in log order
+        order = {p: i for i, p in enumerate(dict.fromkeys(pd.concat(periods)["protocol"]))}
+        rows = (rows.assign(_order=rows["protocol"].map(order).fillna(len(order)))
+                .sort_values(["_order", "position"], kind="stable").drop(columns="_order").reset_index(drop=True))
     return Combined(runs=runs, periods=pd.concat(periods, ignore_index=True),
                     breakdown=pd.concat(breakdowns, ignore_index=True), strategies=strategies,
                     origin=origin, warm_cold=pd.concat(warm_colds, ignore_index=True),
                     summary=pd.concat(summaries, ignore_index=True),
-                    significance=pd.concat(tests, ignore_index=True))
+                    significance=pd.concat(tests, ignore_index=True), rows=rows)
 
 
 def _check_aligned(first: Run, other: Run) -> None:
@@ -192,7 +205,7 @@ def _check_aligned(first: Run, other: Run) -> None:
     hash_b = other.config.get("data", {}).get("sha256")
     if hash_a and hash_b and hash_a != hash_b:
         raise ConfigError(f"{where}: they replayed different data (sha256 {hash_b[:12]}... vs "
-                          f"{hash_a[:12]}...)")
+                          f"{hash_a[:12]}...); `smlrec wins` compares strategies across logs")
     plan_a = [(p["period"], p["role"], p.get("label", ""), p["interactions"])
               for p in first.config.get("periods", [])]
     plan_b = [(p["period"], p["role"], p.get("label", ""), p["interactions"])

@@ -17,7 +17,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..evaluation.metrics import METRIC_NAMES, micro_average
 from ..evaluation.protocols import LOWER_IS_BETTER, protocol_metric_names
-from ..experiment.results import summary_frame
+from ..experiment.results import summary_frame, top_order
 from .runs import Combined
 
 KEY_METRICS = ("recall@20", "ndcg@20")
@@ -277,6 +277,32 @@ def order_table(combined: Combined) -> pd.DataFrame:
                               kendall_tau(table[a].to_numpy(), table[b].to_numpy())
                               for i, a in enumerate(places) for b in places[i + 1:]}
     return table
+
+
+def top_three_table(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """From :func:`order_table`: per protocol (columns), its ``n`` best strategies (rows, best
+    first) with the value that orders them, side by side."""
+    values = [c for c in table.columns if not c.endswith(" place")]
+    out = pd.DataFrame(index=pd.Index(range(1, n + 1), name="place"))
+    for column in values:
+        pairs = top_order(table.index, table[column].to_numpy(dtype=float), n)
+        out[f"{column} strategy"] = [p[0] for p in pairs] + [""] * (n - len(pairs))
+        out[column] = [p[1] for p in pairs] + [np.nan] * (n - len(pairs))
+    return out
+
+
+def top_three_text(top: pd.DataFrame) -> TextTable:
+    values = [c for c in top.columns if not c.endswith(" strategy")]
+    header = ["Place", *values]
+    def cell(place: int, column: str) -> str:
+        name, value = top.loc[place, f"{column} strategy"], top.loc[place, column]
+        if not name:
+            return "—"
+        level = place > 1 and abs(value - top.loc[place - 1, column]) <= 1e-12
+        return f"{name} ({_fmt(value)})" + (" = above" if level else "")
+
+    rows = [[str(place), *[cell(place, c) for c in values]] for place in top.index]
+    return TextTable(header, rows)
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
