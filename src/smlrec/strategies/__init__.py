@@ -33,7 +33,7 @@ from .blend import BlendSettings, SMLBlend
 from .linear import EASE, IALS, EASESettings, IALSSettings
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
 from .neighbours import SKNN, ItemKNN, ItemKNNSettings, SKNNSettings
-from .novelty import WithNovelty, WithNoveltySettings
+from .novelty import WithNovelty, WithNoveltySettings, bind_registry
 from .popularity import Popularity, PopularitySettings
 from .sequential import SequentialSettings, SequentialStrategy
 from .sml import SML, SMLSettings
@@ -263,6 +263,7 @@ register("sml-blend", SMLBlend, BlendSettings, {},
          history="itemknn's last 20 items before the row (earlier periods and earlier rows of the scored "
                  "period); the blend weight reads the user's row counts before the row; SML's part: none")
 
+bind_registry(_spec, strategy_settings, create_strategy)
 # The new-item prior (docs/new-items.md) on three strategies: the inner strategy's z-scored scores
 # plus weight * log(1 + recent count) for items first seen at most max_age periods ago.
 for _inner, _history in (("pop-recent", STRATEGIES["pop-recent"].history),
