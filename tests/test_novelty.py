@@ -176,3 +176,12 @@ def test_settings_are_checked():
 @pytest.mark.parametrize("strategy", ["pop-recent+new", "itemknn+new"])
 def test_production_serves_the_replay_scores(tmp_path, strategy):
     check_production_equals_replay(tmp_path, strategy, tiny_settings(strategy, HISTORY))
+
+
+def test_a_new_period_object_of_the_same_shape_is_not_served_from_the_cache():
+    tracker = tracker_after(NoveltySettings(max_age=5), 10, [[0, 1]])
+    candidates = np.tile(np.arange(10), (3, 1))
+    first = tracker.prior(make_period([0, 1, 2], [4, 4, 4]), slice(0, 3), candidates)
+    second = tracker.prior(make_period([0, 1, 2], [6, 6, 6]), slice(0, 3), candidates)
+    assert first[2, 4] == pytest.approx(math.log(3)) and first[2, 6] == 0.0
+    assert second[2, 6] == pytest.approx(math.log(3)) and second[2, 4] == 0.0

@@ -103,8 +103,8 @@ class NoveltyTracker:
     # -- the prior ---------------------------------------------------------------------------
     def _index(self, period: Period) -> None:
         """Sorted keys ``item * L + row`` of the period's recorded rows, and each item's first row."""
-        key = (id(period), period.index, period.start, len(period))
-        if self._period_key == key:
+        # The period itself is held, so a later period can never pass for it (an id can be reused).
+        if self._period_key is not None and self._period_key[0] is period:
             return
         n = len(period)
         items = np.asarray(period.items, dtype=np.int64)
@@ -115,7 +115,7 @@ class NoveltyTracker:
         first_row = np.full(self.n_items, n, dtype=np.int64)
         np.minimum.at(first_row, items, rows)
         self._first_row = first_row
-        self._period_key = key
+        self._period_key = (period,)
 
     def prior(self, period: Period, rows: slice, candidates: np.ndarray) -> np.ndarray:
         """``[len(rows), C]`` prior of ``candidates`` (item indices) at rows ``rows`` of the scored
