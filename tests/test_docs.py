@@ -51,8 +51,17 @@ SHELL = {"sh", "bash", "shell", "console"}
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
 
 FAST_SMLREC = ["--pretrain-epochs", "1", "--set", "mf.dim=8", "--set", "n_negatives=49", "--threads", "1"]
-FAST_STRATEGIES = [flag for name, settings in FAST_OVERRIDES.items() for key, value in settings.items()
-                   for flag in ("--set", f"strategy.{name}.{key}={value}")]
+
+
+def _set_flags(prefix: str, settings: dict) -> list[str]:
+    """``--set prefix.key=value`` flags; a nested table (a wrapper's ``inner_settings``) key by key."""
+    return [flag for key, value in settings.items()
+            for flag in (_set_flags(f"{prefix}.{key}", value) if isinstance(value, dict)
+                         else ("--set", f"{prefix}.{key}={value}"))]
+
+
+FAST_STRATEGIES = [flag for name, settings in FAST_OVERRIDES.items()
+                   for flag in _set_flags(f"strategy.{name}", settings)]
 
 
 def blocks(page: Path) -> list[tuple[str, str, int]]:

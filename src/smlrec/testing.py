@@ -56,6 +56,8 @@ FAST_OVERRIDES: dict[str, dict] = {
     "spmf": {"epochs": 1},
     "asmg": {"epochs": 1},
     "gru4rec": {"start_epochs": 1, "epochs": 1, "dim": 8, "hidden": 8, "batch_size": 64},
+    "sml+new": {"inner_settings": {"rounds": 2, "hidden": 16, "conv_channels": 2, "conv2_channels": 2,
+                                   "allow_ncf": True}},
     "caser": {"start_epochs": 1, "epochs": 1, "dim": 8, "n_h": 2, "n_v": 2, "batch_size": 64},
 }
 """Settings that keep the built-in strategies fast here, by name or name prefix ("sml" covers

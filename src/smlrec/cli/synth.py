@@ -14,8 +14,9 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=["yelp", "adressa", "small"], default=None,
                         help="preset shape: yelp (3.0M rows, 59k users, 123k items, 40 periods, stable), "
                              "adressa (3.66M, 479k users, 21k items, 63 periods, news), small (50k rows)")
-    parser.add_argument("--regime", choices=["stable", "news"],
-                        help="stable: long-lived items, slow drift; news: items live 1-3 periods")
+    parser.add_argument("--regime", choices=["stable", "news", "drift"],
+                        help="stable: long-lived items, slow drift; news: items live 1-3 periods; "
+                             "drift: stable's sizes, fast-turning interests and a rotating topic mix")
     parser.add_argument("--interactions", type=int, help="number of rows")
     parser.add_argument("--users", type=int, help="number of distinct users")
     parser.add_argument("--items", type=int, help="number of distinct items")

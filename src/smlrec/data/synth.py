@@ -24,7 +24,15 @@ embeddings move between periods can extrapolate it; a model fitted on all histor
 away. ``stable`` turns slowly (Yelp-like, long-lived items, users stay); ``news`` turns fast,
 items live one to three periods, many are born every period and fresh ones are favoured,
 users come and go, and a user's rows in a period concentrate on one session topic
-(Adressa-like short-term interest).
+(Adressa-like short-term interest). ``drift`` has the sizes and lifetimes of ``stable`` but
+interests that move: each user's interest turns fast (0.35 radians a period against 0.06), and
+the topic mix rotates, every topic's weight swinging by a factor up to ``exp(2 topic_swing)``
+over one cycle of the log's periods, each topic at its own phase::
+
+    topic logit of u in period t:  sharpness * <p_u(t), c_k> + topic_swing * sin(2 pi t / T + phi_k)
+
+so the items that are popular early are not the ones popular late (tests/test_synth.py measures
+the overlap of the top items of the first and last periods against ``stable``).
 
 **Exact shape.** Every period gets the same number of rows (the boundaries of
 ``split_equal_count``), so ``--periods N`` cuts the log back into exactly the generated periods;
@@ -49,7 +57,7 @@ from ..errors import ConfigError
 from ..random import make_rng
 from .periods import split_equal_count
 
-REGIMES = ("stable", "news")
+REGIMES = ("stable", "news", "drift")
 DAY_CUT_HOURS = (0, 10, 17, 24)  # the news regime's period windows inside each day (UTC)
 
 
@@ -75,6 +83,7 @@ class SynthSettings:
     sharpness: float | None = None        # how peaked a user's topic choice is
     session_share: float | None = None    # share of a user's rows on its session topic of the period
     freshness: float | None = None        # item weight multiplier per period of age
+    topic_swing: float | None = None      # amplitude of each topic's popularity cycle in its logit (0: none)
     activity_sigma: float = 1.2           # log-normal sigma of per-user activity (heavy tail)
     popularity_sigma: float = 1.5         # log-normal sigma of item popularity (skew)
 
@@ -82,10 +91,15 @@ class SynthSettings:
 REGIME_DEFAULTS: dict[str, dict] = {
     "stable": {"initial_user_share": 0.3, "initial_item_share": 0.3, "item_life": None,
                "user_life_mean": None, "drift": 0.06, "sharpness": 4.0, "session_share": 0.1,
-               "freshness": 1.0},
+               "freshness": 1.0, "topic_swing": 0.0},
     "news": {"initial_user_share": 0.02, "initial_item_share": 0.0, "item_life": (1, 3),
              "user_life_mean": 6.0, "drift": 0.3, "sharpness": 5.0, "session_share": 0.6,
-             "freshness": 0.5},
+             "freshness": 0.5, "topic_swing": 0.0},
+    # stable's sizes and lifetimes; interests turn ~6x faster and the topic mix rotates once over
+    # the log (the swing 1.5 makes a topic's weight vary ~20x between its peak and its trough).
+    "drift": {"initial_user_share": 0.3, "initial_item_share": 0.3, "item_life": None,
+              "user_life_mean": None, "drift": 0.35, "sharpness": 4.0, "session_share": 0.1,
+              "freshness": 1.0, "topic_swing": 1.5},
 }
 
 SCALES: dict[str, dict] = {
@@ -131,6 +145,8 @@ def resolve(settings: SynthSettings) -> SynthSettings:
                           f"({s.users} users, {s.items} items, {s.periods} periods)")
     if s.item_life is not None and not (1 <= s.item_life[0] <= s.item_life[1]):
         raise ConfigError(f"synth: item_life must be lo,hi with 1 <= lo <= hi, got {s.item_life}")
+    if s.topic_swing < 0:
+        raise ConfigError(f"synth: topic_swing must be >= 0, got {s.topic_swing}")
     for name in ("initial_user_share", "initial_item_share", "session_share"):
         if not 0.0 <= getattr(s, name) <= 1.0:
             raise ConfigError(f"synth: {name} must be in [0, 1], got {getattr(s, name)}")
@@ -204,6 +220,8 @@ def generate(settings: SynthSettings) -> pd.DataFrame:
         item_death = item_birth + rng.integers(s.item_life[0], s.item_life[1] + 1, s.items)
     item_topic = rng.integers(0, s.topics, s.items)
     popularity = rng.lognormal(0.0, s.popularity_sigma, s.items)
+    # The topic phases come from their own stream, so the stable and news logs stay as they were.
+    phase = make_rng(s.seed, "synth", s.regime, "swing").uniform(0.0, 2 * np.pi, s.topics)
 
     new_users = np.bincount(user_arrive, minlength=T)
     new_items = np.bincount(item_birth, minlength=T)
@@ -239,6 +257,8 @@ def generate(settings: SynthSettings) -> pd.DataFrame:
         theta = (omega[users] * (t - user_arrive[users]))[:, None]
         interest = np.cos(theta) * plane_a[users] + np.sin(theta) * plane_b[users]
         logits = s.sharpness * interest @ centroids.T
+        if s.topic_swing > 0:
+            logits += (s.topic_swing * np.sin(2 * np.pi * t / T + phase)).astype(logits.dtype)
         logits[:, topic_weight <= 0] = -np.inf
         topics = _sample_rows(logits, rng)
         distinct, inverse = np.unique(users, return_inverse=True)

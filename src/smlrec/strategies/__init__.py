@@ -33,6 +33,7 @@ from .blend import BlendSettings, SMLBlend
 from .linear import EASE, IALS, EASESettings, IALSSettings
 from .mf_retrain import FineTune, FullRetrain, RetrainSettings
 from .neighbours import SKNN, ItemKNN, ItemKNNSettings, SKNNSettings
+from .novelty import WithNovelty, WithNoveltySettings, bind_registry
 from .popularity import Popularity, PopularitySettings
 from .sequential import SequentialSettings, SequentialStrategy
 from .sml import SML, SMLSettings
@@ -261,6 +262,18 @@ register("sml-blend", SMLBlend, BlendSettings, {},
          in_default=False,
          history="itemknn's last 20 items before the row (earlier periods and earlier rows of the scored "
                  "period); the blend weight reads the user's row counts before the row; SML's part: none")
+
+bind_registry(_spec, strategy_settings, create_strategy)
+# The new-item prior (docs/new-items.md) on three strategies: the inner strategy's z-scored scores
+# plus weight * log(1 + recent count) for items first seen at most max_age periods ago.
+for _inner, _history in (("pop-recent", STRATEGIES["pop-recent"].history),
+                         ("itemknn", STRATEGIES["itemknn"].history),
+                         ("sml", STRATEGIES["sml"].history)):
+    register(f"{_inner}+new", WithNovelty, WithNoveltySettings, {"inner": _inner},
+             f"{_inner} plus a counted prior for items first seen recently (docs/new-items.md)",
+             in_default=False,
+             history=f"{_history}; the prior reads every user's rows of the scored period before the row "
+                     "(item counts), never the row itself")
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "NoSettings", "Strategy", "StrategyContext", "StrategySpec",
            "check_strategy", "create_strategy", "default_strategies", "load_entry_points", "load_plugin",
