@@ -256,6 +256,12 @@ register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [
          in_default=False,
          history="none (the user's trained row; its rows of the scored period are not read)")
 
+register("sml-h", SML, SMLSettings, {"history": "fold-in"},
+         "SML whose served user row adds a fold-in of the user's last items, gated by weights fitted "
+         "on the next period (docs/sml-history.md)", in_default=False,
+         history="last 20 items before the row (earlier periods and earlier rows of the scored period), "
+                 "folded over the served item rows into the user's served row (never the row itself)")
+
 register("sml-blend", SMLBlend, BlendSettings, {},
          "SML and itemknn blended per row by weights meta-trained on the next period (docs/sml-blend.md)",
          in_default=False,
