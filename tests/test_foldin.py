@@ -137,7 +137,8 @@ def _leaky_contexts(windows, users, items):
 foldin_sequence_contexts = foldin.sequence_contexts
 
 
-def _altered_scores(world, row: int, period, monkeypatch, leak: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _altered_scores(world, name: str, row: int, period, monkeypatch, leak: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of ``period`` and of a copy whose rows >= ``row`` have other items (and rows > ``row``
     other users), from an sml-h updated on the periods before it."""
     n_items, n_users = world.timeline.log.n_items, world.timeline.log.n_users
@@ -149,7 +150,7 @@ def _altered_scores(world, row: int, period, monkeypatch, leak: bool) -> tuple[t
         monkeypatch.setattr(foldin, "sequence_contexts", _leaky_contexts)
     out = []
     for scored in (period, altered):
-        strategy = world.fresh("sml-h")
+        strategy = _fresh(world, name)
         for p in world.replayed:
             if p.index == period.index:
                 break
@@ -159,26 +160,41 @@ def _altered_scores(world, row: int, period, monkeypatch, leak: bool) -> tuple[t
     return out[0], out[1]
 
 
-def test_scores_never_read_the_scored_row_or_a_later_one(world, monkeypatch):
+@pytest.mark.parametrize("name", ["sml-h", "fine-tune"])
+def test_scores_never_read_the_scored_row_or_a_later_one(world, monkeypatch, name):
     period = world.replayed[-1]
     row = len(period) // 2
     assert (period.users[:row] == period.users[row]).any()     # its user has earlier rows in the period
-    honest = _altered_scores(world, row, period, monkeypatch, leak=False)
+    honest = _altered_scores(world, name, row, period, monkeypatch, leak=False)
     assert torch.equal(honest[0][: row + 1], honest[1][: row + 1])
     assert not torch.equal(honest[0][row + 1:], honest[1][row + 1:])   # later rows do read earlier ones
 
 
-def test_the_leak_check_fails_on_a_leaking_context_builder(world, monkeypatch):
+@pytest.mark.parametrize("name", ["sml-h", "fine-tune"])
+def test_the_leak_check_fails_on_a_leaking_context_builder(world, monkeypatch, name):
     period = world.replayed[-1]
     row = len(period) // 2
-    leaky = _altered_scores(world, row, period, monkeypatch, leak=True)
+    leaky = _altered_scores(world, name, row, period, monkeypatch, leak=True)
     assert not torch.equal(leaky[0][row], leaky[1][row])
 
 
-def test_served_tables_give_scores_of_a_row_without_in_period_history(world):
+HISTORY_AWARE = {"sml-h": {}, "fine-tune": {"history": "fold-in"}, "spmf": {"history": "fold-in"},
+                 "full-retrain": {"history": "fold-in"}, "no-update": {"history": "fold-in"}}
+
+
+def _fresh(world, name: str):
+    """A started strategy ``name`` with its fast settings and a fold-in."""
+    strategy = create_strategy(name, world.context(name), {**fast_overrides(name), **HISTORY_AWARE[name]})
+    strategy.start(world.timeline.pretrain_data, {k: v.clone() for k, v in world.initial.items()})
+    assert strategy.foldin is not None
+    return strategy
+
+
+@pytest.mark.parametrize("name", sorted(HISTORY_AWARE))
+def test_served_tables_give_scores_of_a_row_without_in_period_history(world, name):
     """The fast path's product (served user table . item table) equals ``score`` for every row
     that is its user's first row of the period; later rows differ (they add in-period history)."""
-    strategy = world.fresh("sml-h")
+    strategy = _fresh(world, name)
     *before, period = world.replayed
     for p in before:
         strategy.update(p)
@@ -229,3 +245,20 @@ def test_fold_in_object_rejects_a_state_of_another_size():
     small, large = FoldIn(settings, 3, 0, "x"), FoldIn(settings, 4, 0, "x")
     with pytest.raises(ValueError, match="windows"):
         large.load_state(small.state())
+
+
+def test_retraining_gate_is_fitted_before_the_model_update(world, monkeypatch):
+    """Fine-tune with a fold-in: the gate's fit sees D_{t+1} while the model is still the one
+    served before it (its trained-user mask has not moved on)."""
+    strategy = _fresh(world, "fine-tune")
+    seen = []
+    original = strategy.foldin.fit
+
+    def spy(period, user_table, item_table, cold):
+        seen.append((period.index, strategy.periods_seen, bool(strategy.user_rows.trained[period.users].all())))
+        original(period, user_table, item_table, cold)
+
+    monkeypatch.setattr(strategy.foldin, "fit", spy)
+    for k, period in enumerate(world.replayed[:3]):
+        strategy.update(period)
+        assert seen[-1][:2] == (period.index, k)

@@ -31,6 +31,7 @@ also builds a scored period's contexts (cached per period object).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,23 @@ FOLDS = ("mean", "least-squares")
 GATE_LOSSES = ("recall", "ce")
 N_FEATURES = 3
 BAKE_ROWS = 8192    # users per block when the fold-in is baked into a whole served table
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    """The ``history*`` settings as a base class of a strategy's settings (the retraining
+    baselines; SMLSettings carries the same fields with the same defaults itself)."""
+
+    history: str = "none"               # none | fold-in
+    history_fold: str = "mean"          # mean (recency-weighted) | least-squares (ridge)
+    history_length: int = 20            # last items kept per user
+    history_recency: float = 0.8        # weight of the k-th most recent item: recency ** k
+    history_l2: float = 1.0             # least-squares: ridge
+    history_beta: float = 1.0           # the gate's starting bias (fixed gate when history_steps = 0)
+    history_steps: int = 100            # full-batch Adam steps on the gate per period (0: fixed)
+    history_negatives: int = 100        # sampled negatives per row of D_{t+1} in the gate's fit
+    history_lr: float = 0.05
+    history_loss: str = "recall"        # recall (smoothed sampled Recall@2%) | ce
 
 
 def check_history_settings(settings: Any) -> None:
