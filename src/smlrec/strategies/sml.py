@@ -137,7 +137,7 @@ class SMLSettings:
     history_steps: int = 100            # full-batch Adam steps on the gate per period (0: fixed)
     history_negatives: int = 100        # sampled negatives per row of D_{t+1} in the gate's fit
     history_lr: float = 0.05
-    history_loss: str = "recall"        # recall (smoothed sampled Recall@2%) | ce
+    history_loss: str = "ce"            # ce (softmax over the negatives) | recall (smoothed Recall@2%)
 
     def __post_init__(self) -> None:
         if self.transfer not in TRANSFER_KINDS:
