@@ -160,7 +160,7 @@ def _altered_scores(world, name: str, row: int, period, monkeypatch, leak: bool
     return out[0], out[1]
 
 
-@pytest.mark.parametrize("name", ["sml-h", "fine-tune"])
+@pytest.mark.parametrize("name", ["sml-h", "sml-h-linear", "fine-tune"])
 def test_scores_never_read_the_scored_row_or_a_later_one(world, monkeypatch, name):
     period = world.replayed[-1]
     row = len(period) // 2
@@ -178,13 +178,16 @@ def test_the_leak_check_fails_on_a_leaking_context_builder(world, monkeypatch, n
     assert not torch.equal(leaky[0][row], leaky[1][row])
 
 
-HISTORY_AWARE = {"sml-h": {}, "fine-tune": {"history": "fold-in"}, "spmf": {"history": "fold-in"},
-                 "full-retrain": {"history": "fold-in"}, "no-update": {"history": "fold-in"}}
+HISTORY_AWARE = {"sml-h": ("sml-h", {}), "sml-h-linear": ("sml-h", {"history_map": "linear"}),
+                 "fine-tune": ("fine-tune", {"history": "fold-in"}), "spmf": ("spmf", {"history": "fold-in"}),
+                 "full-retrain": ("full-retrain", {"history": "fold-in"}),
+                 "no-update": ("no-update", {"history": "fold-in"})}
 
 
-def _fresh(world, name: str):
-    """A started strategy ``name`` with its fast settings and a fold-in."""
-    strategy = create_strategy(name, world.context(name), {**fast_overrides(name), **HISTORY_AWARE[name]})
+def _fresh(world, label: str):
+    """A started strategy (HISTORY_AWARE[label]) with its fast settings and a fold-in."""
+    name, overrides = HISTORY_AWARE[label]
+    strategy = create_strategy(name, world.context(name), {**fast_overrides(name), **overrides})
     strategy.start(world.timeline.pretrain_data, {k: v.clone() for k, v in world.initial.items()})
     assert strategy.foldin is not None
     return strategy
@@ -262,3 +265,17 @@ def test_retraining_gate_is_fitted_before_the_model_update(world, monkeypatch):
     for k, period in enumerate(world.replayed[:3]):
         strategy.update(period)
         assert seen[-1][:2] == (period.index, k)
+
+
+def test_linear_map_is_fitted_and_kept_in_the_state(world):
+    strategy = _fresh(world, "sml-h-linear")
+    assert strategy.foldin.map is None                       # identity until the first fit
+    strategy.update(world.replayed[0])
+    dim = strategy.encoded_tables()[1].shape[1]
+    assert strategy.foldin.map.shape == (dim, dim)
+    assert not torch.equal(strategy.foldin.map, torch.eye(dim, dtype=torch.float64))
+    copy = _fresh(world, "sml-h-linear")
+    copy.load_state_dict(strategy.state_dict())
+    assert torch.equal(copy.foldin.map, strategy.foldin.map)
+    period = world.replayed[1]
+    assert torch.equal(world.score(copy, period), world.score(strategy, period))

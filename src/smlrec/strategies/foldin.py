@@ -46,6 +46,7 @@ from .sequential import PAD, sequence_contexts
 HISTORY_MODES = ("none", "fold-in")
 FOLDS = ("mean", "least-squares")
 GATE_LOSSES = ("recall", "ce")
+MAPS = ("scalar", "linear")
 N_FEATURES = 3
 BAKE_ROWS = 8192    # users per block when the fold-in is baked into a whole served table
 
@@ -65,6 +66,8 @@ class HistorySettings:
     history_negatives: int = 100        # sampled negatives per row of D_{t+1} in the gate's fit
     history_lr: float = 0.05
     history_loss: str = "ce"            # ce (softmax over the negatives) | recall (smoothed Recall@2%)
+    history_map: str = "scalar"         # scalar: g * h | linear: g * M h, M (d x d) fitted with the gate
+    history_map_l2: float = 1e-3        # linear: penalty on ||M - I||^2
 
 
 def check_history_settings(settings: Any) -> None:
@@ -79,6 +82,8 @@ def check_history_settings(settings: Any) -> None:
     require(s.history_steps >= 0, "history_steps", ">= 0", s.history_steps)
     require(s.history_negatives >= 1, "history_negatives", ">= 1", s.history_negatives)
     require(s.history_lr > 0, "history_lr", "> 0", s.history_lr)
+    require(s.history_map in MAPS, "history_map", f"one of {', '.join(MAPS)}", s.history_map)
+    require(s.history_map_l2 >= 0, "history_map_l2", ">= 0", s.history_map_l2)
     require(s.history_loss in GATE_LOSSES, "history_loss", f"one of {', '.join(GATE_LOSSES)}", s.history_loss)
 
 
@@ -158,6 +163,7 @@ class FoldIn:
         self.windows = np.full((n_users, settings.history_length), PAD, dtype=np.int64)
         self.w = torch.zeros(N_FEATURES, dtype=torch.float64)
         self.w[0] = float(settings.history_beta)
+        self.map: torch.Tensor | None = None   # history_map = "linear": M (d x d); None: identity
         self.blocks = 0                     # periods received (pretrain = one)
         self.rng = make_rng(seed, "foldin", name)   # its own stream: the host's sampling is unchanged
         self._cached: tuple[Period, int, np.ndarray] | None = None
@@ -186,7 +192,8 @@ class FoldIn:
 
     def history(self, item_table: torch.Tensor, contexts: np.ndarray) -> torch.Tensor:
         s = self.settings
-        return history_vectors(item_table, contexts, s.history_recency, s.history_fold, s.history_l2)
+        h = history_vectors(item_table, contexts, s.history_recency, s.history_fold, s.history_l2)
+        return h if self.map is None else h @ self.map.to(device=h.device, dtype=h.dtype).T
 
     def user_rows(self, user_rows: torch.Tensor, item_table: torch.Tensor, contexts: np.ndarray,
                   cold: np.ndarray) -> torch.Tensor:
@@ -220,28 +227,38 @@ class FoldIn:
         with torch.no_grad():
             q = item_table[candidates].double()                                    # [n, C, d]
             base = torch.einsum("nd,ncd->nc", user_table[torch.from_numpy(users).to(user_table.device)].double(), q)
-            extra = torch.einsum("nd,ncd->nc", self.history(item_table, contexts).double(), q)
+            h = history_vectors(item_table, contexts, s.history_recency, s.history_fold, s.history_l2).double()
             # the smoothed Recall compares score differences with a fixed temperature: measured
             # in raw logits it saturated on the bundled data (gate bias 46, validation R@20 below
             # the closed gate's)
             spread = base.std(dim=1, keepdim=True).clamp_min(1e-9)
         x = history_features(contexts, cold[users]).to(base.device)
         w = self.w.clone().to(base.device).requires_grad_(True)
-        optimizer = torch.optim.Adam([w], lr=s.history_lr)
+        dim = h.shape[1]
+        eye = torch.eye(dim, dtype=torch.float64, device=base.device)
+        linear = s.history_map == "linear"
+        m = (eye if self.map is None else self.map.to(base.device)).clone().requires_grad_(linear)
+        optimizer = torch.optim.Adam([w, m] if linear else [w], lr=s.history_lr)
+        extra = None if linear else torch.einsum("nd,ncd->nc", h, q)
         target = torch.zeros(len(users), dtype=torch.long, device=base.device)
         losses = []
         with torch.enable_grad():      # an update may be called under no_grad (serving code)
             for _ in range(s.history_steps):
                 optimizer.zero_grad()
-                scores = base + (x @ w)[:, None] * extra
+                mapped = extra if not linear else torch.einsum("nd,ncd->nc", h @ m.T, q)
+                scores = base + (x @ w)[:, None] * mapped
                 if s.history_loss == "ce":
                     loss = torch.nn.functional.cross_entropy(scores, target)
                 else:   # in units of the row's spread of served scores, as blend.py's z-scores
                     loss = -smoothed_recall(scores / spread, 0.02 * s.history_negatives)
                 losses.append(float(loss.detach()))
+                if linear:
+                    loss = loss + s.history_map_l2 * (m - eye).pow(2).sum()
                 loss.backward()
                 optimizer.step()
         self.w = w.detach().cpu().clone()
+        if linear:
+            self.map = m.detach().cpu().clone()
         self.fit_log.append({"period": period.index, "rows": len(users), "blocks": self.blocks,
                              "loss_first": losses[0], "loss_last": losses[-1], "w": self.w.tolist()})
 
@@ -253,7 +270,7 @@ class FoldIn:
 
     def state(self) -> dict[str, Any]:
         return {"windows": self.windows.copy(), "w": self.w.clone(), "blocks": self.blocks,
-                "rng": rng_state(self.rng)}
+                "rng": rng_state(self.rng), "map": None if self.map is None else self.map.clone()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         windows = np.asarray(state["windows"], dtype=np.int64)
@@ -264,6 +281,7 @@ class FoldIn:
             raise ValueError(f"fold-in gate of shape {tuple(w.shape)}, expected ({N_FEATURES},)")
         self.windows = windows.copy()
         self.w = w.clone()
+        self.map = None if state.get("map") is None else torch.as_tensor(state["map"], dtype=torch.float64).clone()
         self.blocks = int(state["blocks"])
         set_rng_state(self.rng, state["rng"])
         self._cached = None

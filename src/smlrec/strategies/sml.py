@@ -138,6 +138,8 @@ class SMLSettings:
     history_negatives: int = 100        # sampled negatives per row of D_{t+1} in the gate's fit
     history_lr: float = 0.05
     history_loss: str = "ce"            # ce (softmax over the negatives) | recall (smoothed Recall@2%)
+    history_map: str = "scalar"         # scalar: g * h | linear: g * M h, M (d x d) fitted with the gate
+    history_map_l2: float = 1e-3        # linear: penalty on ||M - I||^2
 
     def __post_init__(self) -> None:
         if self.transfer not in TRANSFER_KINDS:
