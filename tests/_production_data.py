@@ -39,7 +39,8 @@ def write_periods(frame: pd.DataFrame, folder: Path, history_periods: int, rows:
 # Per-strategy overrides that keep the tests fast (a strategy missing here runs its defaults).
 FAST_STRATEGY_SETTINGS = {"full-retrain": {"epochs": 2}, "fine-tune": {"epochs": 2},
                           "no-update": {"epochs": 2}, "sml": {"rounds": 2, "hidden": 32},
-                          "sml-blend": {"rounds": 2, "hidden": 32}, "sml-h": {"rounds": 2, "hidden": 32}}
+                          "sml-blend": {"rounds": 2, "hidden": 32}, "sml-h": {"rounds": 2, "hidden": 32},
+                          "fine-tune-h": {"epochs": 2}}
 
 
 def tiny_settings(strategy: str, history_periods: int, pretrain: int = 2, sparse: bool = True) -> dict:

@@ -29,7 +29,7 @@ def _can_grow(name: str) -> bool:
 # The strategies production must reproduce the replay for (every one that implements _grow).
 PRODUCTION_STRATEGIES = [name for name in ("full-retrain", "fine-tune", "spmf", "sml", "pop", "pop-recent",
                                                   "itemknn", "sknn", "no-update", "ease", "ials", "sml-blend",
-                                                  "sml-h")
+                                                  "sml-h", "fine-tune-h")
                          if _can_grow(name)]
 
 

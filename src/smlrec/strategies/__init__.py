@@ -196,6 +196,11 @@ register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
 register("fine-tune", FineTune, RetrainSettings, {"epochs": 5, "graph": "seen"},
          "warm-started MF trained on the new period only",
          history=MF_HISTORY)
+register("fine-tune-h", FineTune, RetrainSettings, {"epochs": 5, "graph": "seen", "history": "fold-in"},
+         "fine-tune whose served user row adds a fold-in of the user's last items, gated by weights fitted "
+         "on the next period (docs/sml-history.md)", in_default=False,
+         history="last 20 items before the row (earlier periods and earlier rows of the scored period), "
+                 "folded over the served item rows into the user's served row (never the row itself)")
 register("spmf", SPMF, SPMFSettings, {},
          "warm-started MF on reservoir + new period, rank-weighted sampling (Wang et al. 2018)",
          history=MF_HISTORY)
