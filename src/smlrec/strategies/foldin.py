@@ -17,10 +17,14 @@ weight ``history_recency ** k`` for the k-th most recent item) or the ridge leas
 ``argmin_x sum_k a_k (1 - q_k . x)^2 + history_l2 ||x||^2`` with the same normalised weights
 ``a_k`` (``"least-squares"``). A user with no history has ``h = 0`` and is served ``u``.
 
+With ``history_map = "linear"`` the history term is ``g(r) * M h(r)``, ``M`` a d x d matrix
+fitted with the gate (starting at the identity, penalised by ``history_map_l2 ||M - I||^2``).
+
 The gate starts at ``w = [history_beta, 0, 0]``. SML fits it the SML way (``history_steps`` > 0):
 ``update(D_{t+1})`` first scores D_{t+1}'s rows with the model served now (trained on periods
 <= t) against ``history_negatives`` sampled negatives per row, fits ``w`` on those rows only
-(full-batch Adam, warm-started from the previous ``w``), and only then runs the inner update and
+(full-batch Adam on the softmax cross-entropy of the positive, ``history_loss = "ce"``, or a
+smoothed sampled Recall, ``"recall"``; warm-started from the previous ``w``), and only then runs the inner update and
 moves the windows on: the ``w`` that serves period t+2 was fitted on D_{t+1} with the model of
 period t. With ``history_steps = 0`` (the retraining baselines) ``g = history_beta`` throughout.
 
