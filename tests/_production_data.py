@@ -39,7 +39,11 @@ def write_periods(frame: pd.DataFrame, folder: Path, history_periods: int, rows:
 # Per-strategy overrides that keep the tests fast (a strategy missing here runs its defaults).
 FAST_STRATEGY_SETTINGS = {"full-retrain": {"epochs": 2}, "fine-tune": {"epochs": 2},
                           "no-update": {"epochs": 2}, "sml": {"rounds": 2, "hidden": 32},
-                          "sml-blend": {"rounds": 2, "hidden": 32}}
+                          "sml-blend": {"rounds": 2, "hidden": 32}, "sml-h": {"rounds": 2, "hidden": 32, "residual": True, "keep_scale": True},
+                          "fine-tune-h": {"epochs": 2}}
+# sml-h in the residual, scale-keeping form: the plain transfer squeezes this tiny log's item rows
+# to one point (spread 5e-5), so a fold-in could not change a score and a check that recent items
+# matter could not fail.
 
 
 def tiny_settings(strategy: str, history_periods: int, pretrain: int = 2, sparse: bool = True) -> dict:

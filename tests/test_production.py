@@ -28,7 +28,8 @@ def _can_grow(name: str) -> bool:
 
 # The strategies production must reproduce the replay for (every one that implements _grow).
 PRODUCTION_STRATEGIES = [name for name in ("full-retrain", "fine-tune", "spmf", "sml", "pop", "pop-recent",
-                                                  "itemknn", "sknn", "no-update", "ease", "ials", "sml-blend")
+                                                  "itemknn", "sknn", "no-update", "ease", "ials", "sml-blend",
+                                                  "sml-h", "fine-tune-h")
                          if _can_grow(name)]
 
 

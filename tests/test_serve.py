@@ -154,7 +154,8 @@ def test_the_fast_path_scores_as_the_strategy_does(tmp_path):
         served = Recommender.from_registry(tmp_path / strategy)
         users = np.arange(served.checkpoint.n_users)
         assert torch.allclose(served.scores(users), served.generic_scores(users), atol=1e-5, rtol=0), strategy
-        assert served.fast == (strategy in ("full-retrain", "fine-tune", "spmf", "sml", "no-update"))
+        assert served.fast == (strategy in ("full-retrain", "fine-tune", "spmf", "sml", "no-update", "sml-h",
+                                            "fine-tune-h"))
         if served.fast:
             fast = served.recommend(served.checkpoint.user_ids[:5], k=10)
             served.user_table = None                                  # force the generic path

@@ -52,6 +52,8 @@ class StrategySpec:
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
+MF_HISTORY = ("none by default (the user's trained row; its rows of the scored period are not read); with "
+              "history = 'fold-in': the last 20 items before the row folded into that row (docs/sml-history.md)")
 
 
 def register(name: str, cls: type[Strategy], settings_cls: type, preset: dict | None = None,
@@ -191,17 +193,22 @@ register("pop-recent", Popularity, PopularitySettings, {"decay": 0.5},
          history="none (the same ranking for every user)")
 register("full-retrain", FullRetrain, RetrainSettings, {"epochs": 5},
          "warm-started MF trained on all data so far",
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("fine-tune", FineTune, RetrainSettings, {"epochs": 5, "graph": "seen"},
          "warm-started MF trained on the new period only",
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
+register("fine-tune-h", FineTune, RetrainSettings, {"epochs": 5, "graph": "seen", "history": "fold-in"},
+         "fine-tune whose served user row adds a fold-in of the user's last items, gated by weights fitted "
+         "on the next period (docs/sml-history.md)", in_default=False,
+         history="last 20 items before the row (earlier periods and earlier rows of the scored period), "
+                 "folded over the served item rows into the user's served row (never the row itself)")
 register("spmf", SPMF, SPMFSettings, {},
          "warm-started MF on reservoir + new period, rank-weighted sampling (Wang et al. 2018)",
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("asmg", ASMG, ASMGSettings, {"epochs": 5},
          "GRU meta-generator over the last 3 fine-tuned models generates the next (Peng et al. 2021)",
          in_default=False,
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("gru4rec", SequentialStrategy, SequentialSettings, {"model": "gru4rec"},
          "GRU over each user's item sequence, warm-started each period (Hidasi et al. 2016)",
          history="last 10 items before the row (earlier periods and earlier rows of the scored period)")
@@ -230,32 +237,38 @@ register("ials", IALS, IALSSettings, {},
                  "user's factors (never the row itself)")
 
 register("sml", SML, SMLSettings, {}, "sequential meta-learning with the CNN transfer (Zhang et al. 2020)",
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("sml-s", SML, SMLSettings, {"freeze_when_scored": True},
          "SML with the transfer frozen once periods are scored (no step 2)",
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("sml-n", SML, SMLSettings, {"step2_data": "current"},
          "SML whose transfer is trained on D_t instead of D_t+1 (ablation)", in_default=False,
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("sml-fp", SML, SMLSettings, {"step1_through_transfer": False},
          "SML with new embeddings fitted on their own loss, then merged (ablation)", in_default=False,
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("sml-cnn", SML, SMLSettings, {"transfer": "no-cnn"}, "SML transfer without the CNN (ablation)",
          in_default=False,
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 # The plain FC-less transfer squeezes every row towards one vector (test R@20 .0801, below pop's
 # .2081, bundled data); the residual, scale-keeping form was chosen on validation
 # (docs/sml-stability.md).
 register("sml-fc", SML, SMLSettings, {"transfer": "no-fc", "residual": True, "keep_scale": True,
                                       "round_start": "hat"},
          "SML transfer without the FC layers, residual and scale-keeping (ablation)", in_default=False,
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("sml-linear", SML, SMLSettings, {"transfer": "linear"},
          "SML with a learned linear mix a*W_prev + (1-a)*W_hat (ablation)", in_default=False,
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
 register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [W_prev; W_hat] (ablation)",
          in_default=False,
-         history="none (the user's trained row; its rows of the scored period are not read)")
+         history=MF_HISTORY)
+
+register("sml-h", SML, SMLSettings, {"history": "fold-in"},
+         "SML whose served user row adds a fold-in of the user's last items, gated by weights fitted "
+         "on the next period (docs/sml-history.md)", in_default=False,
+         history="last 20 items before the row (earlier periods and earlier rows of the scored period), "
+                 "folded over the served item rows into the user's served row (never the row itself)")
 
 register("sml-blend", SMLBlend, BlendSettings, {},
          "SML and itemknn blended per row by weights meta-trained on the next period (docs/sml-blend.md)",

@@ -34,6 +34,7 @@ those periods: Fine-tune "seen" + layer0 .2214 (held + final .2040, seen + final
 from __future__ import annotations
 
 from dataclasses import dataclass
+import time
 from typing import Any
 
 import numpy as np
@@ -50,11 +51,12 @@ from ..random import make_rng
 from .base import Strategy, StrategyContext, to_tensor
 from .cold import MF_COLD_RULES, TrainedRows, cold_row, with_cold_rows
 from .converge import train_to_convergence
+from .foldin import FoldIn, HistorySettings, check_history_settings
 
 
 @dataclass(frozen=True)
-class RetrainSettings:
-    """Settings of the warm-started MF baselines."""
+class RetrainSettings(HistorySettings):
+    """Settings of the warm-started MF baselines (``history*``: strategies/foldin.py)."""
 
     epochs: int = 5                   # passes over the training window per period
     lr: float | None = None           # None: the MF learning rate
@@ -78,6 +80,7 @@ class RetrainSettings:
         require(self.lr is None or self.lr > 0, "lr", "> 0", self.lr)
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         check_cold_rules(self)
+        check_history_settings(self)
 
 
 GRAPHS = ("held", "seen")
@@ -104,11 +107,34 @@ class MFRetrain(Strategy):
         self.item_rows = TrainedRows(context.n_items)
         self._layer0: tuple[torch.Tensor, torch.Tensor] | None = None
         self._encoded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.foldin = None if getattr(settings, "history", "none") == "none" else \
+            FoldIn(settings, context.n_users, context.seed, context.name or self.name)
+
+    @classmethod
+    def check_context(cls, settings: Any, context: StrategyContext, name: str) -> None:
+        if getattr(settings, "history", "none") != "none" and context.base.kind == "ncf":
+            raise ConfigError(f"strategy {name}: history = {settings.history!r} adds to the served user "
+                              "row in the space of inner products; the NCF base scores through an MLP")
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
         load_base_state(self.model, initial_state)
         self._hold_graph(pretrain.users, pretrain.items)
         self._mark_trained(pretrain.users, pretrain.items)
+        if self.foldin is not None:
+            self.foldin.receive(pretrain.users, pretrain.items)
+
+    def update(self, period: Period) -> float:
+        """With a fold-in: its gate is fitted on ``period`` (D_{t+1}) with the tables served now,
+        before the model's own update; the windows move on after it (strategies/foldin.py)."""
+        if self.foldin is None or len(period) == 0 or period.users.max() >= self.n_users \
+                or period.items.max() >= self.n_items:
+            return super().update(period)      # (the base refuses a bad period)
+        began = time.perf_counter()
+        self.foldin.fit(period, *self.encoded_tables(), ~self.user_rows.trained)
+        fitted = time.perf_counter() - began
+        seconds = super().update(period)
+        self.foldin.receive(period.users, period.items)
+        return seconds + fitted
 
     def _hold_graph(self, users: np.ndarray, items: np.ndarray) -> None:
         """Give the base the graph it trains and serves over: the training window (``graph =
@@ -164,11 +190,20 @@ class MFRetrain(Strategy):
         self.user_rows.grow(n_users)
         self.item_rows.grow(n_items)
         self._layer0 = self._encoded = None
+        if self.foldin is not None:
+            self.foldin.grow(n_users)
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         users = to_tensor(period.users[rows], self.device)
         user_final, item_final = self.encoded_tables()
-        return score_encoded(self.model, user_final, item_final, users, candidates, self._served_dense())
+        if self.foldin is None:
+            return score_encoded(self.model, user_final, item_final, users, candidates, self._served_dense())
+        chosen = np.asarray(period.users[rows], np.int64)
+        with torch.no_grad():
+            vectors = self.foldin.user_rows(user_final[users], item_final, self.foldin.contexts(period)[rows],
+                                            ~self.user_rows.trained[chosen])
+            return self.model.candidate_scores(vectors, item_final, candidates.to(self.device),
+                                               self._served_dense())
 
     def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
         user_final, item_final = self.encoded_tables()
@@ -207,7 +242,13 @@ class MFRetrain(Strategy):
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The final tables whose inner products are the scores (None for a base such as NCF
         that scores with an MLP); production serves them directly."""
-        return self.encoded_tables() if self.model.inner_product else None
+        if not self.model.inner_product:
+            return None
+        user_final, item_final = self.encoded_tables()
+        if self.foldin is not None:
+            with torch.no_grad():
+                user_final = self.foldin.baked_table(user_final, item_final, ~self.user_rows.trained)
+        return user_final, item_final
 
     def layer0_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The trained layer-0 tables with every untrained row replaced by its cold-start rule's row."""
@@ -228,7 +269,8 @@ class MFRetrain(Strategy):
 
     def _state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.trainer.state_dict(),
-                "user_rows": self.user_rows.state(), "item_rows": self.item_rows.state(), **self.model.graph_state()}
+                "user_rows": self.user_rows.state(), "item_rows": self.item_rows.state(), **self.model.graph_state(),
+                **({"foldin": self.foldin.state()} if self.foldin is not None else {})}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -237,6 +279,8 @@ class MFRetrain(Strategy):
         self.item_rows.load(state["item_rows"])
         self.model.load_graph_state(state)
         self._layer0 = self._encoded = None
+        if self.foldin is not None:
+            self.foldin.load_state(state["foldin"])
 
 
 class FullRetrain(MFRetrain):

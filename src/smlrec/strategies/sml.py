@@ -87,6 +87,7 @@ from ..models.train_loop import LossParts, train_epochs
 from ..models.transfer import TRANSFER_KINDS, Transfer
 from ..random import make_torch_generator
 from .base import Strategy, StrategyContext, to_tensor
+from .foldin import FoldIn, check_history_settings
 
 COLD_RULES = ("transfer", "learned", "every-row", "untrained")
 
@@ -125,6 +126,20 @@ class SMLSettings:
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
     allow_ncf: bool = False             # run on the NCF base anyway (refused: module doc, "NCF")
+    # History-aware user rows (strategies/foldin.py, docs/sml-history.md): served row u + g * h,
+    # h folded from the user's last items before the scored row, the gate g fitted on D_{t+1}.
+    history: str = "none"               # none | fold-in
+    history_fold: str = "mean"          # mean (recency-weighted) | least-squares (ridge)
+    history_length: int = 20            # last items kept per user
+    history_recency: float = 0.8        # weight of the k-th most recent item: recency ** k
+    history_l2: float = 1.0             # least-squares: ridge
+    history_beta: float = 1.0           # the gate's starting bias (fixed gate when history_steps = 0)
+    history_steps: int = 100            # full-batch Adam steps on the gate per period (0: fixed)
+    history_negatives: int = 100        # sampled negatives per row of D_{t+1} in the gate's fit
+    history_lr: float = 0.05
+    history_loss: str = "ce"            # ce (softmax over the negatives) | recall (smoothed Recall@2%)
+    history_map: str = "scalar"         # scalar: g * h | linear: g * M h, M (d x d) fitted with the gate
+    history_map_l2: float = 1e-3        # linear: penalty on ||M - I||^2
 
     def __post_init__(self) -> None:
         if self.transfer not in TRANSFER_KINDS:
@@ -144,6 +159,7 @@ class SMLSettings:
             if getattr(self, name) not in COLD_RULES:
                 raise ConfigError(f"strategy sml: {name} must be one of {', '.join(COLD_RULES)}, "
                                   f"got {getattr(self, name)!r}")
+        check_history_settings(self)
 
 
 @dataclass
@@ -166,6 +182,9 @@ class SML(Strategy):
 
     @classmethod
     def check_context(cls, settings: SMLSettings, context: StrategyContext, name: str) -> None:
+        if settings.history != "none" and context.base.kind == "ncf":
+            raise ConfigError(f"strategy {name}: history = {settings.history!r} adds to the served user "
+                              "row in the space of inner products; the NCF base scores through an MLP")
         if context.base.kind == "ncf" and not settings.allow_ncf:
             form = "residual" if settings.residual and settings.transfer != "linear" else "plain"
             raise ConfigError(
@@ -216,6 +235,7 @@ class SML(Strategy):
         self.offline_history: list[_PeriodRows] = []  # only with offline_passes > 1
         self.step1_losses: list[float] = []   # per epoch, of the latest update only
         self.step2_losses: list[float] = []
+        self.foldin = None if s.history == "none" else FoldIn(s, n_users, context.seed, context.name or self.name)
 
     # -- lifecycle -------------------------------------------------------------------------
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
@@ -229,6 +249,8 @@ class SML(Strategy):
         self._set_graph(pretrain.users, pretrain.items)
         self.pending = None
         self._note_seen(pretrain)
+        if self.foldin is not None:
+            self.foldin.receive(pretrain.users, pretrain.items)
         with torch.no_grad():
             for table in ("user", "item"):
                 prev, n_seen = getattr(self, f"{table}_prev"), self._n_seen(table)
@@ -262,6 +284,8 @@ class SML(Strategy):
         incoming = _PeriodRows.of(period)
         self.step1_losses, self.step2_losses = [], []
         frozen = self.settings.freeze_when_scored and period.role in ("validation", "test")
+        if self.foldin is not None and not frozen:
+            self._fit_history(period)      # on D_{t+1}, with the model served before it
         if self.pending is not None:
             self._finish_period(self.pending, incoming, period, frozen)
             if self.offline_history and period.role != "offline":
@@ -271,6 +295,8 @@ class SML(Strategy):
         self.pending = incoming
         if self.settings.offline_passes > 1 and period.role == "offline":
             self.offline_history.append(incoming)
+        if self.foldin is not None:
+            self.foldin.receive(incoming.users, incoming.items)
 
     def _repeat_offline_passes(self, incoming: _PeriodRows, period: Period) -> None:
         """Walk the offline periods again (the transfer keeps learning; W_prev restarts from the
@@ -282,9 +308,28 @@ class SML(Strategy):
                 self._finish_period(rows, next_rows, period, frozen=False)
         self.offline_history = []
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
+        if self.foldin is not None:
+            return self._history_scores(period, rows, candidates)
         users = to_tensor(period.users[rows], self.device)
         user_final, item_final = self.encoded_tables()
         return score_encoded(self.hat, user_final, item_final, users, candidates)
+
+    # -- history-aware rows (strategies/foldin.py) -----------------------------------------
+    def _untrained_users(self, users: np.ndarray) -> np.ndarray:
+        """Users served the cold row (ids are numbered by first appearance)."""
+        return np.asarray(users) >= self.n_users_seen
+
+    def _history_scores(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
+        users = np.asarray(period.users[rows], np.int64)
+        user_final, item_final = self.encoded_tables()
+        with torch.no_grad():
+            vectors = self.foldin.user_rows(user_final[to_tensor(users, self.device)], item_final,
+                                            self.foldin.contexts(period)[rows], self._untrained_users(users))
+            return self.hat.candidate_scores(vectors, item_final, candidates.to(self.device))
+
+    def _fit_history(self, period: Period) -> None:
+        user_final, item_final = self.encoded_tables()
+        self.foldin.fit(period, user_final, item_final, self._untrained_users(np.arange(self.n_users)))
 
     def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -315,7 +360,14 @@ class SML(Strategy):
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Final tables whose inner products are the scores (None when the base is not an inner
         product, e.g. NCF)."""
-        return self.encoded_tables() if self.hat.inner_product else None
+        if not self.hat.inner_product:
+            return None
+        user_final, item_final = self.encoded_tables()
+        if self.foldin is not None:
+            with torch.no_grad():
+                user_final = self.foldin.baked_table(user_final, item_final,
+                                                     self._untrained_users(np.arange(self.n_users)))
+        return user_final, item_final
 
     # -- the schedule ----------------------------------------------------------------------
     def _begin_period(self, rows: _PeriodRows, period: Period, frozen: bool) -> None:
@@ -509,6 +561,8 @@ class SML(Strategy):
             grow_embedding(embedding, fresh, [self.hat_optimizer])
             setattr(self, f"{table}_prev", torch.cat([getattr(self, f"{table}_prev"), fresh]))
             setattr(self, f"{table}_served", torch.cat([getattr(self, f"{table}_served"), served]))
+        if self.foldin is not None:
+            self.foldin.grow(n_users)
 
     def _set_transfer_trainable(self, trainable: bool) -> None:
         for module in (self.user_transfer, self.item_transfer):
@@ -528,6 +582,7 @@ class SML(Strategy):
                 "user_cold": self.user_cold.detach().clone(), "item_cold": self.item_cold.detach().clone(),
                 "offline_history": [_rows_state(r) for r in self.offline_history],
                 **({"dense_optimizer": self.dense_optimizer.state_dict()} if self.dense_optimizer else {}),
+                **({"foldin": self.foldin.state()} if self.foldin is not None else {}),
                 **self.hat.graph_state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -552,6 +607,8 @@ class SML(Strategy):
         pending = state.get("pending")
         self.pending = None if pending is None else _rows_from_state(pending)
         self.offline_history = [_rows_from_state(r) for r in state.get("offline_history", [])]
+        if self.foldin is not None:
+            self.foldin.load_state(state["foldin"])
 
 
 def _rows_state(rows: _PeriodRows) -> dict[str, np.ndarray]:

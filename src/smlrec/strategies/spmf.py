@@ -39,11 +39,12 @@ from ..errors import ConfigError
 from ..models.train_loop import run_trainer_epochs
 from ..random import make_rng
 from .base import StrategyContext, to_tensor
+from .foldin import HistorySettings, check_history_settings
 from .mf_retrain import MFRetrain, check_cold_rules
 
 
 @dataclass(frozen=True)
-class SPMFSettings:
+class SPMFSettings(HistorySettings):
     """Settings of SPMF."""
 
     epochs: int = 5                    # weighted passes (N draws each) over reservoir ∪ D_t per period
@@ -58,6 +59,7 @@ class SPMFSettings:
 
     def __post_init__(self) -> None:
         check_cold_rules(self)
+        check_history_settings(self)
         if self.epochs < 0:
             raise ConfigError(f"strategy.spmf.epochs must be >= 0, got {self.epochs}")
         if self.reservoir_size is not None and self.reservoir_size < 1:
