@@ -193,6 +193,21 @@ def test_a_strategy_that_reads_no_history_ignores_recent_items_and_says_so(tmp_p
 
 
 
+def test_an_mf_strategy_with_the_fold_in_setting_uses_recent_items(tmp_path):
+    # fine-tune's registered rule says "none"; its settings (history = fold-in) decide otherwise
+    frame = synthetic_log(N_PERIODS)
+    history, _ = write_periods(frame, tmp_path / "data", HISTORY)
+    settings = tiny_settings("fine-tune", HISTORY)
+    settings["strategy"]["fine-tune"]["history"] = "fold-in"
+    init_registry(history, tmp_path / "reg", "fine-tune", settings)
+    served = Recommender.from_registry(tmp_path / "reg")
+    assert served.reads_history
+    user, recent = served.checkpoint.user_ids[0], list(served.checkpoint.item_ids[:3])
+    plain, with_recent = served.top_k([user, user], k=served.n_items, exclude_seen=False, recent=[None, recent])
+    assert with_recent.recent_used is True
+    assert dict(zip(plain.items, plain.scores)) != pytest.approx(dict(zip(with_recent.items, with_recent.scores)))
+
+
 
 # -- the front doors: HTTP and `smlrec recommend` --------------------------------------------------
 @pytest.fixture(scope="module")

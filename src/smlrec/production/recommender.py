@@ -64,6 +64,7 @@ class Recommender:
         self.version = checkpoint.version
         self._device = device
         self._strategy = None
+        self._reads_history: bool | None = None
         self.n_items = checkpoint.n_items
         self.item_ids = checkpoint.item_ids
         self.cumulative = checkpoint.cumulative
@@ -187,9 +188,14 @@ class Recommender:
 
     @property
     def reads_history(self) -> bool:
-        """Whether recent items change the scores: every strategy but those whose declared
-        history rule is "none" (a plug-in that declares nothing is asked through its score)."""
-        return not self.history_rule.strip().lower().startswith("none")
+        """Whether recent items change the scores: the strategy's own answer when its settings
+        decide it (``history = "fold-in"`` on an MF strategy), else every strategy but those whose
+        declared history rule is "none" (a plug-in that declares nothing is asked through its score)."""
+        if self._reads_history is None:
+            says = self.strategy.reads_history()
+            self._reads_history = (not self.history_rule.strip().lower().startswith("none")
+                                   if says is None else bool(says))
+        return self._reads_history
 
     def _scratch_rows(self, count: int) -> np.ndarray:
         """``count`` never-trained user rows for users the version does not know (grown once

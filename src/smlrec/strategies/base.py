@@ -152,6 +152,12 @@ class Strategy(ABC):
     @abstractmethod
     def _load_state(self, state: dict[str, Any]) -> None: ...
 
+    def reads_history(self) -> bool | None:
+        """Whether a scored row's history (the user's earlier rows) changes its scores, when the
+        instance's settings decide it (e.g. ``history = "fold-in"``); None: the registered rule
+        (``register(..., history=...)``) says. Production uses it to honour recent items."""
+        return None
+
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """User and item tables of the served model, for strategies that serve an inner product."""
         return None

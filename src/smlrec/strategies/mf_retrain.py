@@ -239,6 +239,9 @@ class MFRetrain(Strategy):
                 self._encoded = (user_final, item_final)
         return self._encoded
 
+    def reads_history(self) -> bool | None:
+        return self.foldin is not None   # history = "fold-in" reads the user's last items
+
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The final tables whose inner products are the scores (None for a base such as NCF
         that scores with an MLP); production serves them directly."""

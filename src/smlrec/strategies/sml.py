@@ -357,6 +357,9 @@ class SML(Strategy):
         if self.hat.propagates:
             self._graph_nodes = (to_tensor(np.unique(users), self.device), to_tensor(np.unique(items), self.device))
 
+    def reads_history(self) -> bool | None:
+        return self.foldin is not None   # history = "fold-in" reads the user's last items
+
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Final tables whose inner products are the scores (None when the base is not an inner
         product, e.g. NCF)."""
