@@ -89,6 +89,7 @@ from ..random import make_torch_generator
 from .base import Strategy, StrategyContext, to_tensor
 
 COLD_RULES = ("transfer", "learned", "every-row", "untrained")
+NEW_ROWS = ("cold", "init")
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,9 @@ class SMLSettings:
                                         # scored one, to learn a better transfer (keeps their rows)
     cold_users: str = "transfer"        # transfer | learned | every-row | untrained (module doc)
     cold_items: str = "transfer"        # (both chosen on validation periods; see the README)
+    new_rows: str = "cold"              # what a newly seen id's W_prev row is under "transfer" /
+                                        # "learned": the shared cold row, or its own initial row
+                                        # ("init"; the cold row is then only served; module doc)
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
     allow_ncf: bool = False             # run on the NCF base anyway (refused: module doc, "NCF")
@@ -140,6 +144,9 @@ class SMLSettings:
             raise ConfigError("strategy sml: offline_passes must be >= 1")
         if not self.dense_lr > 0:
             raise ConfigError(f"strategy sml: dense_lr must be > 0, got {self.dense_lr}")
+        if self.new_rows not in NEW_ROWS:
+            raise ConfigError(f"strategy sml: new_rows must be one of {', '.join(NEW_ROWS)}, "
+                              f"got {self.new_rows!r}")
         for name in ("cold_users", "cold_items"):
             if getattr(self, name) not in COLD_RULES:
                 raise ConfigError(f"strategy sml: {name} must be one of {', '.join(COLD_RULES)}, "
@@ -234,8 +241,9 @@ class SML(Strategy):
                 prev, n_seen = getattr(self, f"{table}_prev"), self._n_seen(table)
                 getattr(self, f"{table}_cold").copy_(prev[:n_seen].mean(dim=0))
                 if self._rule(table) in ("transfer", "learned"):
-                    for name in (f"{table}_prev", f"{table}_served"):
-                        getattr(self, name)[n_seen:] = getattr(self, f"{table}_cold")
+                    names = ("served",) if self.settings.new_rows == "init" else ("prev", "served")
+                    for name in names:
+                        getattr(self, f"{table}_{name}")[n_seen:] = getattr(self, f"{table}_cold")
 
     def _rule(self, table: str) -> str:
         return self.settings.cold_users if table == "user" else self.settings.cold_items
@@ -327,7 +335,7 @@ class SML(Strategy):
         epochs = (self.settings.frozen_step1_epochs or self.settings.step1_epochs) if frozen \
             else self.settings.step1_epochs
         self._step1(rows, period, epochs)
-        self.user_served, self.item_served = self._transformed_tables()
+        self.user_served, self.item_served = self._transformed_tables(serve=True)
 
     def _finish_period(self, rows: _PeriodRows, incoming: _PeriodRows, period: Period,
                        frozen: bool) -> None:
@@ -335,7 +343,8 @@ class SML(Strategy):
         s = self.settings
         self._set_graph(rows.users, rows.items)
         if frozen:
-            carried = (self.user_served, self.item_served)
+            carried = (self.user_served.clone(), self.item_served.clone())
+            self._keep_unseen_rows(carried)
         else:
             step2_rows = incoming if s.step2_data == "next" else rows
             for round_index in range(s.rounds):
@@ -347,8 +356,6 @@ class SML(Strategy):
                 self._step2(step2_rows)
             carried = self._transformed_tables()   # fresh tensors: nothing else holds them
         self._carry_cold_rows()
-        if frozen:
-            carried = (carried[0].clone(), carried[1].clone())
         self.user_prev, self.item_prev = carried
 
     def _transferred_rows(self, users: torch.Tensor, items: torch.Tensor, user_hat, item_hat
@@ -459,9 +466,10 @@ class SML(Strategy):
             parameter.requires_grad_(True)
 
     @torch.no_grad()
-    def _transformed_tables(self, into: tuple[torch.Tensor, torch.Tensor] | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule.
+    def _transformed_tables(self, into: tuple[torch.Tensor, torch.Tensor] | None = None,
+                            serve: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule
+        (``new_rows = "init"``: only in the served tables; carried ones keep their W_prev row).
 
         Written into ``into`` (which may be Ŵ's own tables) or new tensors: at Adressa scale a
         user table is ~120 MB, so no intermediate copy is made."""
@@ -473,10 +481,20 @@ class SML(Strategy):
             n_seen = len(prev) if self._rule(table) == "every-row" else self._n_seen(table)
             result = torch.empty_like(prev) if into is None else into[index]
             transfer.transform_table(prev[:n_seen], hat[:n_seen], size, out=result[:n_seen])
-            cold = self._cold_output(table)
+            cold = self._cold_output(table) if serve or self.settings.new_rows == "cold" else None
             result[n_seen:] = prev[n_seen:] if cold is None else cold.detach()
             out.append(result)
         return out[0], out[1]
+
+    def _keep_unseen_rows(self, tables: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """``new_rows = "init"``: the unseen rows of ``tables`` (copies of the served ones) back to
+        their W_prev rows, so the cold row is never what a new id starts from."""
+        if self.settings.new_rows != "init":
+            return
+        for table, result in zip(("user", "item"), tables):
+            if self._rule(table) in ("transfer", "learned"):
+                n_seen = self._n_seen(table)
+                result[n_seen:] = getattr(self, f"{table}_prev")[n_seen:]
 
     def _carry_cold_rows(self) -> None:
         """The "transfer" rule's cold row moves on with the model: c := f_Θ(c, c)."""
@@ -504,7 +522,9 @@ class SML(Strategy):
                 served = fresh
             else:
                 with torch.no_grad():
-                    fresh = getattr(self, f"{table}_cold").detach().expand(new_size - old_size, -1).clone()
+                    fresh = getattr(self, f"{table}_cold").detach().expand(new_size - old_size, -1).clone() \
+                        if self.settings.new_rows == "cold" \
+                        else init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std).to(self.device)
                     served = self._cold_output(table).detach().expand(new_size - old_size, -1).clone()
             grow_embedding(embedding, fresh, [self.hat_optimizer])
             setattr(self, f"{table}_prev", torch.cat([getattr(self, f"{table}_prev"), fresh]))
