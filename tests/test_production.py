@@ -325,7 +325,7 @@ def test_sml_new_rows_init_grows_fresh_rows_and_serves_the_replay_model(tmp_path
     """new_rows = "init": a grown id starts from its own initial row (as the replay's untouched row),
     while production still serves unknown users and items the cold row, as the replay does."""
     settings = tiny_settings("sml", HISTORY)
-    settings["strategy"]["sml"]["new_rows"] = "init"
+    settings["strategy"]["sml"].update(new_users="init", new_items="init")
     check_production_equals_replay(tmp_path, "sml", settings)
     strategy = Recommender.from_registry(tmp_path / "reg").strategy
     n_users, n_items = strategy.n_users, strategy.n_items

@@ -123,8 +123,8 @@ class SMLSettings:
                                         # scored one, to learn a better transfer (keeps their rows)
     cold_users: str = "transfer"        # transfer | learned | every-row | untrained (module doc)
     cold_items: str = "transfer"        # (both chosen on validation periods; see the README)
-    new_rows: str = "cold"              # what a newly seen id's W_prev row is under "transfer" /
-                                        # "learned": the shared cold row, or its own initial row
+    new_users: str = "cold"             # what a newly seen id's W_prev row is under "transfer" /
+    new_items: str = "cold"             # "learned": the shared cold row, or its own initial row
                                         # ("init"; the cold row is then only served; module doc)
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
@@ -144,9 +144,10 @@ class SMLSettings:
             raise ConfigError("strategy sml: offline_passes must be >= 1")
         if not self.dense_lr > 0:
             raise ConfigError(f"strategy sml: dense_lr must be > 0, got {self.dense_lr}")
-        if self.new_rows not in NEW_ROWS:
-            raise ConfigError(f"strategy sml: new_rows must be one of {', '.join(NEW_ROWS)}, "
-                              f"got {self.new_rows!r}")
+        for name in ("new_users", "new_items"):
+            if getattr(self, name) not in NEW_ROWS:
+                raise ConfigError(f"strategy sml: {name} must be one of {', '.join(NEW_ROWS)}, "
+                                  f"got {getattr(self, name)!r}")
         for name in ("cold_users", "cold_items"):
             if getattr(self, name) not in COLD_RULES:
                 raise ConfigError(f"strategy sml: {name} must be one of {', '.join(COLD_RULES)}, "
@@ -241,12 +242,15 @@ class SML(Strategy):
                 prev, n_seen = getattr(self, f"{table}_prev"), self._n_seen(table)
                 getattr(self, f"{table}_cold").copy_(prev[:n_seen].mean(dim=0))
                 if self._rule(table) in ("transfer", "learned"):
-                    names = ("served",) if self.settings.new_rows == "init" else ("prev", "served")
+                    names = ("served",) if self._new_rows(table) == "init" else ("prev", "served")
                     for name in names:
                         getattr(self, f"{table}_{name}")[n_seen:] = getattr(self, f"{table}_cold")
 
     def _rule(self, table: str) -> str:
         return self.settings.cold_users if table == "user" else self.settings.cold_items
+
+    def _new_rows(self, table: str) -> str:
+        return self.settings.new_users if table == "user" else self.settings.new_items
 
     def _n_seen(self, table: str) -> int:
         return self.n_users_seen if table == "user" else self.n_items_seen
@@ -469,7 +473,7 @@ class SML(Strategy):
     def _transformed_tables(self, into: tuple[torch.Tensor, torch.Tensor] | None = None,
                             serve: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule
-        (``new_rows = "init"``: only in the served tables; carried ones keep their W_prev row).
+        (``new_users`` / ``new_items`` = "init": only in the served tables; carried ones keep their W_prev row).
 
         Written into ``into`` (which may be Ŵ's own tables) or new tensors: at Adressa scale a
         user table is ~120 MB, so no intermediate copy is made."""
@@ -481,18 +485,16 @@ class SML(Strategy):
             n_seen = len(prev) if self._rule(table) == "every-row" else self._n_seen(table)
             result = torch.empty_like(prev) if into is None else into[index]
             transfer.transform_table(prev[:n_seen], hat[:n_seen], size, out=result[:n_seen])
-            cold = self._cold_output(table) if serve or self.settings.new_rows == "cold" else None
+            cold = self._cold_output(table) if serve or self._new_rows(table) == "cold" else None
             result[n_seen:] = prev[n_seen:] if cold is None else cold.detach()
             out.append(result)
         return out[0], out[1]
 
     def _keep_unseen_rows(self, tables: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """``new_rows = "init"``: the unseen rows of ``tables`` (copies of the served ones) back to
+        """``new_users`` / ``new_items`` = "init": the unseen rows of ``tables`` (copies of the served ones) back to
         their W_prev rows, so the cold row is never what a new id starts from."""
-        if self.settings.new_rows != "init":
-            return
         for table, result in zip(("user", "item"), tables):
-            if self._rule(table) in ("transfer", "learned"):
+            if self._rule(table) in ("transfer", "learned") and self._new_rows(table) == "init":
                 n_seen = self._n_seen(table)
                 result[n_seen:] = getattr(self, f"{table}_prev")[n_seen:]
 
@@ -523,7 +525,7 @@ class SML(Strategy):
             else:
                 with torch.no_grad():
                     fresh = getattr(self, f"{table}_cold").detach().expand(new_size - old_size, -1).clone() \
-                        if self.settings.new_rows == "cold" \
+                        if self._new_rows(table) == "cold" \
                         else init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std).to(self.device)
                     served = self._cold_output(table).detach().expand(new_size - old_size, -1).clone()
             grow_embedding(embedding, fresh, [self.hat_optimizer])
