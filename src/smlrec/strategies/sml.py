@@ -30,6 +30,14 @@ Cold start: a user or item not seen yet has no trained row. Its rule (``cold_use
   (a new row would need every past Θ), so it refuses to.
 * ``untrained``: the random initial row, untouched (the behaviour before these rules).
 
+Under ``transfer`` and ``learned`` an id first seen in period t starts that period from the cold
+row (W_prev row c, Ŵ from c) unless ``new_users`` / ``new_items`` = ``"init"``, which start it from
+its own initial row as ``untrained`` does and keep the cold row for serving unseen ids only. A
+rarely-seen id's served row stays a near-copy of the cold row's (mean cosine .96-.98 for items seen
+once on four synthetic logs), so its ranking follows what step 2 makes of the cold row; on a log
+where new items are the likely ones that costs warm users (docs/sml-stability.md, "The cold row
+and warm users").
+
 ``transfer`` and ``learned`` give every unseen id the same row, so a production update with new
 ids equals the replay step exactly, and an unknown user is served the cold row. The default,
 ``transfer`` for both tables, has the best mean validation Recall@20 over the bundled data and two
