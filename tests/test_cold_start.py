@@ -269,3 +269,67 @@ def test_warm_cold_table_marks_strategies_below_the_popularity_floor():
     assert sml[3] == "0.4000"                          # warm users: above the floor
     assert sml[5].endswith(BELOW_FLOOR)                # cold users: below
     assert not any(cell.endswith(BELOW_FLOOR) for cell in text.rows[0] + text.rows[2])
+
+
+@pytest.mark.parametrize("new_rows", ["cold", "init"])
+def test_sml_new_rows_decides_what_a_newly_seen_id_starts_from(new_rows):
+    """Item 12 is first seen in period 3: when update(3) finishes period 2 and begins period 3, its
+    W_prev row is the carried cold row ("cold") or its own initial row ("init"); in both cases an
+    id not seen yet (user 8) is served f(c, c), so the cold users' rule is the same."""
+    timeline = hand_timeline()
+    # served for period 4
+    strategy, initial = sml_after(timeline, "transfer", 2, new_users=new_rows, new_items=new_rows)
+    item = int(np.flatnonzero(timeline.log.item_ids == 12)[0])
+    assert item < strategy.n_items_seen
+    expected = strategy.item_cold.detach() if new_rows == "cold" else initial["item"][item]
+    torch.testing.assert_close(strategy.item_prev[item], expected)
+    user = idx(timeline, 8)
+    assert user >= strategy.n_users_seen
+    with torch.no_grad():
+        c = strategy.user_cold.detach()
+        torch.testing.assert_close(strategy.user_served[user], strategy.user_transfer(c[None], c[None])[0])
+    unseen_prev = strategy.user_prev[user]
+    if new_rows == "init":
+        torch.testing.assert_close(unseen_prev, initial["user"][user])
+    else:
+        torch.testing.assert_close(unseen_prev, c)
+
+
+def test_sml_new_rows_init_keeps_the_pretrained_tables_unseen_rows_included():
+    """With "init", W_prev after the first update is the pretrained tables, unseen rows included, as
+    under "untrained" ("cold" writes c into the unseen rows): the rules differ only in what unseen
+    ids are served and trained against."""
+    timeline = hand_timeline()
+    init, initial = sml_after(timeline, "transfer", 1, new_users="init", new_items="init")
+    untrained, _ = sml_after(timeline, "untrained", 1)
+    torch.testing.assert_close(init.user_prev, untrained.user_prev)
+    torch.testing.assert_close(init.item_prev, untrained.item_prev)
+    torch.testing.assert_close(init.user_prev, initial["user"])
+
+
+def test_sml_new_rows_is_validated():
+    from smlrec.errors import ConfigError
+    from smlrec.strategies.sml import SMLSettings
+
+    with pytest.raises(ConfigError, match="new_items must be one of cold, init"):
+        SMLSettings(new_items="own")
+
+
+@pytest.mark.parametrize("rule", ["transfer", "learned"])
+def test_sml_new_rows_init_meets_the_contract(rule):
+    from smlrec.testing import check_strategy, fast_overrides
+
+    check_strategy("sml", {**fast_overrides("sml"), "new_users": "init", "new_items": "init",
+                           "cold_users": rule, "cold_items": rule})
+
+
+def test_sml_new_rows_are_set_per_table():
+    """new_items = "init" with new_users = "cold": a new item starts from its own row, an unseen
+    user's W_prev row is still the carried cold user row."""
+    timeline = hand_timeline()
+    strategy, initial = sml_after(timeline, "transfer", 2, new_items="init")
+    item = int(np.flatnonzero(timeline.log.item_ids == 12)[0])
+    torch.testing.assert_close(strategy.item_prev[item], initial["item"][item])
+    user = idx(timeline, 8)
+    torch.testing.assert_close(strategy.user_prev[user], strategy.user_cold.detach())
+    assert not torch.allclose(strategy.user_prev[user], initial["user"][user])

@@ -320,3 +320,20 @@ def test_init_refuses_an_existing_registry_and_update_an_empty_one(registry, tmp
         init_registry(tmp_path / "data" / "history.csv", reg.root, "fine-tune", tiny_settings("fine-tune", HISTORY))
     with pytest.raises(CheckpointError, match="no model registry"):
         update_once(tmp_path / "nothing", batches[0])
+
+
+def test_sml_new_rows_init_grows_fresh_rows_and_serves_the_replay_model(tmp_path):
+    """new_rows = "init": a grown id starts from its own initial row (as the replay's untouched row),
+    while production still serves unknown users and items the cold row, as the replay does."""
+    settings = tiny_settings("sml", HISTORY)
+    settings["strategy"]["sml"].update(new_users="init", new_items="init")
+    check_production_equals_replay(tmp_path, "sml", settings)
+    strategy = Recommender.from_registry(tmp_path / "reg").strategy
+    n_users, n_items = strategy.n_users, strategy.n_items
+    strategy.grow(n_users + 2, n_items)
+    mf = strategy.context.mf
+    expected = init_rows(strategy.context.seed, "user", n_users, n_users + 2, mf.dim, mf.init_std)
+    torch.testing.assert_close(strategy.user_prev[n_users:], expected)
+    with torch.no_grad():
+        cold = strategy._cold_output("user")
+    torch.testing.assert_close(strategy.user_served[n_users:], cold.expand(2, -1))

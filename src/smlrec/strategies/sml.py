@@ -30,6 +30,14 @@ Cold start: a user or item not seen yet has no trained row. Its rule (``cold_use
   (a new row would need every past Θ), so it refuses to.
 * ``untrained``: the random initial row, untouched (the behaviour before these rules).
 
+Under ``transfer`` and ``learned`` an id first seen in period t starts that period from the cold
+row (W_prev row c, Ŵ from c) unless ``new_users`` / ``new_items`` = ``"init"``, which start it from
+its own initial row as ``untrained`` does and keep the cold row for serving unseen ids only. A
+rarely-seen id's served row stays a near-copy of the cold row's (mean cosine .96-.98 for items seen
+once on four synthetic logs), so its ranking follows what step 2 makes of the cold row; on a log
+where new items are the likely ones that costs warm users (docs/sml-stability.md, "The cold row
+and warm users").
+
 ``transfer`` and ``learned`` give every unseen id the same row, so a production update with new
 ids equals the replay step exactly, and an unknown user is served the cold row. The default,
 ``transfer`` for both tables, has the best mean validation Recall@20 over the bundled data and two
@@ -90,6 +98,7 @@ from .base import Strategy, StrategyContext, to_tensor
 from .foldin import FoldIn, check_history_settings
 
 COLD_RULES = ("transfer", "learned", "every-row", "untrained")
+NEW_ROWS = ("cold", "init")
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,9 @@ class SMLSettings:
                                         # scored one, to learn a better transfer (keeps their rows)
     cold_users: str = "transfer"        # transfer | learned | every-row | untrained (module doc)
     cold_items: str = "transfer"        # (both chosen on validation periods; see the README)
+    new_users: str = "cold"             # what a newly seen id's W_prev row is under "transfer" /
+    new_items: str = "cold"             # "learned": the shared cold row, or its own initial row
+                                        # ("init"; the cold row is then only served; module doc)
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
     allow_ncf: bool = False             # run on the NCF base anyway (refused: module doc, "NCF")
@@ -155,6 +167,10 @@ class SMLSettings:
             raise ConfigError("strategy sml: offline_passes must be >= 1")
         if not self.dense_lr > 0:
             raise ConfigError(f"strategy sml: dense_lr must be > 0, got {self.dense_lr}")
+        for name in ("new_users", "new_items"):
+            if getattr(self, name) not in NEW_ROWS:
+                raise ConfigError(f"strategy sml: {name} must be one of {', '.join(NEW_ROWS)}, "
+                                  f"got {getattr(self, name)!r}")
         for name in ("cold_users", "cold_items"):
             if getattr(self, name) not in COLD_RULES:
                 raise ConfigError(f"strategy sml: {name} must be one of {', '.join(COLD_RULES)}, "
@@ -256,11 +272,15 @@ class SML(Strategy):
                 prev, n_seen = getattr(self, f"{table}_prev"), self._n_seen(table)
                 getattr(self, f"{table}_cold").copy_(prev[:n_seen].mean(dim=0))
                 if self._rule(table) in ("transfer", "learned"):
-                    for name in (f"{table}_prev", f"{table}_served"):
-                        getattr(self, name)[n_seen:] = getattr(self, f"{table}_cold")
+                    names = ("served",) if self._new_rows(table) == "init" else ("prev", "served")
+                    for name in names:
+                        getattr(self, f"{table}_{name}")[n_seen:] = getattr(self, f"{table}_cold")
 
     def _rule(self, table: str) -> str:
         return self.settings.cold_users if table == "user" else self.settings.cold_items
+
+    def _new_rows(self, table: str) -> str:
+        return self.settings.new_users if table == "user" else self.settings.new_items
 
     def _n_seen(self, table: str) -> int:
         return self.n_users_seen if table == "user" else self.n_items_seen
@@ -382,7 +402,7 @@ class SML(Strategy):
         epochs = (self.settings.frozen_step1_epochs or self.settings.step1_epochs) if frozen \
             else self.settings.step1_epochs
         self._step1(rows, period, epochs)
-        self.user_served, self.item_served = self._transformed_tables()
+        self.user_served, self.item_served = self._transformed_tables(serve=True)
 
     def _finish_period(self, rows: _PeriodRows, incoming: _PeriodRows, period: Period,
                        frozen: bool) -> None:
@@ -390,7 +410,8 @@ class SML(Strategy):
         s = self.settings
         self._set_graph(rows.users, rows.items)
         if frozen:
-            carried = (self.user_served, self.item_served)
+            carried = (self.user_served.clone(), self.item_served.clone())
+            self._keep_unseen_rows(carried)
         else:
             step2_rows = incoming if s.step2_data == "next" else rows
             for round_index in range(s.rounds):
@@ -402,8 +423,6 @@ class SML(Strategy):
                 self._step2(step2_rows)
             carried = self._transformed_tables()   # fresh tensors: nothing else holds them
         self._carry_cold_rows()
-        if frozen:
-            carried = (carried[0].clone(), carried[1].clone())
         self.user_prev, self.item_prev = carried
 
     def _transferred_rows(self, users: torch.Tensor, items: torch.Tensor, user_hat, item_hat
@@ -514,9 +533,10 @@ class SML(Strategy):
             parameter.requires_grad_(True)
 
     @torch.no_grad()
-    def _transformed_tables(self, into: tuple[torch.Tensor, torch.Tensor] | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule.
+    def _transformed_tables(self, into: tuple[torch.Tensor, torch.Tensor] | None = None,
+                            serve: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """f_Θ(W_prev, Ŵ) over every row of the ids seen so far; unseen rows by their cold rule
+        (``new_users`` / ``new_items`` = "init": only in the served tables; carried ones keep their W_prev row).
 
         Written into ``into`` (which may be Ŵ's own tables) or new tensors: at Adressa scale a
         user table is ~120 MB, so no intermediate copy is made."""
@@ -528,10 +548,18 @@ class SML(Strategy):
             n_seen = len(prev) if self._rule(table) == "every-row" else self._n_seen(table)
             result = torch.empty_like(prev) if into is None else into[index]
             transfer.transform_table(prev[:n_seen], hat[:n_seen], size, out=result[:n_seen])
-            cold = self._cold_output(table)
+            cold = self._cold_output(table) if serve or self._new_rows(table) == "cold" else None
             result[n_seen:] = prev[n_seen:] if cold is None else cold.detach()
             out.append(result)
         return out[0], out[1]
+
+    def _keep_unseen_rows(self, tables: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """``new_users`` / ``new_items`` = "init": the unseen rows of ``tables`` (copies of the served ones) back to
+        their W_prev rows, so the cold row is never what a new id starts from."""
+        for table, result in zip(("user", "item"), tables):
+            if self._rule(table) in ("transfer", "learned") and self._new_rows(table) == "init":
+                n_seen = self._n_seen(table)
+                result[n_seen:] = getattr(self, f"{table}_prev")[n_seen:]
 
     def _carry_cold_rows(self) -> None:
         """The "transfer" rule's cold row moves on with the model: c := f_Θ(c, c)."""
@@ -559,7 +587,9 @@ class SML(Strategy):
                 served = fresh
             else:
                 with torch.no_grad():
-                    fresh = getattr(self, f"{table}_cold").detach().expand(new_size - old_size, -1).clone()
+                    fresh = getattr(self, f"{table}_cold").detach().expand(new_size - old_size, -1).clone() \
+                        if self._new_rows(table) == "cold" \
+                        else init_rows(seed, table, old_size, new_size, mf.dim, mf.init_std).to(self.device)
                     served = self._cold_output(table).detach().expand(new_size - old_size, -1).clone()
             grow_embedding(embedding, fresh, [self.hat_optimizer])
             setattr(self, f"{table}_prev", torch.cat([getattr(self, f"{table}_prev"), fresh]))
