@@ -17,7 +17,7 @@ from smlrec.testing import ContractWorld, fast_overrides
 ALL = ",".join(COMPONENTS)
 # the default two-model form, every model under softmax, and the per-model sigmoid gates with the
 # share feature
-CONFIGS = {"default": {}, "all": {"components": ALL},
+CONFIGS = {"two": {"components": "itemknn"}, "default": {},
            "sigmoid": {"components": "itemknn,pop-recent,ease", "gate": "sigmoid", "features": "counts+share"}}
 
 
@@ -171,6 +171,7 @@ def _one_hot(strategy, k: int) -> torch.Tensor:
 def test_one_hot_weights_rank_as_one_model_alone(world, normalise):
     settings = {**world.overrides["sml-blend"], "normalise": normalise}
     strategy = create_strategy("sml-blend", world.context("sml-blend"), settings)
+    names = blend.parse_components(strategy.settings.components)
     strategy.start(world.timeline.pretrain_data, {k: v.clone() for k, v in world.initial.items()})
     periods = world.replayed
     for period in periods[:-1]:
@@ -178,7 +179,7 @@ def test_one_hot_weights_rank_as_one_model_alone(world, normalise):
     period = periods[-1]
     candidates = torch.from_numpy(world.candidates[period.index].astype(np.int64)).clamp_min(0)
     rows = slice(0, len(period))
-    assert len(strategy.models) == 1 + len(blend.parse_components(settings.get("components", "itemknn")))
+    assert strategy.names == ("sml",) + names
     for k, model in enumerate(strategy.models):
         with torch.no_grad():
             alone = model.score(period, rows, candidates)
@@ -190,9 +191,11 @@ def test_one_hot_weights_rank_as_one_model_alone(world, normalise):
                 _same_order(strategy.score_new_users(candidates[:3]), model.score_new_users(candidates[:3]))
 
 
-def test_the_default_is_the_two_model_sigmoid_form(world):
+def test_one_component_is_the_two_model_sigmoid_form(world):
     """With one component the softmax weight of SML is sigmoid(w . x) of the original blend."""
-    strategy = create_strategy("sml-blend", world.context("sml-blend"), fast_overrides("sml-blend"))
+    assert strategy_settings("sml-blend").components == ALL
+    strategy = create_strategy("sml-blend", world.context("sml-blend"),
+                               {**fast_overrides("sml-blend"), "components": "itemknn"})
     assert strategy.names == ("sml", "itemknn") and strategy.W.shape == (1, blend.N_FEATURES)
     x = torch.randn(50, blend.N_FEATURES, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     strategy.W = torch.randn(1, blend.N_FEATURES, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

@@ -257,10 +257,12 @@ register("sml-mlp", SML, SMLSettings, {"transfer": "mlp"}, "SML with an MLP on [
          history="none (the user's trained row; its rows of the scored period are not read)")
 
 register("sml-blend", SMLBlend, BlendSettings, {},
-         "SML and itemknn blended per row by weights meta-trained on the next period (docs/sml-blend.md)",
+         "SML and history-aware models (components) mixed per row by weights meta-trained on the next "
+         "period (docs/sml-blend.md)",
          in_default=False,
-         history="itemknn's last 20 items before the row (earlier periods and earlier rows of the scored "
-                 "period); the blend weight reads the user's row counts before the row; SML's part: none")
+         history="each component's own rule (itemknn, ease: last 20 items before the row; sknn: last 100; "
+                 "ials: earlier rows folded in; pop-recent: none); the weights read the user's row counts "
+                 "before the row; SML's part: none")
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "NoSettings", "Strategy", "StrategyContext", "StrategySpec",
            "check_strategy", "create_strategy", "default_strategies", "load_entry_points", "load_plugin",

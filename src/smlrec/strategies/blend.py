@@ -69,7 +69,9 @@ class BlendSettings(SMLSettings):
     """The inner SML's settings (every SMLSettings field), the inner ItemKNN's (``knn_*``) and the
     blend's own. The other components run their registered defaults (pop-recent: decay 0.5)."""
 
-    components: str = "itemknn"       # comma-separated models blended with SML (COMPONENTS)
+    # the models blended with SML (COMPONENTS), all of them: the best list on the bundled data's
+    # validation periods (docs/sml-blend.md); "itemknn" alone is the original two-model blend
+    components: str = "itemknn,sknn,ials,pop-recent,ease"
     gate: str = "softmax"             # softmax over the models | sigmoid (one gate per model)
     features: str = "counts"          # counts | counts+share (module doc)
     knn_window: int = 0
