@@ -240,6 +240,14 @@ def test_ease_is_left_out_with_a_note_above_its_max_items(world, caplog):
         strategy = create_strategy("sml-blend", context, {**fast_overrides("sml-blend"), "components": "itemknn,ease"})
     assert strategy.names == ("sml", "itemknn") and strategy.dropped == ("ease",)
     assert "ease left out of the blend" in caplog.text and "30001 items" in caplog.text
+    # ease the only component: SML alone, weight 1, and the meta-fit still runs
+    alone = create_strategy("sml-blend", context, {**fast_overrides("sml-blend"), "components": "ease"})
+    assert alone.names == ("sml",) and alone.W.shape == (0, blend.N_FEATURES)
+    x = alone.new_user_features(4)
+    assert torch.equal(alone.weights(x), torch.ones(4, 1, dtype=torch.float64))
+    z = torch.randn(1, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    W, _, losses = blend.fit_mixture(alone.W, alone.log_temperature, x, z, alone.settings)
+    assert W.shape == (0, blend.N_FEATURES) and len(losses) == alone.settings.steps
 
 
 def test_normalised_scores_by_hand():

@@ -188,7 +188,13 @@ def blend(a: torch.Tensor, z_sml: torch.Tensor, z_knn: torch.Tensor) -> torch.Te
 
 
 def initial_weights(k: int, n_features: int, gate: str, sml_weight: float) -> torch.Tensor:
-    """``W`` before any fit: SML at ``sml_weight``, the other models sharing the rest equally."""
+    """``W`` before any fit: SML at ``sml_weight``, the other models sharing the rest equally
+    (SML alone, when ease was the only component and was left out: weight 1 whatever ``W``)."""
+    if k == 1:
+        W = torch.zeros(1 if gate == "sigmoid" else 0, n_features, dtype=torch.float64)
+        if gate == "sigmoid":
+            W[0, 0] = float(np.log(sml_weight / (1 - sml_weight)))
+        return W
     rest = (1.0 - sml_weight) / (k - 1)
     if gate == "sigmoid":
         W = torch.zeros(k, n_features, dtype=torch.float64)
