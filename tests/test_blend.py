@@ -1,4 +1,5 @@
-"""sml-blend: the weights are fitted on D_{t+1} with the models of t, no history leak, extremes."""
+"""sml-blend: the weights are fitted on D_{t+1} with the models of t, no history leak, extremes,
+for the default two-model form and the K-model mixtures."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ import torch
 
 from smlrec.errors import ConfigError
 from smlrec.strategies import blend, create_strategy, neighbours, strategy_settings
-from smlrec.strategies.blend import N_FEATURES, earlier_in_period_reference, normalise_scores
+from smlrec.strategies.blend import COMPONENTS, earlier_in_period_reference, normalise_scores
 from smlrec.testing import ContractWorld, fast_overrides
 
+ALL = ",".join(COMPONENTS)
+# the default two-model form, every model under softmax, and the per-model sigmoid gates with the
+# share feature
+CONFIGS = {"two": {"components": "itemknn"}, "default": {},
+           "sigmoid": {"components": "itemknn,pop-recent,ease", "gate": "sigmoid", "features": "counts+share"}}
 
-@pytest.fixture(scope="module")
-def world():
-    return ContractWorld()
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def world(request):
+    return ContractWorld({"sml-blend": {**fast_overrides("sml-blend"), **CONFIGS[request.param]}})
 
 
 def _spied(world, monkeypatch):
@@ -27,7 +34,7 @@ def _spied(world, monkeypatch):
 
     def spy(period):
         seen.append({"period": period.index, "users": period.users.copy(), "items": period.items.copy(),
-                     "sml_updates": strategy.sml.periods_seen, "knn_blocks": strategy.knn.blocks})
+                     "updates": [m.periods_seen for m in strategy.models]})
         original(period)
 
     monkeypatch.setattr(strategy, "fit_weights", spy)
@@ -40,17 +47,16 @@ def test_weights_are_fitted_on_the_next_period_with_the_models_of_the_previous_o
     for k, period in enumerate(periods):
         # the weights that serve this period come from fits on earlier periods only
         assert all(entry["period"] < period.index for entry in seen)
-        w_served = strategy.w.clone()
+        w_served = strategy.W.clone()
         world.score(strategy, period)
-        assert torch.equal(strategy.w, w_served)            # scoring never fits
+        assert torch.equal(strategy.W, w_served)            # scoring never fits
         strategy.update(period)
         last = seen[-1]
         assert last["period"] == period.index and len(seen) == k + 1
         np.testing.assert_array_equal(last["users"], period.users)
         np.testing.assert_array_equal(last["items"], period.items)
-        # the fit ran before the inner models received D_{t+1}: SML had k updates, itemknn the
-        # pretrain block and k periods
-        assert last["sml_updates"] == k and last["knn_blocks"] == k + 1
+        # the fit ran before the inner models received D_{t+1}: each had k updates
+        assert last["updates"] == [k] * len(strategy.models)
     assert strategy.sml.periods_seen == len(periods)
 
 
@@ -62,7 +68,7 @@ def test_the_fit_uses_the_period_it_is_given(world):
     for rows in (period, period, shuffled):
         strategy = world.fresh("sml-blend")
         strategy.update(rows)
-        weights.append(strategy.w.clone())
+        weights.append(strategy.W.clone())
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], weights[2])
 
@@ -148,10 +154,24 @@ def _same_order(blended: torch.Tensor, alone: torch.Tensor) -> None:
     assert bool((diff_blend[diff_alone == 0] == 0).all())
 
 
+def _one_hot(strategy, k: int) -> torch.Tensor:
+    """``W`` that gives model ``k`` all the weight (exactly, in float64)."""
+    W = torch.zeros_like(strategy.W)
+    if strategy.settings.gate == "sigmoid":
+        W[:, 0] = -1e3
+        W[k, 0] = 1e3
+    elif k < len(W):
+        W[k, 0] = 1e3
+    else:                      # the last model: every other logit far below its 0
+        W[:, 0] = -1e3
+    return W
+
+
 @pytest.mark.parametrize("normalise", ["zscore", "rank"])
-def test_extreme_weights_rank_as_one_model_alone(world, normalise):
-    strategy = create_strategy("sml-blend", world.context("sml-blend"),
-                               {**fast_overrides("sml-blend"), "normalise": normalise})
+def test_one_hot_weights_rank_as_one_model_alone(world, normalise):
+    settings = {**world.overrides["sml-blend"], "normalise": normalise}
+    strategy = create_strategy("sml-blend", world.context("sml-blend"), settings)
+    names = blend.parse_components(strategy.settings.components)
     strategy.start(world.timeline.pretrain_data, {k: v.clone() for k, v in world.initial.items()})
     periods = world.replayed
     for period in periods[:-1]:
@@ -159,15 +179,75 @@ def test_extreme_weights_rank_as_one_model_alone(world, normalise):
     period = periods[-1]
     candidates = torch.from_numpy(world.candidates[period.index].astype(np.int64)).clamp_min(0)
     rows = slice(0, len(period))
-    with torch.no_grad():
-        sml_alone = strategy.sml.score(period, rows, candidates)
-        knn_alone = strategy.knn.score(period, rows, candidates)
-        for bias, alone in ((1e3, sml_alone), (-1e3, knn_alone)):
-            strategy.w = torch.zeros(N_FEATURES + 1, dtype=torch.float64)
-            strategy.w[0] = bias
+    assert strategy.names == ("sml",) + names
+    for k, model in enumerate(strategy.models):
+        with torch.no_grad():
+            alone = model.score(period, rows, candidates)
+            strategy.W = _one_hot(strategy, k)
+            weights = strategy.weights(strategy.features(period, rows))
+            assert torch.equal(weights[:, k], torch.ones(len(period), dtype=torch.float64))
             _same_order(strategy.score(period, rows, candidates), alone)
-            _same_order(strategy.score_new_users(candidates[:3]),
-                        (strategy.sml if bias > 0 else strategy.knn).score_new_users(candidates[:3]))
+            if strategy.names[k] != "pop-recent":      # the same ranking for every user: all tie
+                _same_order(strategy.score_new_users(candidates[:3]), model.score_new_users(candidates[:3]))
+
+
+def test_one_component_is_the_two_model_sigmoid_form(world):
+    """With one component the softmax weight of SML is sigmoid(w . x) of the original blend."""
+    assert strategy_settings("sml-blend").components == ALL
+    strategy = create_strategy("sml-blend", world.context("sml-blend"),
+                               {**fast_overrides("sml-blend"), "components": "itemknn"})
+    assert strategy.names == ("sml", "itemknn") and strategy.W.shape == (1, blend.N_FEATURES)
+    x = torch.randn(50, blend.N_FEATURES, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    strategy.W = torch.randn(1, blend.N_FEATURES, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a = torch.sigmoid(x @ strategy.W[0])
+    torch.testing.assert_close(strategy.weights(x), torch.stack([a, 1 - a], dim=1), rtol=1e-12, atol=1e-12)
+    z = torch.randn(2, 50, 7, dtype=torch.float64)
+    torch.testing.assert_close(blend.mix(strategy.weights(x), z), blend.blend(a, z[0], z[1]), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_state_round_trip_scores_and_updates_as_the_original(world):
+    periods = world.replayed
+    original = world.fresh("sml-blend")
+    original.update(periods[0])
+    restored = world.fresh("sml-blend", start=False)
+    restored.load_state_dict(original.state_dict())
+    assert torch.equal(restored.W, original.W)
+    torch.testing.assert_close(world.score(restored, periods[1]), world.score(original, periods[1]), rtol=0, atol=0)
+    original.update(periods[1])
+    restored.update(periods[1])
+    assert torch.equal(restored.W, original.W)
+    torch.testing.assert_close(world.score(restored, periods[2]), world.score(original, periods[2]), rtol=0, atol=0)
+
+
+def test_a_state_of_other_models_is_refused(world):
+    from smlrec.errors import CheckpointError
+
+    other = "itemknn,sknn" if world.overrides["sml-blend"].get("components") != "itemknn,sknn" else "itemknn"
+    source = create_strategy("sml-blend", world.context("sml-blend"),
+                             {**world.overrides["sml-blend"], "components": other})
+    target = world.fresh("sml-blend", start=False)
+    with pytest.raises(CheckpointError, match="expected"):
+        target.load_state_dict(source.state_dict())
+
+
+def test_ease_is_left_out_with_a_note_above_its_max_items(world, caplog):
+    settings = strategy_settings("sml-blend", {"components": "itemknn,ease"})
+    assert blend.served_components(settings, 30_000) == (("itemknn", "ease"), ())
+    assert blend.served_components(settings, 30_001) == (("itemknn",), ("ease",))
+    context = replace(world.context("sml-blend"), n_items=30_001)
+    with caplog.at_level("WARNING", logger="smlrec.strategies.blend"):
+        strategy = create_strategy("sml-blend", context, {**fast_overrides("sml-blend"), "components": "itemknn,ease"})
+    assert strategy.names == ("sml", "itemknn") and strategy.dropped == ("ease",)
+    assert "ease left out of the blend" in caplog.text and "30001 items" in caplog.text
+    # ease the only component: SML alone, weight 1, and the meta-fit still runs
+    alone = create_strategy("sml-blend", context, {**fast_overrides("sml-blend"), "components": "ease"})
+    assert alone.names == ("sml",) and alone.W.shape == (0, blend.N_FEATURES)
+    x = alone.new_user_features(4)
+    assert torch.equal(alone.weights(x), torch.ones(4, 1, dtype=torch.float64))
+    z = torch.randn(1, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    W, _, losses = blend.fit_mixture(alone.W, alone.log_temperature, x, z, alone.settings)
+    assert W.shape == (0, blend.N_FEATURES) and len(losses) == alone.settings.steps
 
 
 def test_normalised_scores_by_hand():
@@ -193,6 +273,16 @@ def test_settings_are_validated_and_reach_the_inner_models():
         strategy_settings("sml-blend", {"normalise": "softmax"})
     with pytest.raises(ConfigError, match="recency"):
         strategy_settings("sml-blend", {"knn_recency": 0.0})
+    with pytest.raises(ConfigError, match="components"):
+        strategy_settings("sml-blend", {"components": "itemknn,gru4rec"})
+    with pytest.raises(ConfigError, match="no model twice"):
+        strategy_settings("sml-blend", {"components": "ease,ease"})
+    with pytest.raises(ConfigError, match="components"):
+        strategy_settings("sml-blend", {"components": ""})
+    with pytest.raises(ConfigError, match="gate"):
+        strategy_settings("sml-blend", {"gate": "relu"})
+    with pytest.raises(ConfigError, match="features"):
+        strategy_settings("sml-blend", {"features": "all"})
     settings = strategy_settings("sml-blend", {"rounds": 3, "knn_history": 7})
     assert settings.sml_settings().rounds == 3 and settings.knn_settings_dict()["history"] == 7
 

@@ -271,10 +271,12 @@ register("sml-h", SML, SMLSettings, {"history": "fold-in"},
                  "folded over the served item rows into the user's served row (never the row itself)")
 
 register("sml-blend", SMLBlend, BlendSettings, {},
-         "SML and itemknn blended per row by weights meta-trained on the next period (docs/sml-blend.md)",
+         "SML and history-aware models (components) mixed per row by weights meta-trained on the next "
+         "period (docs/sml-blend.md)",
          in_default=False,
-         history="itemknn's last 20 items before the row (earlier periods and earlier rows of the scored "
-                 "period); the blend weight reads the user's row counts before the row; SML's part: none")
+         history="each component's own rule (itemknn, ease: last 20 items before the row; sknn: last 100; "
+                 "ials: earlier rows folded in; pop-recent: none); the weights read the user's row counts "
+                 "before the row; SML's part: none")
 
 bind_registry(_spec, strategy_settings, create_strategy)
 # The new-item prior (docs/new-items.md) on three strategies: the inner strategy's z-scored scores
