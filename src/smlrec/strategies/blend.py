@@ -1,7 +1,8 @@
 """``sml-blend``: SML and other history-aware models mixed per row by weights meta-trained on the next period.
 
 The strategy holds an :class:`~smlrec.strategies.sml.SML` and the models named in ``components``
-(any of ``itemknn``, ``sknn``, ``ials``, ``pop-recent``, ``ease``; each built with its own seed
+(any of ``itemknn``, ``sknn``, ``ials``, ``pop-recent``, ``ease`` and the counted priors
+``new-items`` and ``period-pop`` of strategies/novelty.py; each built with its own seed
 stream ``<name>:<component>``) and serves, for row ``r`` and candidate ``c``::
 
     score(r, c) = sum_k a_k(r) * z_k(r, c)
@@ -46,6 +47,7 @@ from ..data.sampling import sample_prefix_negatives
 from .base import Strategy, StrategyContext
 from .linear import EASE, IALS, EASESettings, IALSSettings
 from .neighbours import SKNN, ItemKNN, ItemKNNSettings, SKNNSettings
+from .novelty import NoveltyScores, NoveltySettings
 from .popularity import Popularity, PopularitySettings
 from .sml import SML, SMLSettings
 
@@ -57,7 +59,13 @@ N_FEATURES = BASE_FEATURES        # the default feature set's width
 NORMALISERS = ("zscore", "rank")
 LOSSES = ("recall", "ce")
 GATES = ("softmax", "sigmoid")
-COMPONENTS = ("itemknn", "sknn", "ials", "pop-recent", "ease")
+COMPONENTS = ("itemknn", "sknn", "ials", "pop-recent", "ease", "new-items", "period-pop")
+# The two counted priors of strategies/novelty.py as components: "new-items" counts the scored
+# period's earlier rows of items first seen at most 2 periods ago (the form chosen on a news log),
+# "period-pop" those of every item plus its count in the last period (the form chosen for itemknn
+# on the bundled data); docs/new-items.md.
+ANY_AGE = 1_000_000
+DEFAULT_COMPONENTS = "itemknn,sknn,ials,pop-recent,ease"
 
 
 def parse_components(value: str) -> tuple[str, ...]:
@@ -71,7 +79,7 @@ class BlendSettings(SMLSettings):
 
     # the models blended with SML (COMPONENTS), all of them: the best list on the bundled data's
     # validation periods (docs/sml-blend.md); "itemknn" alone is the original two-model blend
-    components: str = "itemknn,sknn,ials,pop-recent,ease"
+    components: str = "itemknn,sknn,ials,pop-recent,ease"   # DEFAULT_COMPONENTS
     gate: str = "softmax"             # softmax over the models | sigmoid (one gate per model)
     features: str = "counts"          # counts | counts+share (module doc)
     knn_window: int = 0
@@ -125,7 +133,9 @@ def _component_builders(settings: BlendSettings) -> dict[str, Callable[[Strategy
             "sknn": lambda c: SKNN(SKNNSettings(), c),
             "ials": lambda c: IALS(IALSSettings(), c),
             "pop-recent": lambda c: Popularity(PopularitySettings(decay=0.5), c),
-            "ease": lambda c: EASE(EASESettings(), c)}
+            "ease": lambda c: EASE(EASESettings(), c),
+            "new-items": lambda c: NoveltyScores(NoveltySettings(max_age=2), c),
+            "period-pop": lambda c: NoveltyScores(NoveltySettings(max_age=ANY_AGE, carry=1.0), c)}
 
 
 def served_components(settings: BlendSettings, n_items: int) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -254,3 +254,38 @@ class WithNovelty(Strategy):
 
     def served_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None   # the prior is not an inner product: production scores through ``score``
+
+
+class NoveltyScores(Strategy):
+    """The prior alone as a model: a component that sml-blend can weigh per row (a user with no
+    row in the scored period gets :meth:`NoveltyTracker.prior_without_rows`)."""
+
+    name = "novelty-prior"
+    calibrated_scores = False
+
+    def __init__(self, settings: NoveltySettings, context: StrategyContext) -> None:
+        super().__init__(settings, context)
+        self.tracker = NoveltyTracker(settings, context.n_items)
+
+    def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
+        self.tracker = NoveltyTracker(self.settings, self.n_items)
+        self.tracker.observe(pretrain.items)
+
+    def _update(self, period: Period) -> None:
+        self.tracker.observe(period.items)
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        self.tracker.grow(n_items)
+
+    def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
+        return novelty_prior(self.tracker, period, rows, candidates)
+
+    def score_new_users(self, candidates: torch.Tensor) -> torch.Tensor:
+        prior = self.tracker.prior_without_rows(candidates.detach().cpu().numpy())
+        return torch.from_numpy(prior.astype(np.float32)).to(candidates.device)
+
+    def _state(self) -> dict[str, Any]:
+        return {"novelty": self.tracker.state()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state(state["novelty"])
