@@ -295,3 +295,11 @@ def test_smoothed_recall_loss_by_hand():
     rank1 = 1.0
     expected = -np.mean([1 / (1 + np.exp(-(1.5 - rank0))), 1 / (1 + np.exp(-(1.5 - rank1)))])
     assert float(blend.smoothed_recall_loss(scores, 1.5, 0.5)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_counted_priors_are_declared_as_period_counts(world):
+    """A blend with new-items or period-pop counts the scored period's rows (production serves
+    less: docs/new-items.md); the default list does not."""
+    strategy = world.fresh("sml-blend")
+    assert strategy.period_counts == any(name in blend.PRIORS for name in strategy.names)
+    assert not create_strategy("sml-blend", world.context("sml-blend"), fast_overrides("sml-blend")).period_counts

@@ -25,14 +25,18 @@ def _reads_history(name: str) -> bool:
     return not STRATEGIES[name].history.strip().lower().startswith("none")
 
 
-HISTORY_STRATEGIES = [name for name in STRATEGIES if _reads_history(name) and _can_grow(name)]
+# A strategy that counts every user's earlier rows of the scored period (the new-item priors,
+# Strategy.period_counts) is left out: a registry learns a period's rows only at update, so its
+# production scores differ from the replay's by design (docs/new-items.md).
+HISTORY_STRATEGIES = [name for name in STRATEGIES
+                      if _reads_history(name) and _can_grow(name) and not STRATEGIES[name].cls.period_counts]
 
 
 def test_the_history_strategies_are_the_expected_ones():
     # a guard against the list silently shrinking (e.g. a renamed rule); gru4rec and caser read
     # history but cannot grow their tables, so they cannot run production updates
     assert {"itemknn", "sknn", "ease", "ials", "sml-blend"} <= set(HISTORY_STRATEGIES)
-    assert not {"sml", "fine-tune", "pop"} & set(HISTORY_STRATEGIES)
+    assert not {"sml", "fine-tune", "pop", "itemknn+new"} & set(HISTORY_STRATEGIES)
 
 
 class Setup:

@@ -275,8 +275,9 @@ register("sml-blend", SMLBlend, BlendSettings, {},
          "period (docs/sml-blend.md)",
          in_default=False,
          history="each component's own rule (itemknn, ease: last 20 items before the row; sknn: last 100; "
-                 "ials: earlier rows folded in; pop-recent: none); the weights read the user's row counts "
-                 "before the row; SML's part: none")
+                 "ials: earlier rows folded in; pop-recent: none; new-items, period-pop: every user's rows of "
+                 "the scored period before the row); the weights read the user's row counts before the row; "
+                 "SML's part: none")
 
 bind_registry(_spec, strategy_settings, create_strategy)
 # The new-item prior (docs/new-items.md) on three strategies: the inner strategy's z-scored scores

@@ -53,6 +53,11 @@ class Strategy(ABC):
     calibrated_scores: ClassVar[bool] = True
     """Whether ``score`` returns logits (sigma(score) is a probability: trained with BCE), so the
     ``auc`` protocol's LogLoss means something; False reports AUC only (LogLoss NaN)."""
+    period_counts: ClassVar[bool] = False
+    """Whether ``score`` counts every user's earlier rows of the scored period (the new-item
+    priors, strategies/novelty.py). A production registry learns a period's rows only at
+    ``update``, so between updates such a count sees none of them: the replay measures a serving
+    layer that streams every event, production serves less (docs/new-items.md)."""
 
     @classmethod
     def check_context(cls, settings: Any, context: StrategyContext, name: str) -> None:

@@ -207,6 +207,7 @@ class WithNovelty(Strategy):
 
     name = "with-novelty"
     calibrated_scores = False    # z-scores plus a prior, not logits
+    period_counts = True
 
     @classmethod
     def check_context(cls, settings: WithNoveltySettings, context: StrategyContext, name: str) -> None:
@@ -262,6 +263,7 @@ class NoveltyScores(Strategy):
 
     name = "novelty-prior"
     calibrated_scores = False
+    period_counts = True
 
     def __init__(self, settings: NoveltySettings, context: StrategyContext) -> None:
         super().__init__(settings, context)
