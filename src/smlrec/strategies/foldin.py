@@ -57,8 +57,8 @@ BAKE_ROWS = 8192    # users per block when the fold-in is baked into a whole ser
 
 @dataclass(frozen=True)
 class HistorySettings:
-    """The ``history*`` settings as a base class of a strategy's settings (the retraining
-    baselines; SMLSettings carries the same fields with the same defaults itself)."""
+    """The ``history*`` settings as a base class of a strategy's settings (SMLSettings and the
+    retraining baselines' RetrainSettings)."""
 
     history: str = "none"               # none | fold-in
     history_fold: str = "mean"          # mean (recency-weighted) | least-squares (ridge)

@@ -95,15 +95,17 @@ from ..models.train_loop import LossParts, train_epochs
 from ..models.transfer import TRANSFER_KINDS, Transfer
 from ..random import make_torch_generator
 from .base import Strategy, StrategyContext, to_tensor
-from .foldin import FoldIn, check_history_settings
+from .foldin import FoldIn, HistorySettings, check_history_settings
 
 COLD_RULES = ("transfer", "learned", "every-row", "untrained")
 NEW_ROWS = ("cold", "init")
 
 
 @dataclass(frozen=True)
-class SMLSettings:
-    """SML settings; defaults are the paper's Yelp column (sml-method.md section 4)."""
+class SMLSettings(HistorySettings):
+    """SML settings; defaults are the paper's Yelp column (sml-method.md section 4). The
+    ``history*`` fields (HistorySettings) are the history-aware user rows of strategies/foldin.py
+    (served row u + g * h, the gate g fitted on D_{t+1}; docs/sml-history.md)."""
 
     rounds: int = 10                    # R, outer rounds per period
     step1_epochs: int = 1               # E1
@@ -138,20 +140,6 @@ class SMLSettings:
     eps: float = 1e-12
     table_batch_size: int = 8192        # rows per batch in full-table transforms
     allow_ncf: bool = False             # run on the NCF base anyway (refused: module doc, "NCF")
-    # History-aware user rows (strategies/foldin.py, docs/sml-history.md): served row u + g * h,
-    # h folded from the user's last items before the scored row, the gate g fitted on D_{t+1}.
-    history: str = "none"               # none | fold-in
-    history_fold: str = "mean"          # mean (recency-weighted) | least-squares (ridge)
-    history_length: int = 20            # last items kept per user
-    history_recency: float = 0.8        # weight of the k-th most recent item: recency ** k
-    history_l2: float = 1.0             # least-squares: ridge
-    history_beta: float = 1.0           # the gate's starting bias (fixed gate when history_steps = 0)
-    history_steps: int = 100            # full-batch Adam steps on the gate per period (0: fixed)
-    history_negatives: int = 100        # sampled negatives per row of D_{t+1} in the gate's fit
-    history_lr: float = 0.05
-    history_loss: str = "ce"            # ce (softmax over the negatives) | recall (smoothed Recall@2%)
-    history_map: str = "scalar"         # scalar: g * h | linear: g * M h, M (d x d) fitted with the gate
-    history_map_l2: float = 1e-3        # linear: penalty on ||M - I||^2
 
     def __post_init__(self) -> None:
         if self.transfer not in TRANSFER_KINDS:
