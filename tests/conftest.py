@@ -34,6 +34,7 @@ NUMERICS_MODULES = {
     "test_lazy_vs_dense_adam", "test_parallel", "test_production", "test_registry", "test_replay",
     "test_serve", "test_sequential", "test_sml", "test_spmf", "test_state", "test_strategy_contract",
     "test_neighbours", "test_linear", "test_blend", "test_collapse", "test_api", "test_examples",
+    "test_foldin", "test_novelty", "test_production_recent", "test_wins",
 }
 """Modules whose tests compare float results of two computations (replay vs production, one rank vs
 two, a rerun, a fast kernel vs its twin). .ci/run runs them a second time with oneDNN and MKL held
