@@ -45,7 +45,7 @@ from ..config import require
 from ..data.periods import Period
 from ..data.sampling import sample_prefix_negatives
 from ..random import make_rng, rng_state, set_rng_state
-from .sequential import PAD, sequence_contexts
+from .sequential import PAD, ContextCache, sequence_contexts
 
 HISTORY_MODES = ("none", "fold-in")
 FOLDS = ("mean", "least-squares")
@@ -170,7 +170,7 @@ class FoldIn:
         self.map: torch.Tensor | None = None   # history_map = "linear": M (d x d); None: identity
         self.blocks = 0                     # periods received (pretrain = one)
         self.rng = make_rng(seed, "foldin", name)   # its own stream: the host's sampling is unchanged
-        self._cached: tuple[Period, int, np.ndarray] | None = None
+        self._cached = ContextCache()
         self.fit_log: list[dict[str, Any]] = []
 
     # -- history ---------------------------------------------------------------------------
@@ -179,16 +179,11 @@ class FoldIn:
         _, touched, new_windows = sequence_contexts(self.windows, users, items)
         self.windows[touched] = new_windows
         self.blocks += 1
-        self._cached = None
+        self._cached.clear()
 
     def contexts(self, period: Period) -> np.ndarray:
         """Each row's last items strictly before it (cached for the period object being scored)."""
-        cached = self._cached
-        if cached is None or cached[0] is not period or cached[1] != self.blocks:
-            contexts, _, _ = sequence_contexts(self.windows, period.users, period.items)
-            cached = (period, self.blocks, contexts)
-            self._cached = cached
-        return cached[2]
+        return self._cached.get(self.windows, period, self.blocks, sequence_contexts)
 
     # -- served rows -----------------------------------------------------------------------
     def gate(self, contexts: np.ndarray, cold: np.ndarray) -> torch.Tensor:
@@ -270,7 +265,7 @@ class FoldIn:
     def grow(self, n_users: int) -> None:
         extra = n_users - len(self.windows)
         self.windows = np.concatenate([self.windows, np.full((extra, self.windows.shape[1]), PAD, np.int64)])
-        self._cached = None
+        self._cached.clear()
 
     def state(self) -> dict[str, Any]:
         return {"windows": self.windows.copy(), "w": self.w.clone(), "blocks": self.blocks,
@@ -288,4 +283,4 @@ class FoldIn:
         self.map = None if state.get("map") is None else torch.as_tensor(state["map"], dtype=torch.float64).clone()
         self.blocks = int(state["blocks"])
         set_rng_state(self.rng, state["rng"])
-        self._cached = None
+        self._cached.clear()

@@ -47,7 +47,7 @@ from ..config import require
 from ..data.periods import Period
 from .base import Strategy, StrategyContext
 from .popularity import decayed_counts
-from .sequential import PAD, sequence_contexts
+from .sequential import PAD, ContextCache, sequence_contexts
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class HistoryStrategy(Strategy):
         self.rows_seen = 0
         self.counts = np.zeros(context.n_items, dtype=np.float64)
         self.blocks = 0                                  # periods received (pretrain = one)
-        self._scored: tuple[tuple, np.ndarray] | None = None
+        self._scored = ContextCache()
 
     def _start(self, pretrain: Period, initial_state: dict[str, torch.Tensor]) -> None:
         self.counts = decayed_counts(self.counts, pretrain.items, 1.0)
@@ -172,7 +172,7 @@ class HistoryStrategy(Strategy):
         np.maximum.at(self.last_active, users, self.rows_seen + np.arange(len(users)))
         self.rows_seen += len(users)
         self.blocks += 1
-        self._scored = None
+        self._scored.clear()
         self._fit(period)
 
     def _fit(self, period: Period) -> None:
@@ -180,13 +180,7 @@ class HistoryStrategy(Strategy):
 
     def period_contexts(self, period: Period) -> np.ndarray:
         """The history of every row of a period about to be scored (cached until the next update)."""
-        # the period object itself is part of the key (Period compares by identity): production
-        # builds a new query period per request, with the same index, start and maybe length
-        key = (period, period.index, period.start, len(period), self.blocks)
-        if self._scored is None or self._scored[0] != key:
-            contexts, _, _ = sequence_contexts(self.windows, period.users, period.items)
-            self._scored = (key, contexts)
-        return self._scored[1]
+        return self._scored.get(self.windows, period, self.blocks, sequence_contexts)
 
     def score(self, period: Period, rows: slice, candidates: torch.Tensor) -> torch.Tensor:
         contexts = self.period_contexts(period)[rows]
@@ -213,7 +207,7 @@ class HistoryStrategy(Strategy):
         self.last_active = np.concatenate([self.last_active, np.full(n_users - len(self.last_active), -1,
                                                                       dtype=np.int64)])
         self.counts = np.concatenate([self.counts, np.zeros(n_items - len(self.counts))])
-        self._scored = None
+        self._scored.clear()
 
     def _state(self) -> dict[str, Any]:
         return {"windows": self.windows.copy(), "last_active": self.last_active.copy(),
@@ -231,7 +225,7 @@ class HistoryStrategy(Strategy):
         self.rows_seen = int(state["rows_seen"])
         self.counts = counts.copy()
         self.blocks = int(state["blocks"])
-        self._scored = None
+        self._scored.clear()
 
 
 # -- itemknn -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ restores the old behaviour (all-zero scores for an empty history, untrained rows
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -132,6 +132,30 @@ def sequence_contexts(windows: np.ndarray, users: np.ndarray,
     return contexts, touched, new_windows
 
 
+class ContextCache:
+    """The contexts of the period being scored, computed once per (period object, model version).
+
+    The period object itself is the key (a Period compares by identity): production builds a new
+    query period per request, with the same index, start and maybe length. ``version`` is what
+    moves the windows on (updates received); ``clear`` drops the entry when they change otherwise
+    (grow, a loaded state)."""
+
+    def __init__(self) -> None:
+        self._entry: tuple[Period, int, np.ndarray] | None = None
+
+    def get(self, windows: np.ndarray, period: Period, version: int, build: Callable | None = None) -> np.ndarray:
+        """``build``: the context builder (default :func:`sequence_contexts`; the callers pass
+        their module's name for it, so a test can swap it there)."""
+        entry = self._entry
+        if entry is None or entry[0] is not period or entry[1] != version:
+            contexts, _, _ = (build or sequence_contexts)(windows, period.users, period.items)
+            entry = self._entry = (period, version, contexts)
+        return entry[2]
+
+    def clear(self) -> None:
+        self._entry = None
+
+
 def sequence_contexts_reference(windows: np.ndarray, users: np.ndarray,
                                 items: np.ndarray) -> np.ndarray:
     """The slow twin of :func:`sequence_contexts` (contexts only), one row at a time."""
@@ -170,7 +194,7 @@ class SequentialStrategy(Strategy):
         self.windows = np.full((context.n_users, settings.window), PAD, dtype=np.int64)
         self.history_users = np.zeros(0, dtype=np.int64)     # all rows so far (full = true only)
         self.history_items = np.zeros(0, dtype=np.int64)
-        self._scored: tuple[tuple, np.ndarray] | None = None  # contexts of the period being scored
+        self._scored = ContextCache()       # contexts of the period being scored
         self.item_counts = np.zeros(context.n_items, dtype=np.float64)  # for cold users ("pop")
         self.user_rows = TrainedRows(context.n_users)
         self.item_rows = TrainedRows(context.n_items)
@@ -198,7 +222,7 @@ class SequentialStrategy(Strategy):
             train_users, train_items, train_contexts = np.asarray(users), np.asarray(items), contexts
         self._train(train_users, train_items, train_contexts, epochs)
         self.windows[touched] = new_windows
-        self._scored = None
+        self._scored.clear()
 
     def _train(self, users: np.ndarray, items: np.ndarray, contexts: np.ndarray, epochs: int) -> None:
         has_context = contexts[:, -1] != PAD
@@ -232,13 +256,7 @@ class SequentialStrategy(Strategy):
     # -- serving ---------------------------------------------------------------------------
     def period_contexts(self, period: Period) -> np.ndarray:
         """Contexts of every row of a period about to be scored (cached until the next update)."""
-        # the period object itself is part of the key (Period compares by identity): production
-        # builds a new query period per request, with the same index, start and maybe length
-        key = (period, period.index, period.start, len(period), self.periods_seen)
-        if self._scored is None or self._scored[0] != key:
-            contexts, _, _ = sequence_contexts(self.windows, period.users, period.items)
-            self._scored = (key, contexts)
-        return self._scored[1]
+        return self._scored.get(self.windows, period, self.periods_seen, sequence_contexts)
 
     def _scoring_tables(self) -> dict[str, torch.Tensor]:
         """Output rows (and Caser's biases and user rows) with the cold rules applied."""
@@ -308,5 +326,5 @@ class SequentialStrategy(Strategy):
         self.item_counts = np.asarray(state["item_counts"], dtype=np.float64).copy()
         self.user_rows.load(state["user_rows"])
         self.item_rows.load(state["item_rows"])
-        self._scored = None
+        self._scored.clear()
         self._scoring = None
